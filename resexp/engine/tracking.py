@@ -1,0 +1,82 @@
+"""What a run reports: TensorBoard scalars, progress on the terminal, summary.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.tensorboard import SummaryWriter
+
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+
+def tensorboard_writer(run_dir: Path, resumed_at: int | None) -> SummaryWriter:
+    # purge_step drops events a killed run wrote after its last checkpoint, so resumed curves
+    # continue from the checkpoint instead of doubling back.
+    return SummaryWriter(str(run_dir / "tb"), purge_step=resumed_at)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class ProgressReport:
+    """A rich bar on a terminal; plain periodic lines in batch jobs (logs stay readable)."""
+
+    def __init__(self, mode: str, name: str, start: int, total: int) -> None:
+        if mode not in PROGRESS_MODES:
+            raise ValueError(f"trainer.progress must be one of {', '.join(PROGRESS_MODES)}")
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "lines"
+        self.mode, self.name, self.total = mode, name, total
+        self.last_time, self.last_iter = time.perf_counter(), start
+        self.bar: Progress | None = None
+        if mode == "bar":
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} it"),
+                TextColumn("train err {task.fields[error]:5.2f}%  lr {task.fields[lr]:.4g}"),
+                TextColumn("{task.fields[speed]:.1f} it/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self.task = self.bar.add_task(name, total=total, completed=start, error=100.0, lr=0.0, speed=0.0)
+            self.bar.start()
+
+    def update(self, iteration: int, train_error: float, lr: float) -> float:
+        """Report progress; returns iterations per second since the last update."""
+        now = time.perf_counter()
+        speed = (iteration - self.last_iter) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_iter = now, iteration
+        if self.bar is not None:
+            self.bar.update(self.task, completed=iteration, error=train_error, lr=lr, speed=speed)
+        elif self.mode == "lines":
+            eta = (self.total - iteration) / max(speed, 1e-9)
+            print(
+                f"[{self.name}] it {iteration}/{self.total}  train err {train_error:.2f}%  "
+                f"lr {lr:.4g}  {speed:.1f} it/s  eta {eta / 60:.1f} min",
+                flush=True,
+            )
+        return speed
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        elif self.mode == "lines":
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

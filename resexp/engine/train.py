@@ -1,0 +1,258 @@
+"""The training loop: iteration-based, as in the paper. Reads top to bottom."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from resexp import __version__
+from resexp.data import Data, build_data
+from resexp.engine.checkpoint import load_checkpoint, save_checkpoint
+from resexp.engine.schedules import learning_rate
+from resexp.engine.tracking import ProgressReport, read_json, tensorboard_writer, write_json
+from resexp.errors import ConfigError
+from resexp.models import build_model, count_macs, count_params
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Sections that define what a run computes; a resumed run must match them exactly.
+IDENTITY_KEYS = ("model", "data", "optim", "seed")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one run in cfg.run.dir (resuming it if it has a checkpoint); returns its summary."""
+    run_dir = Path(cfg.run.dir).expanduser()
+    finished = _check_run_dir(run_dir, cfg)
+    if finished is not None:
+        return finished
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    _set_determinism(bool(t.deterministic))
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+
+    data = build_data(cfg.data, device, int(t.batch_size), int(cfg.seed), memory_format)
+    torch.manual_seed(int(cfg.seed))
+    model = build_model(cfg.model, in_channels=data.channels, num_classes=data.num_classes)
+    params, macs = count_params(model), count_macs(model, (1, data.channels, 32, 32))
+    model = model.to(device, memory_format=memory_format)
+    optimizer = build_optimizer(cfg.optim, model, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = _autocast(device, precision)
+    # Only now, with data and model built, does the run directory appear.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+    max_iters, warmup_cfg = int(t.max_iters), cfg.optim.error_warmup
+    iteration, wall_before, best_eval = 0, 0.0, math.inf
+    in_warmup = warmup_cfg is not None
+    window_errors = torch.zeros((), device=device)  # summed on device, read every log_every
+    window_loss = torch.zeros((), device=device)
+    window_count = 0
+    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    if checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path, device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        data.train.load_state_dict(state["batcher"])
+        iteration, wall_before, best_eval = state["iteration"], state["wall_time"], state["best_eval_error"]
+        in_warmup = state["in_warmup"]
+        window_errors, window_loss = state["window_errors"], state["window_loss"]
+        window_count = state["window_count"]
+        torch.set_rng_state(state["torch_rng"])
+
+    writer = tensorboard_writer(run_dir, iteration if iteration > 0 else None)
+    progress = ProgressReport(t.progress, run_dir.name, iteration, max_iters)
+    if iteration > 0:
+        progress.message(f"resuming {run_dir} at iteration {iteration}")
+    summary = {
+        "status": "running", "model": cfg.model.name, "data": data.name, "seed": int(cfg.seed),
+        "params": params, "macs": macs, "device": _device_name(device), "precision": precision,
+        "torch": torch.__version__, "resexp": __version__, "eval_split": data.eval_split,
+        "max_iters": max_iters, "iterations": iteration,
+    }
+    write_json(run_dir / "summary.json", summary)
+
+    start, start_iteration = time.perf_counter(), iteration
+    lr, train_error, diverged = learning_rate(cfg.optim, iteration, max_iters, in_warmup), 100.0, None
+    model.train()
+    try:
+        while iteration < max_iters:
+            lr = learning_rate(cfg.optim, iteration, max_iters, in_warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = data.train.next()
+            with autocast:
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            iteration += 1
+
+            batch_errors = (logits.argmax(1) != labels).sum()
+            window_errors += batch_errors
+            window_loss += loss.detach().float() * len(labels)
+            window_count += len(labels)
+            if in_warmup:  # the paper's ResNet-110 warm-up: a host sync per step, <= 400 steps
+                batch_error = 100.0 * batch_errors.item() / len(labels)
+                if batch_error < warmup_cfg.until_error or iteration >= warmup_cfg.max_iters:
+                    in_warmup = False
+                    progress.message(f"error warm-up ended at iteration {iteration} (batch error {batch_error:.1f}%)")
+
+            at_eval = iteration % t.eval_every == 0 or iteration == max_iters
+            if iteration % t.log_every == 0 or at_eval:
+                running_loss = window_loss.item() / window_count
+                train_error = 100.0 * window_errors.item() / window_count
+                progress.update(iteration, train_error, lr)
+                diverged = _divergence(running_loss, t.loss_ceiling)
+            if at_eval or diverged:
+                eval_error, eval_loss = evaluate(model, data, int(t.eval_batch_size), memory_format, autocast)
+                best_eval = min(best_eval, eval_error)
+                split = data.eval_split
+                for tag, value in (("train/error", train_error), ("train/loss", running_loss),
+                                   (f"{split}/error", eval_error), (f"{split}/loss", eval_loss), ("lr", lr)):
+                    writer.add_scalar(tag, value, iteration)
+                summary.update({"train_error": train_error, "train_loss": running_loss,
+                                f"{split}_error": eval_error, f"{split}_loss": eval_loss,
+                                f"best_{split}_error": best_eval, "iterations": iteration})
+                window_errors.zero_(), window_loss.zero_()
+                window_count = 0
+            if diverged:
+                writer.add_text("status", f"diverged at iteration {iteration}: {diverged}", iteration)
+                progress.message(f"[{run_dir.name}] diverged at iteration {iteration}: {diverged}")
+                break
+            if iteration % t.checkpoint_every == 0 or iteration == max_iters:
+                writer.flush()
+                wall = wall_before + time.perf_counter() - start
+                save_checkpoint({
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "batcher": data.train.state_dict(),
+                    "iteration": iteration, "wall_time": wall, "best_eval_error": best_eval,
+                    "in_warmup": in_warmup, "window_errors": window_errors, "window_loss": window_loss,
+                    "window_count": window_count, "torch_rng": torch.get_rng_state(),
+                }, checkpoint_path)
+    except BaseException:
+        summary["status"] = "failed"
+        write_json(run_dir / "summary.json", summary)
+        raise
+    finally:
+        progress.close()
+        writer.close()
+
+    elapsed = time.perf_counter() - start
+    summary.update({
+        "status": "diverged" if diverged else "finished", "diverged_reason": diverged,
+        "wall_time_s": round(wall_before + elapsed, 2),
+        "iters_per_s": round((iteration - start_iteration) / max(elapsed, 1e-9), 2),
+        "host": platform.node(),
+    })
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model, data: Data, batch_size: int, memory_format, autocast) -> tuple[float, float]:
+    """Error (%) and mean loss on the evaluation split, the plain un-augmented view."""
+    model.eval()
+    errors = torch.zeros((), device=data.eval_images.device)
+    loss = torch.zeros((), device=data.eval_images.device)
+    for images, labels in data.eval_batches(batch_size, memory_format):
+        with autocast:
+            logits = model(images)
+        errors += (logits.argmax(1) != labels).sum()
+        loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+    model.train()
+    n = len(data.eval_labels)
+    return 100.0 * errors.item() / n, loss.item() / n
+
+
+def build_optimizer(optim: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    if optim.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=optim.lr, momentum=optim.momentum,
+            weight_decay=optim.weight_decay, nesterov=optim.nesterov,
+            fused=True if device.type == "cuda" else None,
+        )
+    raise ConfigError(f"unknown optim.name '{optim.name}'; choose from: sgd")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown trainer.device '{name}'; choose from: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device asks for CUDA but no CUDA device is visible; use trainer.device=cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown trainer.precision '{name}'; choose from: {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=fp16 needs CUDA; on CPU use fp32 or bf16")
+    return name
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    # BatchNorm runs in fp32 under autocast, so its statistics stay fp32.
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _set_determinism(deterministic: bool) -> None:
+    if deterministic:  # cuBLAS needs a fixed workspace to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def _divergence(loss: float, ceiling: float | None) -> str | None:
+    if not math.isfinite(loss):
+        return f"non-finite training loss ({loss})"
+    if ceiling is not None and loss > ceiling:
+        return f"training loss {loss:.3g} above trainer.loss_ceiling={ceiling}"
+    return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _check_run_dir(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """Return the summary if this run already finished; refuse to touch another run's files."""
+    config_path = run_dir / "config.yaml"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if config_path.is_file():
+        if not cfg.run.resume:
+            raise ConfigError(f"{run_dir} already holds a run; choose another run.name or run.dir")
+        previous = OmegaConf.to_container(OmegaConf.load(config_path))
+        changed = [k for k in IDENTITY_KEYS if previous.get(k) != resolved.get(k)]
+        if changed:
+            raise ConfigError(
+                f"{run_dir} holds a run with different {', '.join(changed)}; choose another run.name or run.dir"
+            )
+        summary = read_json(run_dir / "summary.json")
+        if summary and summary["status"] in ("finished", "diverged") and summary["max_iters"] == cfg.trainer.max_iters:
+            return summary
+    return None

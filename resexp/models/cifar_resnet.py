@@ -1,0 +1,147 @@
+"""The CIFAR family of He et al. 2015 (sec. 4.2): 6n+2 layers, plain or residual.
+
+Plain and residual nets share every layer; the residual one only adds the shortcut. Option A
+shortcuts are parameter-free, so the twins have identical parameter counts.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resexp.errors import ConfigError
+
+SHORTCUTS = ("A", "B")
+STAGE_CHANNELS = (16, 32, 64)
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count times the width multiplier, rounded, never below 1."""
+    return max(1, round(channels * width))
+
+
+def he_init_(model: nn.Module) -> None:
+    """He et al. (2015b) init for every conv, BN as the identity.
+
+    The classifier keeps PyTorch's default Linear init (as torchvision's ResNets do): He init
+    assumes a ReLU after the layer, which the classifier lacks, and its smaller weights start
+    the loss near ln(num_classes).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    # No bias: the BN that follows subtracts the mean and has its own shift.
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A: stride-2 subsampling, then zero channels appended after the existing ones."""
+
+    def __init__(self, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        extra_channels = self.out_channels - x.shape[1]
+        # F.pad lists dims from the last: (W left, W right, H top, H bottom, C front, C back).
+        return F.pad(x, (0, 0, 0, 0, 0, extra_channels))
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, stride={self.stride}"
+
+
+def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """Option B: 1x1 conv + BN, used only where the shape changes."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, then the shortcut is added (residual only), then ReLU."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, residual: bool, shortcut: str
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        # None marks the plain twin: no addition at all, not an addition of zeros.
+        self.shortcut: nn.Module | None = None
+        if residual:
+            shape_changes = stride != 1 or in_channels != out_channels
+            if not shape_changes:
+                self.shortcut = nn.Identity()
+            elif shortcut == "A":
+                self.shortcut = ZeroPadShortcut(out_channels, stride)
+            else:
+                self.shortcut = projection_shortcut(in_channels, out_channels, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class CifarResNet(nn.Module):
+    """3x3 stem, three stages of n blocks on 32/16/8 maps, global average pool, Linear."""
+
+    def __init__(
+        self,
+        depth: int,
+        residual: bool = True,
+        shortcut: str = "A",
+        width: float = 1.0,
+        in_channels: int = 3,
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ConfigError(
+                f"model.depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}"
+            )
+        if shortcut not in SHORTCUTS:
+            raise ConfigError(f"model.shortcut must be one of A, B; got {shortcut!r}")
+        if not width > 0:
+            raise ConfigError(f"model.width must be positive; got {width}")
+        blocks_per_stage = (depth - 2) // 6
+        channels = [scaled_channels(c, width) for c in STAGE_CHANNELS]
+
+        self.stem = nn.Sequential(
+            conv3x3(in_channels, channels[0]), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)
+        )
+        stages = []
+        stage_in = channels[0]
+        for stage_index, stage_out in enumerate(channels):
+            blocks = []
+            for block_index in range(blocks_per_stage):
+                downsample = stage_index > 0 and block_index == 0
+                blocks.append(
+                    BasicBlock(stage_in, stage_out, 2 if downsample else 1, residual, shortcut)
+                )
+                stage_in = stage_out
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels[-1], num_classes)
+        he_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(self.pool(x), 1))

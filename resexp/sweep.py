@@ -1,0 +1,94 @@
+"""Sweeps: Hydra's multirun drives the task below through a launcher plugin.
+
+`resexp sweep` calls `main` in multirun mode, so basic (sequential), joblib (local processes)
+and submitit (SLURM or local) launchers all run the same importable task function; submitit
+pickles it, and on pre-emption or time-out re-queues it, and train() resumes from the run's
+last checkpoint. Finished runs are skipped, unfinished ones resumed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from resexp.config import compose, config_dir
+from resexp.errors import ResexpError
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> str:
+    """One run of a sweep, in the run directory Hydra assigned to this job."""
+    from resexp.engine.train import train
+
+    hydra_cfg = HydraConfig.get()
+    with open_dict(cfg):
+        cfg.run.dir = hydra_cfg.runtime.output_dir
+        gpus = _visible_gpus()
+        if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
+            cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
+    parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
+    if gpus == 0 and parallel > 1:  # share the CPU cores instead of fighting over them
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+    try:
+        summary = train(cfg)
+    except ResexpError as e:  # one bad run must not stop the rest of the sweep
+        print(f"error: {cfg.run.dir}: {e}", file=sys.stderr)
+        return "failed"
+    return summary["status"]
+
+
+def check_overrides(overrides: list[str]) -> DictConfig:
+    """Compose every value of every simple sweep (key=a,b,c) once, so a bad value fails here
+    with resexp's one-line error instead of inside Hydra's multirun. Returns the first config."""
+    fixed = [o for o in overrides if "," not in o and not o.startswith("hydra")]
+    swept = [o for o in overrides if "," in o and "(" not in o and not o.startswith("hydra")]
+    first = compose(fixed)
+    for override in swept:
+        key, values = override.split("=", 1)
+        for value in values.split(","):
+            compose([*fixed, f"{key}={value}"])
+    return first
+
+
+def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
+    """Settings the launcher plugins leave to chance, made explicit unless the user set them."""
+    given = {o.split("=", 1)[0] for o in overrides}
+    launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), "basic")
+    extra = []
+    if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
+        # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike.
+        gpus = _visible_gpus()
+        n_jobs = gpus * cfg.launcher.runs_per_gpu if gpus else cfg.launcher.cpu_runs
+        extra.append(f"hydra.launcher.n_jobs={n_jobs}")
+    if launcher == "submitit_local" and "hydra.launcher.gpus_per_node" not in given:
+        # submitit_local sets CUDA_VISIBLE_DEVICES from gpus_per_node: give each run one GPU if any.
+        extra.append(f"hydra.launcher.gpus_per_node={min(1, _visible_gpus())}")
+    return extra
+
+
+def run_sweep(overrides: list[str]) -> None:
+    """Check the overrides, then run `main` in multirun mode (as `python -m resexp.sweep -m ...`)."""
+    extra = launcher_overrides(overrides, check_overrides(overrides))
+    argv = sys.argv
+    sys.argv = [argv[0], "--multirun", *overrides, *extra]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()

@@ -1,0 +1,270 @@
+"""Dataset sources through the real loading path: tiny files in the datasets' exact on-disk formats."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import struct
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.datasets import CIFAR10
+
+from resexp.data.sources import RawData, load_source
+from resexp.data.synthetic import KNOBS, class_balance, make_synthetic
+from resexp.errors import ConfigError, DataError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
+TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+PER_BATCH = 4  # 5 batches -> 20 training images
+TEST_SIZE = 10
+
+
+class _Python2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 str opcodes, as the CIFAR files (pickled by Python 2) hold them.
+
+    torchvision unpickles with encoding="latin1", which turns exactly these into str keys
+    ("data", "labels") and feeds numpy the raw pixel string the way it reads the real files.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_python2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = _save_python2_str
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        _Python2Pickler(f, protocol=2).dump(obj)
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[np.ndarray, list]]:
+    """cifar-10-batches-py/ with random batches; torchvision's md5 lists patched to match them."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in [*TRAIN_BATCHES, "test_batch"]:
+        n = TEST_SIZE if name == "test_batch" else PER_BATCH
+        # One row per image: 1024 red, then 1024 green, then 1024 blue values, each row-major.
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        _pickle(folder / name, {
+            b"batch_label": f"{name} of 5".encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)],
+        })
+        written[name] = (data, labels)
+    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer",
+                                 "dog", "frog", "horse", "ship", "truck")]
+    _pickle(folder / "batches.meta", {b"num_cases_per_batch": PER_BATCH, b"label_names": names,
+                                      b"num_vis": 3072})
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, _md5(folder / n)] for n in TRAIN_BATCHES])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
+    return written
+
+
+def _cifar_cfg(root: Path | str, download: bool = False) -> dict:
+    return {"name": "cifar10", "root": str(root), "download": download, "val_size": 0, "augment": True}
+
+
+def test_cifar10_round_trips_pixels_and_labels(tmp_path, monkeypatch):
+    written = _write_cifar10(tmp_path, monkeypatch)
+    raw = load_source(_cifar_cfg(tmp_path))
+
+    assert isinstance(raw, RawData)
+    assert (raw.name, raw.num_classes, raw.channels) == ("cifar10", 10, 3)
+    assert raw.train_images.shape == (5 * PER_BATCH, 3, 32, 32)
+    assert raw.test_images.shape == (TEST_SIZE, 3, 32, 32)
+    for images, labels in [(raw.train_images, raw.train_labels), (raw.test_images, raw.test_labels)]:
+        assert images.dtype == torch.uint8 and images.is_contiguous()
+        assert labels.dtype == torch.int64
+    # Training images come batch by batch, in file order.
+    train = np.concatenate([written[name][0] for name in TRAIN_BATCHES])
+    test = written["test_batch"][0]
+    for i, c, y, x in [(0, 0, 0, 0), (3, 1, 5, 30), (4, 2, 31, 31), (19, 0, 17, 2)]:
+        assert raw.train_images[i, c, y, x] == train[i, c * 1024 + y * 32 + x]
+    assert torch.equal(raw.train_images, torch.from_numpy(train).view(-1, 3, 32, 32))
+    assert torch.equal(raw.test_images, torch.from_numpy(test).view(-1, 3, 32, 32))
+    assert raw.train_labels.tolist() == sum((written[name][1] for name in TRAIN_BATCHES), [])
+    assert raw.test_labels.tolist() == written["test_batch"][1]
+
+
+def test_root_expands_home(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path / "data", monkeypatch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(load_source(_cifar_cfg("~/data")).test_labels) == TEST_SIZE
+
+
+def test_missing_cifar_names_the_folder_and_the_fix(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_source(_cifar_cfg(tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "data.download=false" in message
+    assert "cifar-10-python.tar.gz" in message and "RESEXP_DATA" in message
+    assert "\n" not in message
+
+
+def test_failed_download_is_reported(tmp_path, monkeypatch):
+    def offline(self):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    with pytest.raises(DataError, match="download failed: URLError") as info:
+        load_source(_cifar_cfg(tmp_path, download=True))
+    assert str(tmp_path / "cifar-10-batches-py") in str(info.value)
+
+
+def test_corrupt_cifar_file_is_named(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    content = bytearray(path.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    path.write_bytes(bytes(content))
+    # Corrupt files are reported even when a download is allowed: nothing is fetched over them.
+    with pytest.raises(DataError, match="corrupt") as info:
+        load_source(_cifar_cfg(tmp_path, download=True))
+    assert str(path) in str(info.value)
+
+
+def test_unparsable_cifar_file_with_matching_md5(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(b"not a pickle")
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(path)]])
+    with pytest.raises(DataError, match="could not be parsed"):
+        load_source(_cifar_cfg(tmp_path))
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(ConfigError, match="cifar10, cifar100, fashion_mnist, synthetic"):
+        load_source({"name": "imagenet"})
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    # IDX: two zero bytes, type 0x08 (uint8), the number of dims, big-endian int32 sizes, data.
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _write_fashion_mnist(root: Path) -> dict[str, np.ndarray]:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in [("train", 12), ("t10k", 5)]:
+        arrays[f"{split}-images"] = rng.integers(1, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}-labels"] = rng.integers(0, 10, n, dtype=np.uint8)
+        _write_idx(raw / f"{split}-images-idx3-ubyte", arrays[f"{split}-images"])
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", arrays[f"{split}-labels"])
+    return arrays
+
+
+def _fashion_cfg(root: Path) -> dict:
+    return {"name": "fashion_mnist", "root": str(root), "download": False}
+
+
+def test_fashion_mnist_is_zero_padded_to_32(tmp_path):
+    arrays = _write_fashion_mnist(tmp_path)
+    raw = load_source(_fashion_cfg(tmp_path))
+
+    assert (raw.name, raw.num_classes, raw.channels) == ("fashion_mnist", 10, 1)
+    for images, labels, split in [(raw.train_images, raw.train_labels, "train"),
+                                  (raw.test_images, raw.test_labels, "t10k")]:
+        assert images.shape == (len(arrays[f"{split}-images"]), 1, 32, 32)
+        assert images.dtype == torch.uint8 and images.is_contiguous()
+        # The written pixels are all >= 1, so the 2-pixel border must be exactly the padding.
+        assert torch.equal(images[:, 0, 2:30, 2:30], torch.from_numpy(arrays[f"{split}-images"]))
+        border = torch.ones(32, 32, dtype=torch.bool)
+        border[2:30, 2:30] = False
+        assert images[:, 0, border].eq(0).all()
+        assert labels.dtype == torch.int64
+        assert labels.tolist() == arrays[f"{split}-labels"].tolist()
+
+
+def test_missing_fashion_mnist_names_the_folder(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_source(_fashion_cfg(tmp_path))
+    assert str(tmp_path / "FashionMNIST" / "raw") in str(info.value)
+
+
+def test_truncated_fashion_mnist_file_is_named(tmp_path):
+    _write_fashion_mnist(tmp_path)
+    path = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(DataError, match="corrupt") as info:
+        load_source(_fashion_cfg(tmp_path))
+    assert str(path) in str(info.value)
+
+
+def _synthetic_cfg(**overrides) -> dict:
+    cfg = OmegaConf.load(CONFIGS / "synthetic.yaml")
+    return OmegaConf.merge(cfg, {"train_size": 300, "test_size": 100, **overrides})
+
+
+def test_synthetic_config_reaches_the_generator():
+    cfg = _synthetic_cfg()
+    assert all(key in cfg for key in KNOBS)  # every knob is documented in the config
+    raw = load_source(cfg)
+    assert (raw.name, raw.num_classes, raw.channels) == ("synthetic", 10, 3)
+    assert raw.train_images.shape == (300, 3, 32, 32) and raw.test_images.shape == (100, 3, 32, 32)
+    for images, labels in [(raw.train_images, raw.train_labels), (raw.test_images, raw.test_labels)]:
+        assert images.dtype == torch.uint8 and images.is_contiguous()
+        assert labels.dtype == torch.int64
+    # The config's knobs are used: turning the noise off changes the images.
+    quiet = load_source(_synthetic_cfg(noise=0.0))
+    assert not torch.equal(quiet.train_images, raw.train_images)
+
+
+def test_synthetic_is_deterministic_per_seed():
+    a, b = make_synthetic(200, 50, seed=3), make_synthetic(200, 50, seed=3)
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    other = make_synthetic(200, 50, seed=4)
+    assert not torch.equal(a.train_images, other.train_images)
+    assert not torch.equal(a.test_images, other.test_images)
+
+
+def test_synthetic_test_set_is_independent_of_train_size():
+    assert torch.equal(make_synthetic(100, 50, 0).test_images, make_synthetic(200, 50, 0).test_images)
+
+
+def test_synthetic_splits_are_disjoint():
+    raw = make_synthetic(300, 100, seed=0)
+    train = {bytes(image.numpy()) for image in raw.train_images}
+    assert not any(bytes(image.numpy()) in train for image in raw.test_images)
+
+
+def test_synthetic_labels_are_balanced_and_shuffled():
+    raw = make_synthetic(300, 100, seed=0)
+    assert torch.bincount(raw.train_labels, minlength=10).tolist() == [30] * 10
+    assert torch.bincount(raw.test_labels, minlength=10).tolist() == [10] * 10
+    assert not torch.equal(raw.train_labels, torch.arange(300) % 10)
+
+
+def test_class_balance_spreads_the_remainder():
+    labels = class_balance(23, 10, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels, minlength=10).tolist() == [3, 3, 3] + [2] * 7
+
+
+@pytest.mark.parametrize("bad", [{"train_size": 0}, {"noise": -0.1}, {"modes": 0}])
+def test_synthetic_rejects_bad_knobs(bad):
+    with pytest.raises(ConfigError, match="data."):
+        load_source(_synthetic_cfg(**bad))

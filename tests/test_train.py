@@ -1,0 +1,104 @@
+"""The training engine end to end on the synthetic set, small enough for 2 CPU cores."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from resexp.config import compose
+from resexp.engine.train import train
+from resexp.models import build_model, count_params
+
+SMALL = ["data=synthetic", "data.train_size=1000", "data.test_size=200", "model.width=0.25",
+         "trainer.batch_size=32", "trainer.progress=none", "trainer.deterministic=true"]
+TAGS = {"train/error", "train/loss", "test/error", "test/loss", "lr"}
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})  # 0 = keep all
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_plain56_run_writes_the_five_tags_and_a_summary(tmp_path):
+    cfg = compose(["model=plain56", *SMALL, "trainer.max_iters=50", "trainer.eval_every=25",
+                   "trainer.log_every=5", f"run.root={tmp_path}"])
+    summary = train(cfg)
+    run_dir = tmp_path / "plain56_synthetic_seed0"
+    series = scalars(run_dir)
+    assert TAGS <= set(series)
+    assert [step for step, _ in series["test/error"]] == [25, 50]
+    assert [value for _, value in series["lr"]] == pytest.approx([0.1, 0.001])  # 0.5, 0.75 milestones
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["status"] == "finished" and summary["iterations"] == 50
+    assert summary["test_error"] == pytest.approx(series["test/error"][-1][1])
+    assert summary["train_error"] == pytest.approx(series["train/error"][-1][1])
+    assert 0 <= summary["test_error"] <= 100 and summary["precision"] == "fp32"
+    assert summary["params"] == count_params(build_model(cfg.model)) == summary["params"] > 0
+    assert (run_dir / "config.yaml").read_text().count("plain56") >= 1
+    # A finished run is not trained again: the same call returns its summary untouched.
+    assert train(cfg) == summary
+
+
+def test_same_seed_reproduces_bit_for_bit_and_resume_matches_a_straight_run(tmp_path):
+    common = ["model=resnet20", *SMALL, "trainer.max_iters=60", "trainer.eval_every=20",
+              "trainer.log_every=10", "trainer.checkpoint_every=10"]
+    straight = train(compose([*common, f"run.root={tmp_path}/a"]))
+    again = train(compose([*common, f"run.root={tmp_path}/b"]))
+    assert straight["train_error"] == again["train_error"] and straight["test_loss"] == again["test_loss"]
+
+    # Kill a real process after its checkpoint at iteration >= 20, then resume it.
+    root = tmp_path / "killed"
+    run_dir = root / "resnet20_synthetic_seed0"
+    proc = subprocess.Popen([sys.executable, "-m", "resexp.cli", "train", *common, f"run.root={root}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if checkpoint.is_file() and torch.load(checkpoint, weights_only=True)["iteration"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=True)["iteration"]
+    assert 20 <= killed_at < 60, "the process was killed mid-run"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+
+    resumed = train(compose([*common, f"run.root={root}"]))
+    for key in ("train_error", "train_loss", "test_error", "test_loss", "best_test_error", "iterations"):
+        assert resumed[key] == straight[key], key
+    a = torch.load(tmp_path / "a" / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(checkpoint, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # The curves do not double back: one value per step, steps strictly increasing.
+    for tag, points in scalars(run_dir).items():
+        steps = [s for s, _ in points]
+        assert steps == sorted(set(steps)), tag
+    assert scalars(run_dir)["test/error"] == scalars(tmp_path / "a" / "resnet20_synthetic_seed0")["test/error"]
+
+
+def test_error_warmup_runs_at_low_lr_until_the_error_drops(tmp_path):
+    cfg = compose(["model=resnet110", *SMALL, "model.depth=8", "trainer.max_iters=6", "trainer.eval_every=2",
+                   "trainer.log_every=1", "optim.error_warmup.max_iters=2", f"run.root={tmp_path}"])
+    train(cfg)
+    lrs = [v for _, v in scalars(tmp_path / "resnet110_synthetic_seed0")["lr"]]
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
+
+
+def test_existing_run_with_other_settings_is_never_overwritten(tmp_path):
+    base = ["model=resnet20", *SMALL, "trainer.max_iters=4", "trainer.eval_every=2", f"run.root={tmp_path}"]
+    train(compose(base))
+    run_dir = tmp_path / "resnet20_synthetic_seed0"
+    before = (run_dir / "summary.json").read_text(), (run_dir / "checkpoints" / "last.pt").read_bytes()
+    from resexp.errors import ConfigError
+    with pytest.raises(ConfigError, match="different optim"):
+        train(compose([*base, "optim.lr=0.5"]))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(compose([*base, "run.resume=false"]))
+    assert before == ((run_dir / "summary.json").read_text(), (run_dir / "checkpoints" / "last.pt").read_bytes())
