@@ -16,9 +16,14 @@ $(BIN)/resexp: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
+DEMO := results/demo/runs/sweeps/demo
+
+# The degradation demo: plain-20/56 and ResNet-20/56 on the synthetic set (configs/sweep/demo.yaml).
 demo: install
-	$(BIN)/resexp train model=resnet20 data=synthetic model.width=0.5 trainer.max_iters=400 \
-		trainer.eval_every=100 run.root=results/demo/runs
+	$(BIN)/resexp sweep demo run.root=results/demo/runs
+	$(BIN)/resexp figure $(DEMO) -o results/demo/figure6.png
+	$(BIN)/resexp table $(DEMO) -o results/demo
+	$(BIN)/python scripts/check_demo.py $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -77,6 +77,37 @@ def sweep(
         _fail(str(e))
 
 
+@app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) "
+             "from a sweep directory's TensorBoard logs. Writes PNG and PDF.")
+def figure(
+    sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="output file (default SWEEP_DIR/figure6.png)"),
+) -> None:
+    from resexp.report import figure6, require_runs
+
+    try:
+        paths = figure6(require_runs(sweep_dir), out or f"{sweep_dir}/figure6.png")
+    except ResexpError as e:
+        _fail(str(e))
+    print("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command(help="Table 6 from a sweep directory: model, depth, params, test error (best, mean ± std "
+             "over seeds), final training error, and the paper's numbers on CIFAR-10. Writes .md and .csv.")
+def table(
+    sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
+    out_dir: Optional[str] = typer.Option(None, "-o", "--out-dir", help="where table6.md/.csv go (default SWEEP_DIR)"),
+) -> None:
+    from resexp.report import print_table, require_runs, table6, write_table
+
+    try:
+        rows = table6(require_runs(sweep_dir))
+    except ResexpError as e:
+        _fail(str(e))
+    print_table(rows)
+    print("wrote " + ", ".join(map(str, write_table(rows, out_dir or sweep_dir))))
+
+
 @app.command(help="List every named model with its parameters and forward MACs per image.")
 def models() -> None:
     from resexp.models import build_model, count_macs, count_params

@@ -49,11 +49,16 @@ def main(cfg: DictConfig) -> str:
     return summary["status"]
 
 
+def _is_swept(override: str) -> bool:
+    value = override.split("=", 1)[-1]
+    return "," in value or value.startswith(("range(", "choice(", "glob("))
+
+
 def check_overrides(overrides: list[str]) -> DictConfig:
     """Compose every value of every simple sweep (key=a,b,c) once, so a bad value fails here
     with resexp's one-line error instead of inside Hydra's multirun. Returns the first config."""
-    fixed = [o for o in overrides if "," not in o and not o.startswith("hydra")]
-    swept = [o for o in overrides if "," in o and "(" not in o and not o.startswith("hydra")]
+    fixed = [o for o in overrides if not _is_swept(o) and not o.startswith("hydra")]
+    swept = [o for o in overrides if _is_swept(o) and "(" not in o and not o.startswith("hydra")]
     first = compose(fixed)
     for override in swept:
         key, values = override.split("=", 1)
@@ -66,7 +71,10 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
     """Settings the launcher plugins leave to chance, made explicit unless the user set them."""
     given = {o.split("=", 1)[0] for o in overrides}
     launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), "basic")
-    extra = []
+    # Run directories are named by what varies between runs only: the swept keys.
+    fixed = [o.split("=", 1)[0].lstrip("+~") for o in overrides if not _is_swept(o)]
+    excluded = ["sweep", "run.root", "run.sweep", *fixed]
+    extra = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"]
     if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
         # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike.
         gpus = _visible_gpus()

@@ -57,6 +57,9 @@ pid_alive() {
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]
 }
 
+pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+no_active_jobs() { [[ -z "$(timeout 10 squeue -h -t R,CG -o %A 2>/dev/null)" ]]; }
+
 # Wait up to $1 seconds for the command "${@:2}" to succeed.
 wait_for() {
     local secs=$1; shift
@@ -155,6 +158,7 @@ SlurmdUser=root
 # processes through /proc instead and bind no tasks to CPUs.
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
+# No MPI. slurmd/slurmctld still log "can not load PMIx library" errors at start: harmless.
 MpiDefault=none
 # No accounting database (slurmdbd): sacct is not available on this cluster.
 JobAcctGatherType=jobacct_gather/none
@@ -209,14 +213,19 @@ node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 node_ready() { [[ "$(node_state)" =~ ^(idle|mixed|allocated)$ ]]; }
 ctld_up() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
 
-# The end-to-end check: a job step really runs on the node.
-check_cluster() {
+# The node is usable: idle, or running jobs (mixed/allocated), not down or drained.
+check_node() {
     wait_for 60 node_ready || {
         show_logs
         die "node $NODE is '$(node_state)' in sinfo, not idle, after 60 s (scontrol show node $NODE says why)"
     }
+}
+
+# The end-to-end check after a fresh start: a job step really runs on the node.
+check_srun() {
     local out
-    out="$(timeout 60 srun -N1 -n1 -p "$PARTITION" hostname 2>&1)" || {
+    # --quiet: no "job N queued and waiting for resources" chatter in the captured output.
+    out="$(timeout 60 srun --quiet -N1 -n1 -p "$PARTITION" hostname 2>&1)" || {
         show_logs
         die "'srun -N1 hostname' failed: $out"
     }
@@ -236,7 +245,9 @@ cmd_start() {
     install_packages
     if daemons_running && munge_works; then
         say "already running (slurmctld pid $(cat "$RUN/slurmctld.pid"), slurmd pid $(cat "$RUN/slurmd.pid"))"
-        check_cluster
+        # No srun here: user jobs may hold every CPU, and the check would wait for them.
+        check_node
+        say "node $NODE is $(node_state)"
         print_export
         return 0
     fi
@@ -255,7 +266,8 @@ cmd_start() {
     wait_for 30 ctld_up || { show_logs; die "slurmctld does not answer 'scontrol ping' after 30 s"; }
     say "starting slurmd (node $NODE)"
     slurmd -f "$CONF" -N "$NODE" || { show_logs; die "slurmd failed to start"; }
-    check_cluster
+    check_node
+    check_srun
     print_export
 }
 
@@ -270,7 +282,7 @@ stop_daemon() {
     pid="$(tr -dc '0-9' <"$pidfile")"
     say "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_for 15 bash -c "! kill -0 $pid"; then
+    if ! wait_for 15 pid_gone "$pid"; then
         say "$name did not exit after 15 s; sending KILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
@@ -279,17 +291,17 @@ stop_daemon() {
 
 cmd_stop() {
     need_root stop
-    if pid_alive "$RUN/slurmctld.pid" slurmctld; then
+    # (squeue needs munge: without it, it retries for most of a minute, so skip it then.)
+    if pid_alive "$RUN/slurmctld.pid" slurmctld && munge_works; then
         # Cancel the jobs first: slurmd does not kill running jobs when it stops, and
         # leftover job processes would keep running with nobody managing them.
         local jobs
-        jobs="$(squeue -h -o %A 2>/dev/null | tr '\n' ' ')"
+        jobs="$(timeout 20 squeue -h -o %A 2>/dev/null | tr '\n' ' ')" || jobs=""
         if [[ -n "${jobs// /}" ]]; then
             say "cancelling jobs: $jobs"
             # shellcheck disable=SC2086  # one argument per job id
             scancel $jobs 2>/dev/null || true
-            wait_for 20 bash -c '[[ -z "$(squeue -h -t R,CG -o %A 2>/dev/null)" ]]' \
-                || say "some jobs are still finishing; stopping anyway"
+            wait_for 20 no_active_jobs || say "some jobs are still finishing; stopping anyway"
         fi
     fi
     stop_daemon "$RUN/slurmd.pid" slurmd
@@ -300,7 +312,7 @@ cmd_stop() {
         if [[ -n "$pid" ]] && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == munged ]]; then
             say "stopping munged (pid $pid)"
             kill -TERM "$pid" 2>/dev/null || true
-            wait_for 10 bash -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+            wait_for 10 pid_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
         fi
         rm -f "$MUNGED_OURS"
     fi
@@ -313,6 +325,10 @@ cmd_stop() {
 
 cmd_status() {
     local up=0
+    if ! command -v munge >/dev/null || ! command -v slurmctld >/dev/null; then
+        say "SLURM/munge not installed ('$0 start' installs them)"
+        return 3
+    fi
     if munge_works; then say "munged: working"; else say "munged: NOT working"; up=3; fi
     if pid_alive "$RUN/slurmctld.pid" slurmctld; then
         say "slurmctld: running (pid $(cat "$RUN/slurmctld.pid"))"

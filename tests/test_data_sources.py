@@ -1,4 +1,4 @@
-"""Dataset sources through the real loading path: tiny files in the datasets' exact on-disk formats."""
+"""Dataset sources through the real loading path, on tiny files in each dataset's on-disk format."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torchvision.datasets import CIFAR10
 
 from resexp.data.sources import RawData, load_source
@@ -52,7 +52,9 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[np.ndarray, list]]:
+def _write_cifar10(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, tuple[np.ndarray, list[int]]]:
     """cifar-10-batches-py/ with random batches; torchvision's md5 lists patched to match them."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -80,8 +82,15 @@ def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tup
     return written
 
 
+def _assert_dtypes(raw: RawData) -> None:
+    splits = [(raw.train_images, raw.train_labels), (raw.test_images, raw.test_labels)]
+    for images, labels in splits:
+        assert images.dtype == torch.uint8 and images.is_contiguous()
+        assert labels.dtype == torch.int64
+
+
 def _cifar_cfg(root: Path | str, download: bool = False) -> dict:
-    return {"name": "cifar10", "root": str(root), "download": download, "val_size": 0, "augment": True}
+    return {"name": "cifar10", "root": str(root), "download": download}
 
 
 def test_cifar10_round_trips_pixels_and_labels(tmp_path, monkeypatch):
@@ -92,9 +101,7 @@ def test_cifar10_round_trips_pixels_and_labels(tmp_path, monkeypatch):
     assert (raw.name, raw.num_classes, raw.channels) == ("cifar10", 10, 3)
     assert raw.train_images.shape == (5 * PER_BATCH, 3, 32, 32)
     assert raw.test_images.shape == (TEST_SIZE, 3, 32, 32)
-    for images, labels in [(raw.train_images, raw.train_labels), (raw.test_images, raw.test_labels)]:
-        assert images.dtype == torch.uint8 and images.is_contiguous()
-        assert labels.dtype == torch.int64
+    _assert_dtypes(raw)
     # Training images come batch by batch, in file order.
     train = np.concatenate([written[name][0] for name in TRAIN_BATCHES])
     test = written["test_batch"][0]
@@ -214,7 +221,7 @@ def test_truncated_fashion_mnist_file_is_named(tmp_path):
     assert str(path) in str(info.value)
 
 
-def _synthetic_cfg(**overrides) -> dict:
+def _synthetic_cfg(**overrides) -> DictConfig:
     cfg = OmegaConf.load(CONFIGS / "synthetic.yaml")
     return OmegaConf.merge(cfg, {"train_size": 300, "test_size": 100, **overrides})
 
@@ -225,9 +232,7 @@ def test_synthetic_config_reaches_the_generator():
     raw = load_source(cfg)
     assert (raw.name, raw.num_classes, raw.channels) == ("synthetic", 10, 3)
     assert raw.train_images.shape == (300, 3, 32, 32) and raw.test_images.shape == (100, 3, 32, 32)
-    for images, labels in [(raw.train_images, raw.train_labels), (raw.test_images, raw.test_labels)]:
-        assert images.dtype == torch.uint8 and images.is_contiguous()
-        assert labels.dtype == torch.int64
+    _assert_dtypes(raw)
     # The config's knobs are used: turning the noise off changes the images.
     quiet = load_source(_synthetic_cfg(noise=0.0))
     assert not torch.equal(quiet.train_images, raw.train_images)
@@ -243,7 +248,8 @@ def test_synthetic_is_deterministic_per_seed():
 
 
 def test_synthetic_test_set_is_independent_of_train_size():
-    assert torch.equal(make_synthetic(100, 50, 0).test_images, make_synthetic(200, 50, 0).test_images)
+    small, large = make_synthetic(100, 50, seed=0), make_synthetic(200, 50, seed=0)
+    assert torch.equal(small.test_images, large.test_images)
 
 
 def test_synthetic_splits_are_disjoint():

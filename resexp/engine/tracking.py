@@ -17,8 +17,10 @@ PROGRESS_MODES = ("auto", "bar", "lines", "none")
 
 def tensorboard_writer(run_dir: Path, resumed_at: int | None) -> SummaryWriter:
     # purge_step drops events a killed run wrote after its last checkpoint, so resumed curves
-    # continue from the checkpoint instead of doubling back.
-    return SummaryWriter(str(run_dir / "tb"), purge_step=resumed_at)
+    # continue from the checkpoint instead of doubling back. Events at the checkpoint's own
+    # iteration were written before it was saved and stay.
+    purge = None if resumed_at is None else resumed_at + 1
+    return SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         window_count = state["window_count"]
         torch.set_rng_state(state["torch_rng"])
 
-    writer = tensorboard_writer(run_dir, iteration if iteration > 0 else None)
+    writer = tensorboard_writer(run_dir, iteration if iteration > 0 else None)  # resumed after `iteration`
     progress = ProgressReport(t.progress, run_dir.name, iteration, max_iters)
     if iteration > 0:
         progress.message(f"resuming {run_dir} at iteration {iteration}")

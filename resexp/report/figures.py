@@ -80,7 +80,7 @@ def draw_figure6(curves: list[Curve]) -> Figure:
     for ax, panel_curves in by_panel:
         for curve in panel_curves:
             _draw_curve(ax, curve, colours[curve.depth])
-        ax.set_title("residual networks" if panel_curves[0].residual else "plain networks")
+        ax.set_title("residual networks" if panel_curves[0].residual else "plain networks", loc="left")
         ax.set_xlabel("iterations")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))  # "1e4" as in the paper
         ax.set_xlim(0, max(c.max_iters for c in curves))
@@ -123,13 +123,13 @@ def _curve(label: str, runs: list[Run], status: str) -> Curve:
 
 
 def _band(runs: list[Run], tag: str) -> Band | None:
-    logged = [r.series.get(tag) for r in runs]
-    if any(s is None for s in logged):
+    if any(tag not in r.series for r in runs):
         return None
-    common = sorted(set.intersection(*(set(steps) for steps, _ in logged)))
+    by_step = [dict(zip(*r.series[tag])) for r in runs]
+    common = sorted(set.intersection(*(set(d) for d in by_step)))
     if not common:
         return None
-    values = np.array([[dict(zip(steps, vals))[s] for s in common] for steps, vals in logged])
+    values = np.array([[d[s] for s in common] for d in by_step])
     return Band(np.array(common), values.mean(0), values.min(0), values.max(0))
 
 
@@ -138,14 +138,13 @@ def _draw_curve(ax: Axes, curve: Curve, colour) -> None:
     for band, is_test in ((curve.test, True), (curve.train, False)):
         if band is None:
             continue
-        style = {"lw": 2.0} if is_test else {"lw": 0.8, "ls": "--"}
+        style = {"lw": 2.0, "ms": 7} if is_test else {"lw": 0.8, "ls": "--", "ms": 4}
+        if curve.status != "finished":  # a marker where the unfinished run stopped (shown in the legend too)
+            style.update(marker=UNFINISHED_MARKERS.get(curve.status, "o"), markevery=[len(band.steps) - 1])
         ax.plot(band.steps, band.mean, color=colour, label=label, **style)
         label = None
         if len(curve.seeds) > 1:
             ax.fill_between(band.steps, band.min, band.max, color=colour, alpha=0.2 if is_test else 0.1, lw=0)
-        if curve.status != "finished":
-            marker = UNFINISHED_MARKERS.get(curve.status, "o")
-            ax.plot(band.steps[-1], band.mean[-1], marker=marker, color=colour, ms=6 if is_test else 4)
 
 
 def _bands(curves: list[Curve]) -> list[Band]:
@@ -164,5 +163,5 @@ def _set_y_range(panels: list[tuple[Axes, list[Curve]]]) -> None:
     panels[0][0].set_ylim(0, PAPER_YMAX)
     for ax, panel in panels:
         if any(float(b.max.max()) > PAPER_YMAX for b in _bands(panel)):
-            ax.text(0.02, 0.98, f"axis cut at {PAPER_YMAX:g}%: higher values not shown",
-                    transform=ax.transAxes, fontsize=7, va="top", color="0.4")
+            ax.text(1.0, 1.01, f"axis cut at {PAPER_YMAX:g}%: higher values not shown",
+                    transform=ax.transAxes, fontsize=7, ha="right", va="bottom", color="0.4")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.errors import ResexpError
 
@@ -30,7 +31,7 @@ class Run:
     """One run directory. `series` reads the TensorBoard events on first use, then caches them."""
 
     path: Path
-    config: DictConfig
+    config: DictConfig  # a plain dict is converted
     summary: dict[str, Any]
 
     def __post_init__(self) -> None:
@@ -110,9 +111,10 @@ def read_series(run_dir: str | Path) -> Series:
     size_guidance 0 keeps every point; EventAccumulator's default keeps a random sample of
     1000 per tag. Its purge logic drops points a killed run logged after its last checkpoint.
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0})
+    tb_dir = Path(run_dir) / "tb"
+    if not tb_dir.is_dir():  # e.g. a sweep copied without its event files: nothing to plot
+        return {}
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     series: Series = {}
     for tag in accumulator.Tags()["scalars"]:
@@ -124,13 +126,13 @@ def read_series(run_dir: str | Path) -> Series:
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs grouped by experiment (config equal up to the seed), keyed by a unique label.
+    """Runs grouped by experiment (config equal up to the seed), by seed, keyed by a unique label.
 
     The label is the model's name ("plain-20"); where several experiments share it (an lr
     sweep, two datasets) the config values that tell them apart are appended.
     """
     groups: dict[str, list[Run]] = {}
-    for run in runs:
+    for run in sorted(runs, key=lambda r: r.seed):
         groups.setdefault(json.dumps(run.identity, sort_keys=True), []).append(run)
     by_label: dict[str, list[list[Run]]] = {}
     for members in groups.values():

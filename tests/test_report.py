@@ -1,0 +1,243 @@
+"""Figure 6 and Table 6 from fake run directories written with the real TensorBoard writer."""
+
+import csv
+import io
+import json
+import statistics
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from rich.console import Console
+from torch.utils.tensorboard import SummaryWriter
+
+from resexp.errors import ResexpError
+from resexp.report import (
+    Band, Curve, draw_figure6, figure6, figure6_series, find_runs, group_runs, make_figure, make_table, print_table,
+    read_series, table6, write_table,
+)
+
+MAX_ITERS = 2000
+STEPS = list(range(100, MAX_ITERS + 1, 100))
+PARAMS = {20: 269_722, 56: 853_018}
+MANY = 10_500  # points of one tag: more than EventAccumulator's default sample of 1000 keeps
+# (name, depth, residual, seed, status, sub-directory): a finished pair of seeds per model,
+# one diverged plain-56, one run nested a level deeper.
+RUNS = [
+    ("plain20", 20, False, 0, "finished", ""), ("plain20", 20, False, 1, "finished", ""),
+    ("plain56", 56, False, 0, "finished", ""), ("plain56", 56, False, 1, "finished", ""),
+    ("plain56", 56, False, 2, "diverged", ""),
+    ("resnet20", 20, True, 0, "finished", ""), ("resnet20", 20, True, 1, "finished", ""),
+    ("resnet56", 56, True, 0, "finished", ""), ("resnet56", 56, True, 1, "finished", "nested"),
+]
+
+
+def f32(values):
+    """TensorBoard stores scalars as float32: what a reader gets back."""
+    return [float(np.float32(v)) for v in values]
+
+
+def write_run(root, name, depth, residual, seed, status, data="cifar10", many=False):
+    """A run directory as train.py writes it; returns {tag: (steps, values)} as logged."""
+    run_dir = root / f"{name}_{data}_seed{seed}"
+    run_dir.mkdir(parents=True)
+    cfg = {"seed": seed, "run": {"dir": str(run_dir)},
+           "model": {"arch": "cifar_resnet", "name": name, "depth": depth, "residual": residual,
+                     "shortcut": "A", "width": 1.0},
+           "data": {"name": data, "root": "/somewhere", "val_size": 0},
+           "optim": {"name": "sgd", "lr": 0.1},
+           "trainer": {"max_iters": MAX_ITERS, "batch_size": 128, "device": "cpu", "eval_every": 100}}
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    rng = np.random.default_rng([depth, int(residual), seed])
+    if status == "diverged":
+        steps = STEPS[:8]
+        train, test = f32(90 + rng.uniform(0, 1, len(steps))), f32(90 + rng.uniform(0, 1, len(steps)))
+    else:
+        decay = 10 * np.exp(-np.arange(len(STEPS)) / 4)
+        floor = depth / 20 - 0.5 * residual
+        train = f32(floor + decay + rng.uniform(0, 0.5, len(STEPS)))
+        test = f32(floor + 6 + decay + rng.uniform(0, 0.5, len(STEPS)))
+        steps = STEPS
+    written = {"train/error": (steps, train), "test/error": (steps, test), "lr": (steps, f32([0.1] * len(steps)))}
+    if many:  # written out of order, to check that read_series sorts by step
+        loss_steps = [int(s) for s in rng.permutation(MANY) + 1]
+        written["train/loss"] = (loss_steps, f32(1 / s for s in loss_steps))
+    with SummaryWriter(str(run_dir / "tb")) as writer:
+        for tag, (tag_steps, values) in written.items():
+            for step, value in zip(tag_steps, values):
+                writer.add_scalar(tag, value, step)
+    summary = {"status": status, "model": name, "data": data, "seed": seed, "params": PARAMS[depth],
+               "eval_split": "test", "max_iters": MAX_ITERS, "iterations": steps[-1],
+               "train_error": train[-1], "test_error": test[-1], "best_test_error": min(test)}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return {tag: tuple(map(list, zip(*sorted(zip(*pairs))))) for tag, pairs in written.items()}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """(sweep dir, {(name, seed): logged series}) for RUNS, plus directories that are no runs."""
+    root = tmp_path_factory.mktemp("sweep")
+    logged = {}
+    for i, (name, depth, residual, seed, status, sub) in enumerate(RUNS):
+        logged[name, seed] = write_run(root / sub, name, depth, residual, seed, status, many=i == 0)
+    (root / ".hydra").mkdir()  # Hydra's own config.yaml, no summary.json: not a run
+    (root / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (root / "crashed_before_start").mkdir()
+    (root / "crashed_before_start" / "config.yaml").write_text("seed: 0\n")
+    return root, logged
+
+
+def expected_band(logged, name, seeds, tag):
+    """Mean, min, max over seeds, computed here from what was written."""
+    values = np.array([logged[name, seed][tag][1] for seed in seeds])
+    return values.mean(0), values.min(0), values.max(0)
+
+
+def test_find_runs_finds_every_run_directory_and_only_those(sweep):
+    root, _ = sweep
+    runs = find_runs(root)
+    assert sorted((r.config.model.name, r.seed) for r in runs) == sorted((n, s) for n, _, _, s, _, _ in RUNS)
+    assert {r.status for r in runs} == {"finished", "diverged"}
+    assert any(r.path.parent.name == "nested" for r in runs)
+    assert set(group_runs(runs)) == {"plain-20", "plain-56", "ResNet-20", "ResNet-56"}
+
+
+def test_read_series_returns_every_logged_point_sorted(sweep):
+    root, logged = sweep
+    series = read_series(root / "plain20_cifar10_seed0")
+    assert set(series) == {"train/error", "test/error", "lr", "train/loss"}
+    steps, values = series["train/loss"]
+    assert len(steps) == MANY and steps == list(range(1, MANY + 1))
+    assert (steps, values) == logged["plain20", 0]["train/loss"]
+    assert series["test/error"] == logged["plain20", 0]["test/error"]
+
+
+def test_figure6_series_is_the_logged_data(sweep):
+    root, logged = sweep
+    curves = {c.label: c for c in figure6_series(find_runs(root))}
+    assert list(curves) == ["plain-20", "plain-56", "plain-56 seed 2 (diverged)", "ResNet-20", "ResNet-56"]
+    for label, name in [("plain-20", "plain20"), ("plain-56", "plain56"),
+                        ("ResNet-20", "resnet20"), ("ResNet-56", "resnet56")]:
+        curve = curves[label]
+        assert curve.seeds == [0, 1] and curve.status == "finished"
+        assert curve.residual == name.startswith("resnet")
+        for kind, tag in (("train", "train/error"), ("test", "test/error")):
+            band = getattr(curve, kind)
+            assert band.steps.tolist() == STEPS
+            for got, want in zip((band.mean, band.min, band.max), expected_band(logged, name, [0, 1], tag)):
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    diverged = curves["plain-56 seed 2 (diverged)"]
+    assert diverged.seeds == [2] and diverged.status == "diverged"
+    assert (diverged.test.steps.tolist(), diverged.test.mean.tolist()) == logged["plain56", 2]["test/error"]
+
+
+def test_figure6_writes_png_and_pdf_with_plain_left_and_residual_right(sweep, tmp_path):
+    root, _ = sweep
+    runs = find_runs(root)
+    paths = figure6(runs, tmp_path / "out" / "fig6.png")
+    assert paths == [tmp_path / "out" / "fig6.png", tmp_path / "out" / "fig6.pdf"]
+    assert paths[0].read_bytes().startswith(b"\x89PNG") and paths[1].read_bytes().startswith(b"%PDF")
+
+    left, right = draw_figure6(figure6_series(runs)).axes
+    legend = {ax: [t.get_text() for t in ax.get_legend().get_texts()] for ax in (left, right)}
+    assert legend[left] == ["plain-20", "plain-56", "plain-56 seed 2 (diverged)"]
+    assert legend[right] == ["ResNet-20", "ResNet-56"]
+    # Same depth, same colour in both panels.
+    colours = {ax: [h.get_color() for h in ax.get_legend().legend_handles] for ax in (left, right)}
+    assert colours[left][:2] == colours[right] and colours[left][0] != colours[left][1]
+    # The paper's 0-20% range (every finished curve ends inside it), and a note on the panel
+    # whose diverged run it cuts off.
+    assert left.get_ylim() == right.get_ylim() == (0, 20)
+    notes = {ax: [t.get_text() for t in ax.texts] for ax in (left, right)}
+    assert any("cut at 20%" in t for t in notes[left]) and not notes[right]
+
+
+def test_figure6_draws_only_the_panels_it_has_and_widens_the_y_range_when_needed():
+    steps = np.array([1, 2])
+    high = Curve("ResNet-20", True, 20, "finished", [0], "test", 2,
+                 train=Band(steps, np.array([40.0, 30.0]), np.array([40.0, 30.0]), np.array([40.0, 30.0])),
+                 test=Band(steps, np.array([50.0, 35.0]), np.array([50.0, 35.0]), np.array([50.0, 35.0])))
+    (ax,) = draw_figure6([high]).axes
+    assert ax.get_title(loc="left") == "residual networks"
+    assert ax.get_ylim()[1] >= 50 and not ax.texts
+    with pytest.raises(ResexpError):
+        draw_figure6([])
+
+
+def test_table6_rows(sweep):
+    root, logged = sweep
+    rows = table6(find_runs(root))
+    assert [r["model"] for r in rows] == ["plain-20", "plain-56", "ResNet-20", "ResNet-56"]
+    by_model = {r["model"]: r for r in rows}
+    for label, name in [("plain-20", "plain20"), ("plain-56", "plain56"),
+                        ("ResNet-20", "resnet20"), ("ResNet-56", "resnet56")]:
+        final_test = [logged[name, s]["test/error"][1][-1] for s in (0, 1)]
+        final_train = [logged[name, s]["train/error"][1][-1] for s in (0, 1)]
+        row = by_model[label]
+        assert row["test_error_best"] == min(final_test)
+        assert row["test_error_mean"] == pytest.approx(sum(final_test) / 2, rel=1e-12)
+        assert row["test_error_std"] == pytest.approx(statistics.stdev(final_test), rel=1e-12)  # ddof=1
+        assert row["train_error_final"] == pytest.approx(sum(final_train) / 2, rel=1e-12)
+        assert row["data"] == "cifar10" and row["eval_split"] == "test"
+    # The diverged seed counts in seeds and status, not in the statistics.
+    assert by_model["plain-56"]["seeds"] == 3 and by_model["plain-56"]["status"] == "1 diverged, 2 finished"
+    assert by_model["ResNet-20"]["seeds"] == 2 and by_model["ResNet-20"]["status"] == "2 finished"
+    assert by_model["plain-56"]["test_error_lowest_eval"] == min(
+        min(logged["plain56", s]["test/error"][1]) for s in (0, 1))
+    assert (by_model["ResNet-20"]["params"], by_model["ResNet-20"]["params_m"]) == (269_722, "0.27M")
+    assert by_model["ResNet-56"]["params_m"] == "0.85M"
+    assert by_model["ResNet-56"]["paper_test_error"] == 6.97 and by_model["ResNet-20"]["paper"] == "8.75"
+    assert by_model["plain-56"]["paper_test_error"] == 13.25 and by_model["plain-56"]["paper"].startswith("≈")
+
+
+def test_paper_column_only_on_cifar10_and_datasets_keep_apart(tmp_path):
+    write_run(tmp_path, "resnet20", 20, True, 0, "finished", data="cifar10")
+    write_run(tmp_path, "resnet20", 20, True, 0, "finished", data="cifar100")
+    rows = {r["model"]: r for r in table6(find_runs(tmp_path))}
+    assert set(rows) == {"ResNet-20 (data.name=cifar10)", "ResNet-20 (data.name=cifar100)"}
+    assert rows["ResNet-20 (data.name=cifar10)"]["paper_test_error"] == 8.75
+    assert rows["ResNet-20 (data.name=cifar100)"]["paper_test_error"] is None
+    assert rows["ResNet-20 (data.name=cifar100)"]["paper"] is None
+
+
+def test_markdown_and_csv_parse_back_to_the_row_values(sweep, tmp_path):
+    root, _ = sweep
+    rows = table6(find_runs(root))
+    md_path, csv_path = write_table(rows, tmp_path)
+    assert (md_path.name, csv_path.name) == ("table6.md", "table6.csv")
+
+    with csv_path.open() as f:
+        parsed = list(csv.DictReader(f))
+    assert len(parsed) == len(rows)
+    for row, back in zip(rows, parsed):
+        for key, value in row.items():
+            if value is None:
+                assert back[key] == ""
+            elif isinstance(value, float):
+                assert float(back[key]) == value  # full precision
+            else:
+                assert back[key] == str(value)
+
+    table_lines = [line for line in md_path.read_text().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in table_lines[0].strip("|").split("|")]
+    cells = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table_lines[2:]]
+    assert [c["model"] for c in cells] == [r["model"] for r in rows]
+    for row, cell in zip(rows, cells):
+        mean, std = (float(x) for x in cell["test err. mean ± std (%)"].split("±"))
+        assert mean == round(row["test_error_mean"], 2) and std == round(row["test_error_std"], 2)
+        assert float(cell["test err. best (%)"]) == round(row["test_error_best"], 2)
+        assert float(cell["train err. final (%)"]) == round(row["train_error_final"], 2)
+        assert cell["params"] == row["params_m"] and cell["paper test err. (%)"] == row["paper"]
+
+    out = io.StringIO()
+    print_table(rows, Console(file=out, width=250))
+    assert all(r["model"] in out.getvalue() for r in rows)
+
+
+def test_make_figure_and_make_table_default_into_the_sweep_dir(sweep, tmp_path):
+    root, _ = sweep
+    assert make_figure(root) == [root / "figure6.png", root / "figure6.pdf"]
+    assert make_table(root) == [root / "table6.md", root / "table6.csv"]
+    assert all(p.stat().st_size > 0 for p in root.glob("*6.*"))
+    with pytest.raises(ResexpError, match="no run directories"):
+        make_table(tmp_path)

@@ -1,0 +1,76 @@
+"""Sweeps through real Hydra launchers (joblib, submitit_local, and SLURM when one runs here),
+then the figure and table from their logs."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25",
+        "trainer.batch_size=32", "trainer.max_iters=4", "trainer.eval_every=2", "trainer.log_every=2"]
+MODELS = "model=plain20,plain56,resnet20,resnet56"
+
+
+def resexp(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "resexp.cli", *args], capture_output=True, text=True, **kwargs)
+
+
+def check_sweep(sweep_dir, out_dir):
+    runs = sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").is_file())
+    assert [p.name for p in runs] == [f"model={m}" for m in ("plain20", "plain56", "resnet20", "resnet56")]
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["iterations"] == 4, run
+        assert list((run / "tb").glob("events.out.tfevents.*")), run
+    figure = resexp("figure", str(sweep_dir), "-o", str(out_dir / "figure6.png"))
+    assert figure.returncode == 0, figure.stderr
+    assert (out_dir / "figure6.png").stat().st_size > 10_000 and (out_dir / "figure6.pdf").is_file()
+    table = resexp("table", str(sweep_dir), "-o", str(out_dir))
+    assert table.returncode == 0, table.stderr
+    rows = list(csv.DictReader((out_dir / "table6.csv").open()))
+    assert [r["model"] for r in rows] == ["plain-20", "plain-56", "ResNet-20", "ResNet-56"]
+    for row, run in zip(rows, runs):
+        summary = json.loads((run / "summary.json").read_text())
+        assert float(row["test_error_best"]) == pytest.approx(summary["test_error"])
+        assert float(row["train_error_final"]) == pytest.approx(summary["train_error"])
+    return runs
+
+
+def test_joblib_sweep_runs_in_parallel_processes_then_skips_finished_runs(tmp_path):
+    args = ["sweep", MODELS, *TINY, "hydra/launcher=joblib", "launcher.cpu_runs=2",
+            f"run.root={tmp_path}", "run.sweep=jl"]
+    result = resexp(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    runs = check_sweep(tmp_path / "sweeps" / "jl", tmp_path)
+    stamps = {run: (run / "checkpoints" / "last.pt").stat().st_mtime_ns for run in runs}
+    again = resexp(*args)  # a re-launched sweep leaves finished runs alone
+    assert again.returncode == 0
+    assert stamps == {run: (run / "checkpoints" / "last.pt").stat().st_mtime_ns for run in runs}
+
+
+def test_submitit_local_sweep(tmp_path):
+    result = resexp("sweep", MODELS, *TINY, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                    f"run.root={tmp_path}", "run.sweep=sl")
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_sweep(tmp_path / "sweeps" / "sl", tmp_path)
+
+
+@pytest.mark.skipif(not (os.environ.get("SLURM_CONF") and shutil.which("sbatch")),
+                    reason="no SLURM here: start one with scripts/slurm_local.sh start")
+def test_slurm_sweep_on_a_real_cluster(tmp_path):
+    result = resexp("sweep", MODELS, *TINY, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                    "hydra.launcher.cpus_per_task=1", f"run.root={tmp_path}", "run.sweep=slurm")
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_sweep(tmp_path / "sweeps" / "slurm", tmp_path)
+    assert list((tmp_path / "sweeps" / "slurm" / ".submitit").glob("*/*_log.out"))
+
+
+def test_bad_sweep_value_is_one_line_exit_2(tmp_path):
+    result = resexp("sweep", "model=plain20,plain57", *TINY, f"run.root={tmp_path}")
+    assert result.returncode == 2
+    assert "unknown model 'plain57'; choose from:" in result.stderr and "Traceback" not in result.stderr
