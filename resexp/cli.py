@@ -15,6 +15,7 @@ from resexp.errors import ResexpError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=option", show_default=False)
+REPORT_KINDS = ("fig6", "norms")  # `figure` and `table`: He et al.'s Figure 6 / Table 6, or norm placements
 
 
 def _groups_help() -> str:
@@ -77,35 +78,92 @@ def sweep(
         _fail(str(e))
 
 
-@app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) "
-             "from a sweep directory's TensorBoard logs. Writes PNG and PDF.")
+@app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
+             "--kind norms, the norm-placement figure (per placement: training loss, gradient norm per block "
+             "at init, residual-stream norm per block) from a sweep directory's TensorBoard logs. "
+             "Writes PNG and PDF.")
 def figure(
     sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
-    out: Optional[str] = typer.Option(None, "-o", "--out", help="output file (default SWEEP_DIR/figure6.png)"),
+    out: Optional[str] = typer.Option(None, "-o", "--out",
+                                      help="output file (default SWEEP_DIR/figure6.png, or norms.png)"),
+    kind: str = typer.Option("fig6", "--kind", help=f"{' or '.join(REPORT_KINDS)}: He et al. Figure 6, "
+                             "or Transformer norm placements"),
 ) -> None:
-    from resexp.report import figure6, require_runs
+    from resexp.report import figure6, norms_figure, require_runs
 
+    _check_kind(kind)
+    draw, default = {"fig6": (figure6, "figure6.png"), "norms": (norms_figure, "norms.png")}[kind]
     try:
-        paths = figure6(require_runs(sweep_dir), out or f"{sweep_dir}/figure6.png")
+        paths = draw(require_runs(sweep_dir), out or f"{sweep_dir}/{default}")
     except ResexpError as e:
         _fail(str(e))
     print("wrote " + ", ".join(map(str, paths)))
 
 
 @app.command(help="Table 6 from a sweep directory: model, depth, params, test error (best, mean ± std "
-             "over seeds), final training error, and the paper's numbers on CIFAR-10. Writes .md and .csv.")
+             "over seeds), final training error, and the paper's numbers on CIFAR-10. Writes .md and .csv. "
+             "With --kind norms: one row per norm placement (diverged depths with and without warmup, "
+             "errors per depth, residual-stream growth, smallest relative update), plus norms_runs.csv.")
 def table(
     sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
-    out_dir: Optional[str] = typer.Option(None, "-o", "--out-dir", help="where table6.md/.csv go (default SWEEP_DIR)"),
+    out_dir: Optional[str] = typer.Option(None, "-o", "--out-dir", help="where table6.md/.csv (or "
+                                          "norms_table.md/.csv and norms_runs.csv) go (default SWEEP_DIR)"),
+    kind: str = typer.Option("fig6", "--kind", help=f"{' or '.join(REPORT_KINDS)}: He et al. Table 6, "
+                             "or Transformer norm placements"),
 ) -> None:
-    from resexp.report import print_table, require_runs, table6, write_table
+    from resexp.report import (
+        norms_runs, norms_table, print_norms_table, print_table, require_runs, table6, write_norms_table,
+        write_table,
+    )
 
+    _check_kind(kind)
     try:
-        rows = table6(require_runs(sweep_dir))
+        runs = require_runs(sweep_dir)
+        if kind == "norms":
+            rows = norms_table(runs)
+            print_norms_table(rows)
+            paths = write_norms_table(rows, out_dir or sweep_dir, norms_runs(runs))
+        else:
+            rows = table6(runs)
+            print_table(rows)
+            paths = write_table(rows, out_dir or sweep_dir)
     except ResexpError as e:
         _fail(str(e))
-    print_table(rows)
-    print("wrote " + ", ".join(map(str, write_table(rows, out_dir or sweep_dir))))
+    print("wrote " + ", ".join(map(str, paths)))
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in REPORT_KINDS:
+        _fail(f"unknown --kind '{kind}'; choose from: {', '.join(REPORT_KINDS)}")
+
+
+@app.command(help="One Transformer block on one vector, step by step: a linear sublayer G(x) = Wx + b "
+             "(seeded W, b) and LayerNorms, under a norm placement. Prints each step and draws them as "
+             "a bar chart. Example: resexp block --placement post --x 1,2,3,4")
+def block(
+    placement: str = typer.Option("pre", "--placement", help="pre, post, sandwich or deepnorm"),
+    dim: int = typer.Option(4, "--dim", help="size of the vector"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of W, b and x (default 42)", show_default=False),
+    x: Optional[str] = typer.Option(None, "--x", help="the input vector instead of a random one, e.g. 1,2,3,4"),
+    blocks: int = typer.Option(1, "--blocks", help="N, the model's depth, in DeepNorm's α = (2N)^(1/4)"),
+    out: Optional[str] = typer.Option(None, "-o", "--out", help="PNG path (default block_PLACEMENT.png)"),
+) -> None:
+    from resexp.report.block_view import block_steps, check_placement, draw_block, parse_vector, rule_text
+
+    try:
+        check_placement(placement)
+        if seed is not None and x is not None:
+            raise ResexpError("give --seed or --x, not both: --seed draws x at random, --x sets it")
+        vector = parse_vector(x, dim) if x is not None else None
+        steps = block_steps(placement, dim, seed if seed is not None else 42, vector, blocks)
+    except ResexpError as e:
+        _fail(str(e))
+    title = f"{placement}: x ← {rule_text(placement, blocks)}"
+    table = Table("step", *(f"x[{i}]" for i in range(dim)), "‖·‖", title=title)
+    for name, values in steps:
+        table.add_row(name, *(f"{v:+.4f}" for v in values.tolist()), f"{values.norm():.4f}")
+    Console().print(table)
+    print(f"wrote {draw_block(steps, placement, out or f'block_{placement}.png', blocks)}")
 
 
 @app.command(help="List every named model with its parameters and forward MACs per image.")
@@ -117,13 +175,44 @@ def models() -> None:
         cfg = compose([f"model={name}"]).model
         model = build_model(cfg)
         residual = str(cfg.get("residual", "-"))
-        if cfg.get("residual"):
-            residual += f" ({cfg.shortcut})"
+        # The detail that matters per arch: the ResNet shortcut option, the ViT norm placement.
+        detail = cfg.get("shortcut") if cfg.get("residual") else None
+        detail = cfg.get("norm_placement", detail)
+        if detail:
+            residual += f" ({detail})"
         table.add_row(
             name, cfg.arch, str(cfg.depth), residual,
             f"{count_params(model) / 1e6:.3f}M", f"{count_macs(model) / 1e6:,.2f}M",
         )
     Console().print(table)
+
+
+@app.command(
+    help="Training speed of resexp's pipeline against the usual DataLoader + PIL recipe, same model, same "
+    "device, one process: ms/step, images/s, their ratio, peak memory and the projected time of the "
+    "paper's 64k iterations. Example: resexp bench model=resnet56 --iters 50. Writes JSON and Markdown.",
+)
+def bench(
+    overrides: Optional[list[str]] = OVERRIDES,
+    iters: int = typer.Option(50, "--iters", min=1, help="timed steps per pipeline"),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="untimed steps first (compilation, worker start-up)"),
+    batch: int = typer.Option(128, "--batch", min=1, help="batch size"),
+    out: str = typer.Option("results/bench", "-o", "--out", help="folder for the JSON and Markdown"),
+    reference: bool = typer.Option(True, help="also time the DataLoader reference recipe"),
+    compare_fp32: bool = typer.Option(True, help="also time resexp in fp32 when its precision is not fp32"),
+) -> None:
+    from pathlib import Path
+
+    from resexp.engine.bench import bench as run_bench
+    from resexp.engine.bench import markdown, write_report
+
+    try:
+        cfg = compose([*(overrides or []), f"trainer.batch_size={batch}"])
+        report = run_bench(cfg, iters, warmup, reference, compare_fp32)
+    except ResexpError as e:
+        _fail(str(e))
+    print(markdown(report))
+    print("wrote " + ", ".join(map(str, write_report(report, Path(out)))))
 
 
 @app.command(help="Print the resexp version.")

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.config import compose
-from resexp.engine.train import train
+from resexp.engine.train import resolve_precision, train
 from resexp.models import build_model, count_params
 
 SMALL = ["data=synthetic", "data.train_size=1000", "data.test_size=200", "model.width=0.25",
@@ -39,7 +39,9 @@ def test_plain56_run_writes_the_five_tags_and_a_summary(tmp_path):
     assert summary["status"] == "finished" and summary["iterations"] == 50
     assert summary["test_error"] == pytest.approx(series["test/error"][-1][1])
     assert summary["train_error"] == pytest.approx(series["train/error"][-1][1])
-    assert 0 <= summary["test_error"] <= 100 and summary["precision"] == "fp32"
+    assert 0 <= summary["test_error"] <= 100
+    assert (summary["precision"], summary["precision_reason"]) == resolve_precision("auto", torch.device("cpu"))
+    assert summary["compiled"] is None and summary["diverged_at"] is None
     assert summary["params"] == count_params(build_model(cfg.model)) == summary["params"] > 0
     assert (run_dir / "config.yaml").read_text().count("plain56") >= 1
     # A finished run is not trained again: the same call returns its summary untouched.
@@ -47,7 +49,8 @@ def test_plain56_run_writes_the_five_tags_and_a_summary(tmp_path):
 
 
 def test_same_seed_reproduces_bit_for_bit_and_resume_matches_a_straight_run(tmp_path):
-    common = ["model=resnet20", *SMALL, "trainer.max_iters=60", "trainer.eval_every=20",
+    # fp32 on CPU is the bit-for-bit reproducible setting; the default (auto) may pick bf16.
+    common = ["model=resnet20", *SMALL, "trainer.precision=fp32", "trainer.max_iters=60", "trainer.eval_every=20",
               "trainer.log_every=10", "trainer.checkpoint_every=10"]
     straight = train(compose([*common, f"run.root={tmp_path}/a"]))
     again = train(compose([*common, f"run.root={tmp_path}/b"]))
@@ -102,3 +105,54 @@ def test_existing_run_with_other_settings_is_never_overwritten(tmp_path):
     with pytest.raises(ConfigError, match="already holds a run"):
         train(compose([*base, "run.resume=false"]))
     assert before == ((run_dir / "summary.json").read_text(), (run_dir / "checkpoints" / "last.pt").read_bytes())
+
+
+VIT = ["model=vit_pre", "model.depth=3", "model.dim=16", "model.heads=2", "model.patch_size=8",
+       "data=synthetic", "data.train_size=256", "data.test_size=64", "trainer.batch_size=16",
+       "trainer.progress=none", "trainer.precision=fp32", "trainer.deterministic=true"]
+
+
+def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
+    from resexp.analysis import block_grad_norms
+    from resexp.data import build_data
+    from resexp.engine.train import _autocast, build_optimizer, forward_backward
+
+    cfg = compose([*VIT, "trainer.max_iters=6", "trainer.probe_every=3", "trainer.eval_every=6",
+                   "trainer.log_every=3", f"run.root={tmp_path}"])
+    assert cfg.optim.name == "adamw"  # a ViT config selects AdamW
+    train(cfg)
+    series = scalars(tmp_path / "vit_pre_synthetic_seed0")
+    for probe in ("grad_norm", "stream_norm", "rel_update"):
+        for block in range(3):
+            points = series[f"probe/{probe}/block_{block:03d}"]
+            assert [step for step, _ in points] == [0, 3] and all(v > 0 for _, v in points)
+    # Step 0 is the gradient at initialisation: the same model, seed and first batch give it again.
+    device = torch.device("cpu")
+    data = build_data(cfg.data, device, 16, 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optim, model, device)
+    images, labels = data.train.next()
+    forward_backward(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), _autocast(device, "fp32"),
+                     images, labels)
+    expected = block_grad_norms(model).tolist()
+    logged = [series[f"probe/grad_norm/block_{b:03d}"][0][1] for b in range(3)]
+    assert logged == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_diverged_run_is_marked_and_the_sweep_goes_on(tmp_path):
+    from resexp.sweep import run_sweep
+
+    # lr 1e5 blows the weights up at once; lr 1e-3 trains. Divergence is checked at every log.
+    run_sweep([*VIT, "optim=sgd", "optim.lr=100000,0.001", "trainer.max_iters=8", "trainer.log_every=2",
+               "trainer.eval_every=4", f"run.root={tmp_path}", "run.sweep=div"])
+    runs = {p.name: json.loads((p / "summary.json").read_text()) for p in (tmp_path / "sweeps" / "div").iterdir()
+            if (p / "summary.json").is_file()}
+    assert set(runs) == {"optim.lr=100000", "optim.lr=0.001"}
+    diverged, finished = runs["optim.lr=100000"], runs["optim.lr=0.001"]
+    assert diverged["status"] == "diverged" and diverged["diverged_at"] == diverged["iterations"] <= 8
+    assert "non-finite" in diverged["diverged_reason"] or "above" in diverged["diverged_reason"]
+    assert finished["status"] == "finished" and finished["iterations"] == 8
+    events = EventAccumulator(str(tmp_path / "sweeps" / "div" / "optim.lr=100000" / "tb"))
+    events.Reload()
+    assert "status" in events.Tags()["tensors"] or "status/text_summary" in events.Tags()["tensors"]

@@ -11,7 +11,7 @@ from resexp.data.batcher import DeviceBatcher, eval_batches, normalise
 from resexp.data.sources import RawData, load_source
 from resexp.errors import ConfigError
 
-__all__ = ["Data", "DeviceBatcher", "build_data", "eval_batches", "normalise", "load_source"]
+__all__ = ["Data", "DeviceBatcher", "build_data", "device_data", "eval_batches", "normalise", "load_source"]
 
 VAL_SPLIT_SEED = 0  # the held-out val images are the same for every run seed
 
@@ -38,8 +38,21 @@ def build_data(
     seed: int,
     memory_format: torch.memory_format = torch.channels_last,
 ) -> Data:
-    raw = load_source(cfg)
-    train_images, train_labels, eval_images, eval_labels, split = _split(raw, int(cfg["val_size"]))
+    return device_data(load_source(cfg), int(cfg["val_size"]), bool(cfg["augment"]), device, batch_size, seed,
+                       memory_format)
+
+
+def device_data(
+    raw: RawData,
+    val_size: int,
+    augment: bool,
+    device: torch.device,
+    batch_size: int,
+    seed: int,
+    memory_format: torch.memory_format = torch.channels_last,
+) -> Data:
+    """Raw uint8 splits moved to the device, with the batcher that augments them there."""
+    train_images, train_labels, eval_images, eval_labels, split = _split(raw, val_size)
     train_images, eval_images = train_images.to(device), eval_images.to(device)
     train_labels, eval_labels = train_labels.to(device), eval_labels.to(device)
     # Summing uint8 in float64 avoids a float copy of the whole training set.
@@ -49,7 +62,7 @@ def build_data(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     train = DeviceBatcher(
-        train_images, train_labels, mean, batch_size, bool(cfg["augment"]), generator, memory_format
+        train_images, train_labels, mean, batch_size, augment, generator, memory_format
     )
     return Data(train, eval_images, eval_labels, split, mean, raw.channels, raw.num_classes, raw.name)
 

@@ -11,6 +11,7 @@ from resexp.errors import ConfigError
 from resexp.models.cifar_resnet import CifarResNet
 from resexp.models.complexity import count_macs, count_params
 from resexp.models.vgg import VGG
+from resexp.models.vit import ViT
 
 __all__ = ["build_model", "count_macs", "count_params"]
 
@@ -41,9 +42,18 @@ def _build_vgg(cfg: Mapping[str, Any], in_channels: int, num_classes: int) -> nn
     return VGG(**kwargs, in_channels=in_channels, num_classes=num_classes)
 
 
+def _build_vit(cfg: Mapping[str, Any], in_channels: int, num_classes: int) -> nn.Module:
+    kwargs = _checked_kwargs(
+        cfg, "vit",
+        ("depth", "dim", "heads", "mlp_ratio", "patch_size", "pool", "norm_placement", "residual", "norm"),
+    )  # fmt: skip
+    return ViT(**kwargs, in_channels=in_channels, num_classes=num_classes)
+
+
 BUILDERS: dict[str, Callable[[Mapping[str, Any], int, int], nn.Module]] = {
     "cifar_resnet": _build_cifar_resnet,
     "vgg": _build_vgg,
+    "vit": _build_vit,
 }
 
 

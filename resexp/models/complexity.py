@@ -18,7 +18,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32)) ->
 
     BN, ReLU, pooling and the residual additions are ignored, as in the usual published counts
     (ResNet-20 40.55M). The classifier's in*out MACs are included: 640 for a 10-way ResNet, so
-    the published values are met with or without it. Divided by the batch of input_shape.
+    the published values are met with or without it. Modules with a `matmul_macs(output)`
+    method add the products of activations they compute without weights (a ViT's attention:
+    Q·Kᵀ and softmax·V); softmax, norms and GELU are ignored. Divided by the batch of input_shape.
     """
     macs = 0
 
@@ -32,12 +34,18 @@ def count_macs(model: nn.Module, input_shape: Sequence[int] = (1, 3, 32, 32)) ->
         # output.numel() = samples (and tokens) * out_features.
         macs += output.numel() * module.in_features
 
+    def count_matmuls(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        macs += module.matmul_macs(output)
+
     handles = []
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             handles.append(module.register_forward_hook(count_conv))
         elif isinstance(module, nn.Linear):
             handles.append(module.register_forward_hook(count_linear))
+        elif hasattr(module, "matmul_macs"):
+            handles.append(module.register_forward_hook(count_matmuls))
     # Per-module modes, so a model with some submodules frozen in eval comes back unchanged.
     modes = {module: module.training for module in model.modules()}
     # Eval mode so counting does not move the BN running statistics.
