@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from resexp.config import compose, config_dir
+from resexp.config import GROUPS, compose, config_dir
 from resexp.errors import ResexpError
 
 
@@ -54,16 +54,35 @@ def _is_swept(override: str) -> bool:
     return "," in value or value.startswith(("range(", "choice(", "glob("))
 
 
+def _preset_sweeps(overrides: list[str]) -> list[str]:
+    """The sweeps a preset (sweep=NAME) declares in hydra.sweeper.params, as overrides."""
+    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), None)
+    if preset is None:
+        return []
+    params = OmegaConf.select(OmegaConf.load(config_dir() / "sweep" / f"{preset}.yaml"), "hydra.sweeper.params")
+    return [f"{key}={value}" for key, value in (params or {}).items()]
+
+
+def _swept_groups(overrides: list[str]) -> set[str]:
+    swept = [*_preset_sweeps(overrides), *(o for o in overrides if _is_swept(o))]
+    return {o.split("=", 1)[0] for o in swept} & set(GROUPS)
+
+
 def check_overrides(overrides: list[str]) -> DictConfig:
     """Compose every value of every simple sweep (key=a,b,c) once, so a bad value fails here
     with resexp's one-line error instead of inside Hydra's multirun. Returns the first config."""
+    given = {o.split("=", 1)[0] for o in overrides}
+    preset = [o for o in _preset_sweeps(overrides) if o.split("=", 1)[0] not in given]
     fixed = [o for o in overrides if not _is_swept(o) and not o.startswith("hydra")]
-    swept = [o for o in overrides if _is_swept(o) and "(" not in o and not o.startswith("hydra")]
-    first = compose(fixed)
-    for override in swept:
-        key, values = override.split("=", 1)
-        for value in values.split(","):
-            compose([*fixed, f"{key}={value}"])
+    swept = [o.split("=", 1) for o in [*preset, *overrides]
+             if _is_swept(o) and "(" not in o and not o.startswith("hydra")]
+    # Every swept value next to the first value of the other sweeps, so that fixed keys are
+    # checked against a swept group's choices (model=vit_pre,vit_post with model.dim=64).
+    firsts = {key: values.split(",")[0] for key, values in swept}
+    first = compose([*fixed, *(f"{k}={v}" for k, v in firsts.items())])
+    for key, values in swept:
+        for value in values.split(",")[1:]:
+            compose([*fixed, *(f"{k}={value if k == key else v}" for k, v in firsts.items())])
     return first
 
 
@@ -72,7 +91,9 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
     given = {o.split("=", 1)[0] for o in overrides}
     launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), "basic")
     # Run directories are named by what varies between runs only: the swept keys.
-    fixed = [o.split("=", 1)[0].lstrip("+~") for o in overrides if not _is_swept(o)]
+    # Hydra matches exclude_keys against the key as written, "+"/"++" prefix included.
+    fixed = [k for o in overrides if not _is_swept(o) for k in dict.fromkeys((o.split("=", 1)[0],
+                                                                              o.split("=", 1)[0].lstrip("+~")))]
     excluded = ["sweep", "run.root", "run.sweep", *fixed]
     extra = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"]
     if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
@@ -88,7 +109,16 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
 
 def run_sweep(overrides: list[str]) -> None:
     """Check the overrides, then run `main` in multirun mode (as `python -m resexp.sweep -m ...`)."""
-    extra = launcher_overrides(overrides, check_overrides(overrides))
+    first = check_overrides(overrides)
+    # Hydra first composes a multirun's config without its sweeps, i.e. with the default model:
+    # a key of a swept group (model.dim=64 with model=vit_pre,vit_post) would be refused there.
+    # Checked above against every swept choice, it is passed as ++key (set, adding if absent).
+    # A key the preset sweeps stays as written: Hydra lets it replace the preset's sweep.
+    groups = _swept_groups(overrides)
+    preset_keys = {o.split("=", 1)[0] for o in _preset_sweeps(overrides)}
+    overrides = [f"++{o}" if o.split(".", 1)[0] in groups and not _is_swept(o)
+                 and o.split("=", 1)[0] not in preset_keys else o for o in overrides]
+    extra = launcher_overrides(overrides, first)
     argv = sys.argv
     sys.argv = [argv[0], "--multirun", *overrides, *extra]
     try:

@@ -74,3 +74,22 @@ def test_bad_sweep_value_is_one_line_exit_2(tmp_path):
     result = resexp("sweep", "model=plain20,plain57", *TINY, f"run.root={tmp_path}")
     assert result.returncode == 2
     assert "unknown model 'plain57'; choose from:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_keys_of_a_swept_group_apply_to_every_choice_and_presets_accept_overrides(tmp_path):
+    # model.dim exists in the ViT configs, not in the default model that Hydra composes first.
+    vit = ["model.dim=16", "model.heads=2", "model.patch_size=8", "model.depth=2", "trainer.max_iters=2",
+           "trainer.eval_every=2", "data.train_size=128", "data.test_size=32", "trainer.batch_size=16"]
+    result = resexp("sweep", "norms_demo", "model=vit_pre,vit_deepnorm", "optim.warmup_iters=0", *vit,
+                    f"run.root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep_dir = tmp_path / "sweeps" / "norms_demo"
+    runs = sorted(p.name for p in sweep_dir.iterdir() if (p / "summary.json").is_file())
+    assert runs == ["model=vit_deepnorm", "model=vit_pre"]  # the preset's depth sweep was replaced
+    for run in runs:
+        summary = json.loads((sweep_dir / run / "summary.json").read_text())
+        config = (sweep_dir / run / "config.yaml").read_text()
+        assert summary["status"] == "finished" and "dim: 16" in config and "depth: 2" in config
+        assert "noise: 0.1" in config and "name: adamw" in config  # the preset's data and optimiser
+    bad = resexp("sweep", "model=vit_pre,resnet20", "model.dim=16", f"run.root={tmp_path}")
+    assert bad.returncode == 2 and "unknown key 'model.dim'" in bad.stderr
