@@ -194,12 +194,14 @@ def models() -> None:
 )
 def bench(
     overrides: Optional[list[str]] = OVERRIDES,
-    iters: int = typer.Option(50, "--iters", min=1, help="timed steps per pipeline"),
+    iters: int = typer.Option(30, "--iters", min=1, help="timed steps per pipeline and round"),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="rounds; each visits every pipeline in turn"),
     warmup: int = typer.Option(10, "--warmup", min=0, help="untimed steps first (compilation, worker start-up)"),
     batch: int = typer.Option(128, "--batch", min=1, help="batch size"),
     out: str = typer.Option("results/bench", "-o", "--out", help="folder for the JSON and Markdown"),
     reference: bool = typer.Option(True, help="also time the DataLoader reference recipe"),
-    compare_fp32: bool = typer.Option(True, help="also time resexp in fp32 when its precision is not fp32"),
+    precisions: str = typer.Option("auto,fp32,bf16", help="resexp precisions to time, comma-separated; auto = "
+                                   "what training picks on this device (repeats are timed once)"),
 ) -> None:
     from pathlib import Path
 
@@ -208,7 +210,7 @@ def bench(
 
     try:
         cfg = compose([*(overrides or []), f"trainer.batch_size={batch}"])
-        report = run_bench(cfg, iters, warmup, reference, compare_fp32)
+        report = run_bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p])
     except ResexpError as e:
         _fail(str(e))
     print(markdown(report))

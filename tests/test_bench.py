@@ -17,18 +17,21 @@ TINY = ["model=resnet20", "model.width=0.25", "trainer.batch_size=16", "trainer.
 
 @pytest.fixture(scope="module")
 def report():
-    return bench(compose(TINY), iters=3, warmup=1, reference=True, compare_fp32=True)
+    return bench(compose(TINY), iters=2, warmup=1, repeats=3, reference=True, precisions=["auto", "fp32", "bf16"])
 
 
 def test_bench_times_resexp_and_the_reference_on_the_same_model(report):
     auto, _ = resolve_precision("auto", torch.device("cpu"))
-    pipelines = [row["pipeline"].split()[0] for row in report["rows"]]
-    # auto precision, then fp32 if auto chose something else, then the DataLoader recipe
-    assert pipelines == (["resexp", "resexp", "reference"] if auto != "fp32" else ["resexp", "reference"])
-    assert report["rows"][0]["precision"] == auto and report["rows"][0]["layout"] == "channels_last"
+    # auto, then whichever of fp32 / bf16 auto did not pick (auto's is not timed twice), then the reference
+    assert [(row["pipeline"].split()[0], row["precision"]) for row in report["rows"]] == [
+        ("resexp", auto), ("resexp", "bf16" if auto == "fp32" else "fp32"), ("reference", "fp32")]
+    assert [row.get("training_default") for row in report["rows"]] == [True, False, None]
+    assert report["rows"][0]["layout"] == "channels_last"
     assert report["rows"][-1]["precision"] == "fp32" and report["rows"][-1]["layout"] == "NCHW"
     assert "CIFAR-10 not found" in report["data"]  # said, not silently substituted
     for row in report["rows"]:
+        assert len(row["ms_per_step_rounds"]) == 3
+        assert row["ms_per_step"] == pytest.approx(sorted(row["ms_per_step_rounds"])[1], abs=0.01)  # median
         assert row["images_per_s"] == pytest.approx(16 * 1000 / row["ms_per_step"], rel=0.01)
         assert row["projected_64k_min"] == pytest.approx(PAPER_ITERS * row["ms_per_step"] / 60_000, rel=0.01)
     base = report["rows"][-1]["images_per_s"]
@@ -42,7 +45,7 @@ def test_bench_report_files(report, tmp_path):
     assert json_path.name == "resnet20_cpu_b16.json"
     assert json.loads(json_path.read_text()) == report
     table = md_path.read_text()
-    assert table.count("| resexp") == len(report["rows"]) - 1 and table.count("| reference") == 1
+    assert table.count("| resexp") == 2 and table.count("| reference") == 1 and table.count("(training default)") == 1
     assert report["device"] in table and report["torch"] in table
 
 

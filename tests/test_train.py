@@ -156,3 +156,23 @@ def test_a_diverged_run_is_marked_and_the_sweep_goes_on(tmp_path):
     events = EventAccumulator(str(tmp_path / "sweeps" / "div" / "optim.lr=100000" / "tb"))
     events.Reload()
     assert "status" in events.Tags()["tensors"] or "status/text_summary" in events.Tags()["tensors"]
+
+
+def test_cuda_graphs_without_cuda_says_so_and_trains_eagerly(capsys):
+    from resexp.engine.train import compile_model
+
+    model = build_model("resnet20")
+    forward, compiled = compile_model(model, compile=False, cuda_graphs=True, device=torch.device("cpu"))
+    assert forward is model and compiled is None
+    assert "trainer.cuda_graphs needs a CUDA device" in capsys.readouterr().err
+
+
+def test_compiled_training_saves_the_eager_module_and_resumes_eagerly(tmp_path):
+    common = ["model=resnet20", *SMALL, "trainer.precision=fp32", "model.depth=8", "trainer.eval_every=2",
+              "trainer.checkpoint_every=2", f"run.root={tmp_path}"]
+    summary = train(compose([*common, "trainer.max_iters=2", "trainer.compile=true"]))
+    assert summary["compiled"] == "default" and summary["status"] == "finished"
+    state = torch.load(tmp_path / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state["model"])  # loadable without compile
+    resumed = train(compose([*common, "trainer.max_iters=4"]))
+    assert resumed["iterations"] == 4 and resumed["compiled"] is None

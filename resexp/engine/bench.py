@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,33 +48,67 @@ CIFAR10_SHAPE = (50_000, 3, 32, 32)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def bench(cfg: DictConfig, iters: int, warmup: int, reference: bool, compare_fp32: bool) -> dict[str, Any]:
-    """Time `iters` training steps (after `warmup` untimed ones) of each pipeline; returns the report."""
+@dataclass
+class Pipeline:
+    """One way to train: a step function and what to call it in the report."""
+
+    name: str
+    precision: str
+    layout: str
+    compiled: str | None
+    step: Callable[[int], None]  # one training step; the argument is the iteration
+    resident_bytes: int = 0  # CUDA memory held by its data, model and optimizer
+    rounds_s: list[float] = field(default_factory=list)
+    peak_bytes: int = 0
+
+
+def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: bool,
+          precisions: list[str]) -> dict[str, Any]:
+    """Time resexp's pipeline in each of `precisions` ("auto" = what training would pick; repeats
+    timed once) and the reference: `warmup` untimed steps each, then `repeats` rounds of `iters`
+    steps that visit the pipelines in turn, so that a machine getting slower or faster mid-run
+    touches them all alike. ms/step is the median round."""
     device = resolve_device(cfg.trainer.device)
     _set_determinism(bool(cfg.trainer.deterministic))
     batch = int(cfg.trainer.batch_size)
     raw, data_note = _bench_data(cfg)
-    rows = [_time_resexp(cfg, raw, device, batch, iters, warmup, cfg.trainer.precision)]
-    if compare_fp32 and rows[0]["precision"] != "fp32":
-        rows.append(_time_resexp(cfg, raw, device, batch, iters, warmup, "fp32"))
+    builders = [partial(_resexp_pipeline, cfg, raw, device, batch, precision)
+                for precision in dict.fromkeys(resolve_precision(name, device)[0] for name in precisions)]
     if reference:
-        rows.append(_time_reference(cfg, raw, device, batch, iters, warmup))
+        builders.append(partial(_reference_pipeline, cfg, raw, device, batch))
+    pipelines = []
+    for build in builders:
+        before = _allocated(device)
+        pipeline = build()
+        pipeline.resident_bytes = _allocated(device) - before
+        for i in range(warmup):
+            pipeline.step(i)
+        pipelines.append(pipeline)
+    for _ in range(repeats):
+        for pipeline in pipelines:
+            _time_round(pipeline, iters, warmup, device)
+    auto = resolve_precision("auto", device)[0]
+    rows = [_row(p, batch, iters, device, auto) for p in pipelines]
+    if reference:
         base = rows[-1]["images_per_s"]
         for row in rows:
             row["speedup_vs_reference"] = round(row["images_per_s"] / base, 2)
     return {
-        "model": cfg.model.name, "batch_size": batch, "iters": iters, "warmup_iters": warmup,
+        "model": cfg.model.name, "batch_size": batch, "iters": iters, "warmup_iters": warmup, "repeats": repeats,
         "device": _device_name(device), "torch": torch.__version__, "resexp": __version__,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "host": platform.node(),
-        "data": data_note, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows,
+        "data": data_note, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "process_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "rows": rows,
     }
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """<model>_<device>_b<batch>.json and .md under out_dir."""
+    """<model>_<device>_b<batch>[_compiled].json and .md under out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if report["rows"][0]["device_type"] == "cuda" else "cpu"
-    stem = out_dir / f"{report['model']}_{device}_b{report['batch_size']}"
+    compiled = "_compiled" if any(row["compiled"] for row in report["rows"]) else ""
+    stem = out_dir / f"{report['model']}_{device}_b{report['batch_size']}{compiled}"
     write_json(stem.with_suffix(".json"), report)
     stem.with_suffix(".md").write_text(markdown(report))
     return [stem.with_suffix(".json"), stem.with_suffix(".md")]
@@ -84,22 +121,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"- device: {report['device']}; torch {report['torch']}, resexp {report['resexp']}, "
         f"{report['cpu_count']} CPUs, {report['torch_threads']} torch threads; {report['date']}",
         f"- data: {report['data']}",
-        f"- {report['iters']} timed steps after {report['warmup_iters']} untimed warm-up steps, one process",
+        f"- {report['warmup_iters']} untimed warm-up steps per pipeline, then {report['repeats']} rounds of "
+        f"{report['iters']} timed steps visiting the pipelines in turn; ms/step is the median round",
+        f"- process peak resident memory: {report['process_peak_rss_gib']} GiB",
         "",
-        "| pipeline | precision | layout | compiled | ms/step | images/s | vs reference | peak memory | "
-        f"projected {PAPER_ITERS // 1000}k iters |",
+        "| pipeline | precision | layout | compiled | ms/step (rounds) | images/s | vs reference | "
+        f"peak GPU memory | projected {PAPER_ITERS // 1000}k iters |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         ratio = f"{row['speedup_vs_reference']:.2f}×" if "speedup_vs_reference" in row else "-"
+        memory = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f} GiB"
+        rounds = ", ".join(f"{m:.0f}" for m in row["ms_per_step_rounds"])
         lines.append(
-            f"| {row['pipeline']} | {row['precision']} | {row['layout']} | {row['compiled'] or 'no'} | "
-            f"{row['ms_per_step']:.1f} | {row['images_per_s']:,.0f} | {ratio} | {row['peak_memory']} | "
-            f"{row['projected_64k_min']:.1f} min |"
+            f"| {row['pipeline']}{' (training default)' if row.get('training_default') else ''} | "
+            f"{row['precision']} | {row['layout']} | {row['compiled'] or 'no'} | {row['ms_per_step']:.1f} "
+            f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {row['projected_64k_min']:.1f} min |"
         )
-    lines += ["", "Peak memory: on CUDA the allocator's peak for that pipeline; on CPU the process's "
-              "peak resident set so far (it only grows, so later rows include earlier ones).", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, ""])
 
 
 def _bench_data(cfg: DictConfig) -> tuple[RawData, str]:
@@ -114,9 +153,8 @@ def _bench_data(cfg: DictConfig) -> tuple[RawData, str]:
     return raw, "random uint8 images of CIFAR-10's shape (50,000 × 3×32×32; CIFAR-10 not found on disk)"
 
 
-def _time_resexp(cfg, raw, device, batch, iters, warmup, precision_name) -> dict[str, Any]:
+def _resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
     """The trainer's own step: the same functions train() calls, in the same order."""
-    precision, _ = resolve_precision(precision_name, device)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     data = device_data(raw, 0, True, device, batch, int(cfg.seed), memory_format)
     torch.manual_seed(int(cfg.seed))
@@ -137,12 +175,11 @@ def _time_resexp(cfg, raw, device, batch, iters, warmup, precision_name) -> dict
         optimizer_step(optimizer, scaler)
         errors += (logits.argmax(1) != labels).sum()  # read every log_every steps, not here
 
-    seconds, peak = _timed(step, iters, warmup, device)
     layout = "channels_last" if memory_format == torch.channels_last else "NCHW"
-    return _row("resexp (device-resident data)", precision, layout, compiled, device, batch, iters, seconds, peak)
+    return Pipeline("resexp (device-resident data)", precision, layout, compiled, step)
 
 
-def _time_reference(cfg, raw, device, batch, iters, warmup) -> dict[str, Any]:
+def _reference_pipeline(cfg, raw, device, batch) -> Pipeline:
     """The usual recipe, as in most public CIFAR ResNet reproductions."""
     dataset = _ArrayCIFAR10(raw, transforms.Compose([
         transforms.RandomCrop(32, padding=4),
@@ -177,9 +214,7 @@ def _time_reference(cfg, raw, device, batch, iters, warmup) -> dict[str, Any]:
         seen["loss"] += loss.item()
         seen["correct"] += (logits.argmax(1) == labels).sum().item()
 
-    seconds, peak = _timed(step, iters, warmup, device)
-    return _row(f"reference (DataLoader, {workers} workers, PIL transforms)", "fp32", "NCHW", None, device,
-                batch, iters, seconds, peak)
+    return Pipeline(f"reference (DataLoader, {workers} workers, PIL transforms)", "fp32", "NCHW", None, step)
 
 
 class _ArrayCIFAR10(CIFAR10):
@@ -192,22 +227,23 @@ class _ArrayCIFAR10(CIFAR10):
         self.transform, self.target_transform = transform, None
 
 
-def _timed(step: Callable[[int], None], iters: int, warmup: int, device: torch.device) -> tuple[float, str]:
-    for i in range(warmup):
-        step(i)
+def _time_round(pipeline: Pipeline, iters: int, first: int, device: torch.device) -> None:
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    before = _allocated(device)
     start = time.perf_counter()
-    for i in range(warmup, warmup + iters):
-        step(i)
+    for i in range(first, first + iters):
+        pipeline.step(i)
     _sync(device)
-    seconds = time.perf_counter() - start
-    if device.type == "cuda":
-        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    else:  # ru_maxrss is in KiB on Linux
-        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB RSS"
-    return seconds, peak
+    pipeline.rounds_s.append(time.perf_counter() - start)
+    if device.type == "cuda":  # what this pipeline needs alone: its resident memory plus its peak
+        transient = torch.cuda.max_memory_allocated(device) - before
+        pipeline.peak_bytes = max(pipeline.peak_bytes, pipeline.resident_bytes + transient)
+
+
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
 def _sync(device: torch.device) -> None:
@@ -215,10 +251,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _row(pipeline, precision, layout, compiled, device, batch, iters, seconds, peak) -> dict[str, Any]:
-    ms = 1000 * seconds / iters
-    return {
-        "pipeline": pipeline, "precision": precision, "layout": layout, "compiled": compiled,
-        "device_type": device.type, "ms_per_step": round(ms, 2), "images_per_s": round(batch * iters / seconds, 1),
-        "peak_memory": peak, "projected_64k_min": round(PAPER_ITERS * ms / 60_000, 2),
+def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, auto: str) -> dict[str, Any]:
+    ms = [1000 * s / iters for s in pipeline.rounds_s]
+    median = statistics.median(ms)
+    row = {
+        "pipeline": pipeline.name, "precision": pipeline.precision, "layout": pipeline.layout,
+        "compiled": pipeline.compiled, "device_type": device.type, "ms_per_step": round(median, 2),
+        "ms_per_step_rounds": [round(m, 2) for m in ms], "images_per_s": round(1000 * batch / median, 1),
+        "peak_memory_gib": round(pipeline.peak_bytes / 2**30, 3) if device.type == "cuda" else None,
+        "projected_64k_min": round(PAPER_ITERS * median / 60_000, 2),
     }
+    if pipeline.name.startswith("resexp"):
+        row["training_default"] = pipeline.precision == auto
+    return row

@@ -98,7 +98,11 @@ def draw_figure6(curves: list[Curve]) -> Figure:
 
 def figure6(runs: list[Run], out_path: str | Path) -> list[Path]:
     """Draw Figure 6 and write it as PNG and PDF (out_path with each suffix); returns both paths."""
-    fig = draw_figure6(figure6_series(runs))
+    return save_figure(draw_figure6(figure6_series(runs)), out_path)
+
+
+def save_figure(fig: Figure, out_path: str | Path) -> list[Path]:
+    """Write fig as PNG and PDF (out_path with each suffix); returns both paths."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]

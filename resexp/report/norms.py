@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from resexp.errors import ResexpError
-from resexp.report.figures import UNFINISHED_MARKERS, Band, _band
+from resexp.report.figures import UNFINISHED_MARKERS, Band, _band, save_figure
 from resexp.report.runs import Run, _flatten
 
 PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
@@ -386,13 +386,7 @@ def draw_norms_figure(runs: list[Run]) -> Figure:
 
 def norms_figure(runs: list[Run], out_path: str | Path) -> list[Path]:
     """Draw the norm-placement figure and write it as PNG and PDF (out_path with each suffix)."""
-    fig = draw_norms_figure(runs)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    return paths
+    return save_figure(draw_norms_figure(runs), out_path)
 
 
 def _figure_columns(groups: dict[str, list[Run]]) -> list[tuple[str, list[Run]]]:
