@@ -176,3 +176,25 @@ def test_compiled_training_saves_the_eager_module_and_resumes_eagerly(tmp_path):
     assert not any(key.startswith("_orig_mod") for key in state["model"])  # loadable without compile
     resumed = train(compose([*common, "trainer.max_iters=4"]))
     assert resumed["iterations"] == 4 and resumed["compiled"] is None
+
+
+def test_sigterm_checkpoints_the_step_stops_and_the_same_command_resumes(tmp_path):
+    common = ["model=resnet20", *SMALL, "trainer.precision=fp32", "model.depth=8", "trainer.eval_every=100000",
+              "trainer.log_every=100000", "trainer.checkpoint_every=100000", f"run.root={tmp_path}"]
+    run_dir = tmp_path / "resnet20_synthetic_seed0"
+    proc = subprocess.Popen([sys.executable, "-m", "resexp.cli", "train", *common, "trainer.max_iters=100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "summary.json").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(2)  # some steps, but far from any periodic checkpoint
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM at iteration" in stderr and "Traceback" not in stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"]
+    assert summary["status"] == "stopped" and summary["stopped_by"] == "SIGTERM"
+    assert 0 < stopped_at == summary["iterations"] < 100000  # saved at the signal, not at a periodic checkpoint
+    resumed = train(compose([*common, f"trainer.max_iters={stopped_at + 2}"]))
+    assert resumed["status"] == "finished" and resumed["iterations"] == stopped_at + 2

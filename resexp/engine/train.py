@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start, start_iteration = time.perf_counter(), iteration
     lr, train_error, diverged = learning_rate(cfg.optim, iteration, max_iters, in_warmup), 100.0, None
     model.train()
-    try:
+    with StopSignal() as stop, _failed_on_error(run_dir, summary), closing(progress), closing(writer):
         while iteration < max_iters:
             lr = learning_rate(cfg.optim, iteration, max_iters, in_warmup)
             for group in optimizer.param_groups:
@@ -134,7 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 writer.add_text("status", f"diverged at iteration {iteration}: {diverged}", iteration)
                 progress.message(f"[{run_dir.name}] diverged at iteration {iteration}: {diverged}")
                 break
-            if iteration % t.checkpoint_every == 0 or iteration == max_iters:
+            if iteration % t.checkpoint_every == 0 or iteration == max_iters or stop.received:
                 writer.flush()
                 wall = wall_before + time.perf_counter() - start
                 save_checkpoint({
@@ -144,15 +146,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     "in_warmup": in_warmup, "window_errors": window_errors, "window_loss": window_loss,
                     "window_count": window_count, "torch_rng": torch.get_rng_state(),
                 }, checkpoint_path)
-    except BaseException:
-        summary["status"] = "failed"
-        write_json(run_dir / "summary.json", summary)
-        raise
-    finally:
-        progress.close()
-        writer.close()
+            if stop.received:
+                break
 
     elapsed = time.perf_counter() - start
+    if stop.received:  # checkpointed above: the same command (or submitit's requeue) resumes it
+        summary.update({"status": "stopped", "stopped_by": stop.name, "iterations": iteration,
+                        "wall_time_s": round(wall_before + elapsed, 2)})
+        write_json(run_dir / "summary.json", summary)
+        print(f"{run_dir}: {stop.name} at iteration {iteration}; checkpoint saved, the same command resumes it",
+              file=sys.stderr)
+        stop.forward()
+        return summary
     summary.update({
         "status": "diverged" if diverged else "finished", "diverged_reason": diverged,
         "diverged_at": iteration if diverged else None,
@@ -202,6 +207,52 @@ def compile_model(model: torch.nn.Module, compile: bool, cuda_graphs: bool, devi
     if compile:
         return torch.compile(model), "default"
     return model, None
+
+
+class StopSignal:
+    """SIGTERM and SIGUSR2 (SLURM pre-emption or time limit, `kill`) end the step in progress;
+    the loop then checkpoints and stops, and `forward` hands the signal to the handler that
+    was there before: submitit's requeues the job, the default exits with 128 + signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():  # handlers only install there
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame) -> None:
+        self.received = number
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name
+
+    def forward(self) -> None:
+        handler = self.previous.get(self.received, signal.SIG_DFL)
+        if callable(handler):
+            handler(self.received, None)
+        elif handler != signal.SIG_IGN:
+            raise SystemExit(128 + self.received)
+
+
+@contextmanager
+def _failed_on_error(run_dir: Path, summary: dict[str, Any]):
+    """An exception (Ctrl-C included) marks the run failed; its last checkpoint stays."""
+    try:
+        yield
+    except BaseException:
+        summary["status"] = "failed"
+        write_json(run_dir / "summary.json", summary)
+        raise
 
 
 @torch.no_grad()
