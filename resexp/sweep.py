@@ -63,16 +63,13 @@ def _preset_sweeps(overrides: list[str]) -> list[str]:
     return [f"{key}={value}" for key, value in (params or {}).items()]
 
 
-def _swept_groups(overrides: list[str]) -> set[str]:
-    swept = [*_preset_sweeps(overrides), *(o for o in overrides if _is_swept(o))]
-    return {o.split("=", 1)[0] for o in swept} & set(GROUPS)
-
-
-def check_overrides(overrides: list[str]) -> DictConfig:
+def check_overrides(overrides: list[str], preset_sweeps: list[str] | None = None) -> DictConfig:
     """Compose every value of every simple sweep (key=a,b,c) once, so a bad value fails here
     with resexp's one-line error instead of inside Hydra's multirun. Returns the first config."""
+    if preset_sweeps is None:
+        preset_sweeps = _preset_sweeps(overrides)
     given = {o.split("=", 1)[0] for o in overrides}
-    preset = [o for o in _preset_sweeps(overrides) if o.split("=", 1)[0] not in given]
+    preset = [o for o in preset_sweeps if o.split("=", 1)[0] not in given]
     fixed = [o for o in overrides if not _is_swept(o) and not o.startswith("hydra")]
     swept = [o.split("=", 1) for o in [*preset, *overrides]
              if _is_swept(o) and "(" not in o and not o.startswith("hydra")]
@@ -109,13 +106,14 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
 
 def run_sweep(overrides: list[str]) -> None:
     """Check the overrides, then run `main` in multirun mode (as `python -m resexp.sweep -m ...`)."""
-    first = check_overrides(overrides)
+    preset = _preset_sweeps(overrides)
+    first = check_overrides(overrides, preset)
     # Hydra first composes a multirun's config without its sweeps, i.e. with the default model:
     # a key of a swept group (model.dim=64 with model=vit_pre,vit_post) would be refused there.
     # Checked above against every swept choice, it is passed as ++key (set, adding if absent).
     # A key the preset sweeps stays as written: Hydra lets it replace the preset's sweep.
-    groups = _swept_groups(overrides)
-    preset_keys = {o.split("=", 1)[0] for o in _preset_sweeps(overrides)}
+    preset_keys = {o.split("=", 1)[0] for o in preset}
+    groups = (preset_keys | {o.split("=", 1)[0] for o in overrides if _is_swept(o)}) & set(GROUPS)
     overrides = [f"++{o}" if o.split(".", 1)[0] in groups and not _is_swept(o)
                  and o.split("=", 1)[0] not in preset_keys else o for o in overrides]
     extra = launcher_overrides(overrides, first)
