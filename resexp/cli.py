@@ -202,19 +202,24 @@ def bench(
     reference: bool = typer.Option(True, help="also time the DataLoader reference recipe"),
     precisions: str = typer.Option("auto,fp32,bf16", help="resexp precisions to time, comma-separated; auto = "
                                    "what training picks on this device (repeats are timed once)"),
+    runs: int = typer.Option(1, "--runs", min=1, help="K >= 2: time a sweep's K runs instead: one after another, "
+                             "as K processes at once, and as K lock-step models in one process"),
 ) -> None:
     from pathlib import Path
 
-    from resexp.engine.bench import bench as run_bench
-    from resexp.engine.bench import markdown, write_report
+    from resexp.engine import bench as single, throughput
 
     try:
         cfg = compose([*(overrides or []), f"trainer.batch_size={batch}"])
-        report = run_bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p])
+        if runs > 1:
+            report, module = throughput.sweep_throughput(cfg, runs, iters, warmup, repeats), throughput
+        else:
+            precision_list = [p for p in precisions.split(",") if p]
+            report, module = single.bench(cfg, iters, warmup, repeats, reference, precision_list), single
     except ResexpError as e:
         _fail(str(e))
-    print(markdown(report))
-    print("wrote " + ", ".join(map(str, write_report(report, Path(out)))))
+    print(module.markdown(report))
+    print("wrote " + ", ".join(map(str, module.write_report(report, Path(out)))))
 
 
 @app.command(help="Print the resexp version.")

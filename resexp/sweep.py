@@ -54,20 +54,31 @@ def _is_swept(override: str) -> bool:
     return "," in value or value.startswith(("range(", "choice(", "glob("))
 
 
-def _preset_sweeps(overrides: list[str]) -> list[str]:
-    """The sweeps a preset (sweep=NAME) declares in hydra.sweeper.params, as overrides."""
+def _preset_config(overrides: list[str]) -> DictConfig | None:
+    """The preset file a sweep names (sweep=NAME), as written."""
     preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), None)
-    if preset is None:
-        return []
-    params = OmegaConf.select(OmegaConf.load(config_dir() / "sweep" / f"{preset}.yaml"), "hydra.sweeper.params")
+    return None if preset is None else OmegaConf.load(config_dir() / "sweep" / f"{preset}.yaml")
+
+
+def _preset_sweeps(preset: DictConfig | None) -> list[str]:
+    """The sweeps a preset declares in hydra.sweeper.params, as overrides."""
+    params = None if preset is None else OmegaConf.select(preset, "hydra.sweeper.params")
     return [f"{key}={value}" for key, value in (params or {}).items()]
+
+
+def _preset_launcher(preset: DictConfig | None) -> str | None:
+    """The launcher a preset picks in its defaults list (override /hydra/launcher: NAME)."""
+    for entry in (preset or {}).get("defaults", []):
+        if isinstance(entry, DictConfig) and "override /hydra/launcher" in entry:
+            return entry["override /hydra/launcher"]
+    return None
 
 
 def check_overrides(overrides: list[str], preset_sweeps: list[str] | None = None) -> DictConfig:
     """Compose every value of every simple sweep (key=a,b,c) once, so a bad value fails here
     with resexp's one-line error instead of inside Hydra's multirun. Returns the first config."""
     if preset_sweeps is None:
-        preset_sweeps = _preset_sweeps(overrides)
+        preset_sweeps = _preset_sweeps(_preset_config(overrides))
     given = {o.split("=", 1)[0] for o in overrides}
     preset = [o for o in preset_sweeps if o.split("=", 1)[0] not in given]
     fixed = [o for o in overrides if not _is_swept(o) and not o.startswith("hydra")]
@@ -83,10 +94,11 @@ def check_overrides(overrides: list[str], preset_sweeps: list[str] | None = None
     return first
 
 
-def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
+def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: str | None = None) -> list[str]:
     """Settings the launcher plugins leave to chance, made explicit unless the user set them."""
     given = {o.split("=", 1)[0] for o in overrides}
-    launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), "basic")
+    launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")),
+                    preset_launcher or "basic")
     # Run directories are named by what varies between runs only: the swept keys.
     # Hydra matches exclude_keys against the key as written, "+"/"++" prefix included.
     fixed = [k for o in overrides if not _is_swept(o) for k in dict.fromkeys((o.split("=", 1)[0],
@@ -106,7 +118,8 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig) -> list[str]:
 
 def run_sweep(overrides: list[str]) -> None:
     """Check the overrides, then run `main` in multirun mode (as `python -m resexp.sweep -m ...`)."""
-    preset = _preset_sweeps(overrides)
+    preset_config = _preset_config(overrides)
+    preset = _preset_sweeps(preset_config)
     first = check_overrides(overrides, preset)
     # Hydra first composes a multirun's config without its sweeps, i.e. with the default model:
     # a key of a swept group (model.dim=64 with model=vit_pre,vit_post) would be refused there.
@@ -116,7 +129,7 @@ def run_sweep(overrides: list[str]) -> None:
     groups = (preset_keys | {o.split("=", 1)[0] for o in overrides if _is_swept(o)}) & set(GROUPS)
     overrides = [f"++{o}" if o.split(".", 1)[0] in groups and not _is_swept(o)
                  and o.split("=", 1)[0] not in preset_keys else o for o in overrides]
-    extra = launcher_overrides(overrides, first)
+    extra = launcher_overrides(overrides, first, _preset_launcher(preset_config))
     argv = sys.argv
     sys.argv = [argv[0], "--multirun", *overrides, *extra]
     try:

@@ -53,3 +53,84 @@ def test_bench_cli_rejects_an_unknown_model():
     result = CliRunner().invoke(app, ["bench", "model=resnet21"])
     assert result.exit_code == 2
     assert "resnet20" in result.output and "Traceback" not in result.output
+
+
+# --- resexp bench --runs K: a sweep's K runs one after another, as processes, in lock-step ---
+
+from resexp.data import device_data  # noqa: E402
+from resexp.engine.bench import _bench_data  # noqa: E402
+from resexp.engine.throughput import Lockstep, sweep_throughput  # noqa: E402
+from resexp.engine.throughput import write_report as write_throughput_report  # noqa: E402
+from resexp.engine.train import build_optimizer, forward_backward, optimizer_step  # noqa: E402
+from resexp.engine.schedules import learning_rate  # noqa: E402
+from resexp.models import build_model  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+
+TINY_SMALL_DATA = [*TINY, "seed=3", "trainer.precision=fp32"]
+
+
+def _small_raw(cfg):
+    raw, _ = _bench_data(cfg)
+    raw.train_images, raw.train_labels = raw.train_images[:256], raw.train_labels[:256]
+    return raw
+
+
+def test_lockstep_trains_each_model_exactly_as_alone():
+    """Two models stepped together end where each would alone: same seed, same batches, same
+    update. A loss averaged over both batches instead would halve every gradient and fail here."""
+    cfg = compose(TINY_SMALL_DATA)
+    raw, cpu, batch = _small_raw(cfg), torch.device("cpu"), 16
+    group = Lockstep(cfg, raw, cpu, batch, "fp32", runs=2)
+    for i in range(3):
+        group.step(i)
+    for k in range(2):
+        data = device_data(raw, 0, True, cpu, batch, 3 + k, torch.channels_last)
+        torch.manual_seed(3 + k)
+        model = build_model(cfg.model, 3, 10).to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(cfg.optim, model.parameters(), cpu)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        for i in range(3):
+            for g in optimizer.param_groups:
+                g["lr"] = learning_rate(cfg.optim, i, int(cfg.trainer.max_iters))
+            images, labels = data.train.next()
+            forward_backward(model, optimizer, scaler, nullcontext(), images, labels)
+            optimizer_step(optimizer, scaler)
+        for name, value in model.named_parameters():
+            assert torch.allclose(group.params[name][k], value, atol=2e-5, rtol=1e-4), name
+        for name, value in model.named_buffers():  # BN running statistics, per model
+            assert torch.allclose(group.buffers[name][k].to(value.dtype), value, atol=2e-5, rtol=1e-4), name
+    assert not torch.allclose(group.params["fc.weight"][0], group.params["fc.weight"][1])  # two different runs
+
+
+def test_lockstep_refuses_what_it_cannot_keep_per_run():
+    from resexp.errors import ConfigError
+
+    cfg = compose([*TINY, "optim=adamw"])
+    with pytest.raises(ConfigError, match="optim=sgd"):
+        Lockstep(cfg, _small_raw(cfg), torch.device("cpu"), 16, "fp32", runs=2)
+
+
+def test_sweep_throughput_report(tmp_path):
+    report = sweep_throughput(compose(TINY), runs=2, iters=2, warmup=1, repeats=3)
+    ways = [row["way"] for row in report["rows"]]
+    assert ways[0] == "one after another" and ways[1].startswith("2 processes") and "lock-step" in ways[2]
+    assert [row["runs_at_once"] for row in report["rows"]] == [1, 2, 2]
+    for row in report["rows"]:
+        assert len(row["ms_per_step_rounds"]) == 3
+        assert row["ms_per_step"] == pytest.approx(sorted(row["ms_per_step_rounds"])[1], abs=0.01)
+        # one step of every run at once: runs_at_once batches per ms_per_step
+        assert row["images_per_s"] == pytest.approx(16 * row["runs_at_once"] * 1000 / row["ms_per_step"], rel=0.01)
+        assert row["projected_64k_all_runs_min"] == pytest.approx(
+            PAPER_ITERS * row["ms_per_step"] * 2 / row["runs_at_once"] / 60_000, rel=0.01)
+        assert row["speedup_vs_one_after_another"] == pytest.approx(
+            row["images_per_s"] / report["rows"][0]["images_per_s"], abs=0.01)
+    assert report["fastest"] == max(report["rows"], key=lambda r: r["images_per_s"])["way"]
+    json_path, md_path = write_throughput_report(report, tmp_path)
+    assert json_path.name == "resnet20_cpu_b16_runs2.json" and json.loads(json_path.read_text()) == report
+    assert md_path.read_text().count("\n| ") == 4 and f"fastest: **{report['fastest']}**" in md_path.read_text()
+
+
+def test_bench_runs_cli_rejects_lockstep_settings_before_starting_processes():
+    result = CliRunner().invoke(app, ["bench", *TINY, "optim=adamw", "--runs", "2"])
+    assert result.exit_code == 2
+    assert "optim=sgd" in result.output and "Traceback" not in result.output

@@ -93,3 +93,26 @@ def test_keys_of_a_swept_group_apply_to_every_choice_and_presets_accept_override
         assert "noise: 0.1" in config and "name: adamw" in config  # the preset's data and optimiser
     bad = resexp("sweep", "model=vit_pre,resnet20", "model.dim=16", f"run.root={tmp_path}")
     assert bad.returncode == 2 and "unknown key 'model.dim'" in bad.stderr
+
+
+def test_figure6_preset_runs_processes_by_default_and_the_command_line_still_wins(tmp_path, monkeypatch):
+    from resexp import sweep
+    from resexp.config import compose
+
+    overrides = ["sweep=figure6"]
+    preset = sweep._preset_config(overrides)
+    assert sweep._preset_launcher(preset) == "joblib"
+    cfg = compose(overrides)
+    assert cfg.launcher.runs_per_gpu == 3
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 2)
+    assert "hydra.launcher.n_jobs=6" in sweep.launcher_overrides(overrides, cfg, "joblib")  # 3 per GPU
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 0)
+    assert "hydra.launcher.n_jobs=1" in sweep.launcher_overrides(overrides, cfg, "joblib")  # cpu_runs
+    basic = sweep.launcher_overrides([*overrides, "hydra/launcher=basic"], cfg, "joblib")
+    assert not any("n_jobs" in o for o in basic)
+    # Hydra itself takes the preset's launcher
+    result = resexp("sweep", "figure6", "model=resnet20", *TINY, f"run.root={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Joblib.Parallel(n_jobs=1" in result.stdout + result.stderr
+    summaries = list((tmp_path / "sweeps" / "figure6").glob("**/summary.json"))
+    assert len(summaries) == 1 and json.loads(summaries[0].read_text())["status"] == "finished"

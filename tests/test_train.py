@@ -131,7 +131,7 @@ def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
     data = build_data(cfg.data, device, 16, 0)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, model, device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
     images, labels = data.train.next()
     forward_backward(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), _autocast(device, "fp32"),
                      images, labels)

@@ -105,12 +105,17 @@ def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: boo
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """<model>_<device>_b<batch>[_compiled].json and .md under out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = "cuda" if report["rows"][0]["device_type"] == "cuda" else "cpu"
     compiled = "_compiled" if any(row["compiled"] for row in report["rows"]) else ""
-    stem = out_dir / f"{report['model']}_{device}_b{report['batch_size']}{compiled}"
+    return write_files(out_dir / f"{report['model']}_{device}_b{report['batch_size']}{compiled}", report,
+                       markdown(report))
+
+
+def write_files(stem: Path, report: dict[str, Any], text: str) -> list[Path]:
+    """stem.json (the report) and stem.md (its table)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), report)
-    stem.with_suffix(".md").write_text(markdown(report))
+    stem.with_suffix(".md").write_text(text)
     return [stem.with_suffix(".json"), stem.with_suffix(".md")]
 
 
@@ -159,7 +164,7 @@ def _resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
     data = device_data(raw, 0, True, device, batch, int(cfg.seed), memory_format)
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, raw.channels, raw.num_classes).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optim, model, device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = _autocast(device, precision)
     forward, compiled = compile_model(model, bool(cfg.trainer.compile), bool(cfg.trainer.cuda_graphs), device)

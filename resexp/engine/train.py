@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg.model, in_channels=data.channels, num_classes=data.num_classes)
     params, macs = count_params(model), count_macs(model, (1, data.channels, 32, 32))
     model = model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optim, model, device)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = _autocast(device, precision)
     forward, compiled = compile_model(model, bool(t.compile), bool(t.cuda_graphs), device)
@@ -274,15 +275,16 @@ def evaluate(model, data: Data, batch_size: int, memory_format, autocast) -> tup
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def build_optimizer(optim: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], device: torch.device
+                    ) -> torch.optim.Optimizer:
     fused = True if device.type == "cuda" else None  # one kernel for the whole update on GPU
     if optim.name == "sgd":  # the paper decays every parameter, BN included
         return torch.optim.SGD(
-            model.parameters(), lr=optim.lr, momentum=optim.momentum,
+            parameters, lr=optim.lr, momentum=optim.momentum,
             weight_decay=optim.weight_decay, nesterov=optim.nesterov, fused=fused,
         )
     if optim.name == "adamw":  # decay weight matrices only: not biases, norm gains, ReZero scalars
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [p for p in parameters if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
