@@ -32,8 +32,11 @@ def test_plain56_run_writes_the_five_tags_and_a_summary(tmp_path):
     run_dir = tmp_path / "plain56_synthetic_seed0"
     series = scalars(run_dir)
     assert TAGS <= set(series)
-    assert [step for step, _ in series["test/error"]] == [25, 50]
-    assert [value for _, value in series["lr"]] == pytest.approx([0.1, 0.001])  # 0.5, 0.75 milestones
+    assert [step for step, _ in series["test/error"]] == [25, 50]  # eval_every
+    for tag in ("train/error", "train/loss", "lr"):  # log_every
+        assert [step for step, _ in series[tag]] == list(range(5, 51, 5)), tag
+    # the lr of each log point's last step; milestones at 0.5 and 0.75 of 50 iterations
+    assert [value for _, value in series["lr"]] == pytest.approx([0.1] * 5 + [0.01] * 2 + [0.001] * 3)
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert on_disk == summary
     assert summary["status"] == "finished" and summary["iterations"] == 50
@@ -110,6 +113,32 @@ def test_existing_run_with_other_settings_is_never_overwritten(tmp_path):
 VIT = ["model=vit_pre", "model.depth=3", "model.dim=16", "model.heads=2", "model.patch_size=8",
        "data=synthetic", "data.train_size=256", "data.test_size=64", "trainer.batch_size=16",
        "trainer.progress=none", "trainer.precision=fp32", "trainer.deterministic=true"]
+
+
+def test_train_loss_and_error_are_those_of_the_batches_since_the_last_log(tmp_path):
+    """With lr 0 the weights never move, so every batch's loss can be recomputed from the
+    initial model and the same batch stream: each log point holds the mean of its own batches."""
+    import torch.nn.functional as F
+
+    from resexp.data import build_data
+
+    cfg = compose(["model=resnet20", *SMALL, "optim.lr=0", "trainer.max_iters=6", "trainer.log_every=3",
+                   "trainer.eval_every=6", "trainer.precision=fp32", f"run.root={tmp_path}"])
+    train(cfg)
+    series = scalars(tmp_path / "resnet20_synthetic_seed0")
+    data = build_data(cfg.data, torch.device("cpu"), 32, 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(memory_format=torch.channels_last).train()
+    losses, errors = [], []
+    with torch.no_grad():
+        for _ in range(6):
+            images, labels = data.train.next()
+            logits = model(images)
+            losses.append(F.cross_entropy(logits, labels).item())
+            errors.append(100.0 * (logits.argmax(1) != labels).float().mean().item())
+    assert [step for step, _ in series["train/loss"]] == [3, 6]
+    assert [v for _, v in series["train/loss"]] == pytest.approx([sum(losses[:3]) / 3, sum(losses[3:]) / 3], rel=1e-5)
+    assert [v for _, v in series["train/error"]] == pytest.approx([sum(errors[:3]) / 3, sum(errors[3:]) / 3], abs=1e-4)
 
 
 def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):

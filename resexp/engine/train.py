@@ -116,23 +116,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     progress.message(f"error warm-up ended at iteration {iteration} (batch error {batch_error:.1f}%)")
 
             at_eval = iteration % t.eval_every == 0 or iteration == max_iters
-            if iteration % t.log_every == 0 or at_eval:
+            if iteration % t.log_every == 0 or at_eval:  # training metrics of the batches since the last read
                 running_loss = window_loss.item() / window_count
                 train_error = 100.0 * window_errors.item() / window_count
                 progress.update(iteration, train_error, lr)
                 diverged = _divergence(running_loss, t.loss_ceiling)
+                for tag, value in (("train/error", train_error), ("train/loss", running_loss), ("lr", lr)):
+                    writer.add_scalar(tag, value, iteration)
+                summary.update({"train_error": train_error, "train_loss": running_loss, "iterations": iteration})
+                window_errors.zero_(), window_loss.zero_()
+                window_count = 0
             if at_eval or diverged:
                 eval_error, eval_loss = evaluate(model, data, int(t.eval_batch_size), memory_format, autocast)
                 best_eval = min(best_eval, eval_error)
                 split = data.eval_split
-                for tag, value in (("train/error", train_error), ("train/loss", running_loss),
-                                   (f"{split}/error", eval_error), (f"{split}/loss", eval_loss), ("lr", lr)):
+                for tag, value in ((f"{split}/error", eval_error), (f"{split}/loss", eval_loss)):
                     writer.add_scalar(tag, value, iteration)
-                summary.update({"train_error": train_error, "train_loss": running_loss,
-                                f"{split}_error": eval_error, f"{split}_loss": eval_loss,
-                                f"best_{split}_error": best_eval, "iterations": iteration})
-                window_errors.zero_(), window_loss.zero_()
-                window_count = 0
+                summary.update({f"{split}_error": eval_error, f"{split}_loss": eval_loss,
+                                f"best_{split}_error": best_eval})
             if diverged:
                 writer.add_text("status", f"diverged at iteration {iteration}: {diverged}", iteration)
                 progress.message(f"[{run_dir.name}] diverged at iteration {iteration}: {diverged}")
