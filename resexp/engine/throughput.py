@@ -84,10 +84,10 @@ def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeat
             "projected_64k_all_runs_min": round(PAPER_ITERS * median * runs / group / 60_000, 2),
         }
 
+    processes = f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "")
     rows = [
         row("one after another", 1, single.rounds_s, single.peak_bytes, single.compiled),
-        row(f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else ""), runs, process_rounds,
-            process_peak, single.compiled),
+        row(processes, runs, process_rounds, process_peak, single.compiled),
         row(f"{runs} models in lock-step, one process", runs, lockstep.rounds_s, lockstep.peak_bytes,
             lockstep.compiled),
     ]
@@ -171,7 +171,7 @@ def lockstep_pipeline(cfg: DictConfig, raw: RawData, device: torch.device, batch
 def _time_processes(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats: int,
                     threads: int | None) -> tuple[list[float], int]:
     """Seconds per round for `runs` processes started together at a barrier (a round ends when
-    the last one finishes), and the largest per-process peak GPU memory."""
+    the last one finishes), and the sum of their peak GPU memory (CUDA contexts not counted)."""
     context = mp.get_context("spawn")  # CUDA cannot be used in forked children
     barrier, results = context.Barrier(runs), context.Queue()
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
@@ -181,15 +181,15 @@ def _time_processes(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats
     for worker in workers:
         worker.start()
     rounds: dict[int, list[float]] = {r: [] for r in range(repeats)}
-    peak = 0
+    peaks = [0] * runs
     try:
         for _ in range(runs * repeats):
             message = results.get(timeout=WORKER_TIMEOUT_S)
             if message[0] == "error":
                 raise ResexpError(f"a benchmark process failed: {message[1]}")
-            _, r, seconds, peak_bytes = message
+            _, k, r, seconds, peak_bytes = message
             rounds[r].append(seconds)
-            peak = max(peak, peak_bytes)
+            peaks[k] = max(peaks[k], peak_bytes)
     except queue.Empty:
         raise ResexpError(f"a benchmark process gave no result within {WORKER_TIMEOUT_S} s") from None
     finally:
@@ -197,7 +197,7 @@ def _time_processes(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.terminate()
-    return [max(seconds) for seconds in rounds.values()], peak
+    return [max(seconds) for seconds in rounds.values()], sum(peaks)
 
 
 def _process_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int, warmup: int, repeats: int,
@@ -223,7 +223,7 @@ def _process_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int
                 pipeline.step(i)
             _sync(device)
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-            results.put(("round", r, time.perf_counter() - start, peak))
+            results.put(("round", offset, r, time.perf_counter() - start, peak))
     except Exception as e:  # the parent reports it; the others must not wait for this one
         barrier.abort()
         results.put(("error", f"{type(e).__name__}: {e}"))
@@ -249,7 +249,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- fastest: **{report['fastest']}**",
         "",
         "| way | runs at once | compiled | ms/step (rounds) | images/s, all runs | vs one after another | "
-        f"peak GPU memory | {report['runs']} runs × 64k iters |",
+        f"peak GPU memory, runs at once | {report['runs']} runs × 64k iters |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
