@@ -58,7 +58,7 @@ def test_bench_cli_rejects_an_unknown_model():
 # --- resexp bench --runs K: a sweep's K runs one after another, as processes, in lock-step ---
 
 from resexp.data import device_data  # noqa: E402
-from resexp.engine.bench import _bench_data  # noqa: E402
+from resexp.engine.bench import bench_data  # noqa: E402
 from resexp.engine.throughput import Lockstep, sweep_throughput  # noqa: E402
 from resexp.engine.throughput import write_report as write_throughput_report  # noqa: E402
 from resexp.engine.train import build_optimizer, forward_backward, optimizer_step  # noqa: E402
@@ -70,7 +70,7 @@ TINY_SMALL_DATA = [*TINY, "seed=3", "trainer.precision=fp32"]
 
 
 def _small_raw(cfg):
-    raw, _ = _bench_data(cfg)
+    raw, _ = bench_data(cfg)
     raw.train_images, raw.train_labels = raw.train_images[:256], raw.train_labels[:256]
     return raw
 

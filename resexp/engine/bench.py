@@ -71,22 +71,12 @@ def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: boo
     device = resolve_device(cfg.trainer.device)
     _set_determinism(bool(cfg.trainer.deterministic))
     batch = int(cfg.trainer.batch_size)
-    raw, data_note = _bench_data(cfg)
-    builders = [partial(_resexp_pipeline, cfg, raw, device, batch, precision)
+    raw, data_note = bench_data(cfg)
+    builders = [partial(resexp_pipeline, cfg, raw, device, batch, precision)
                 for precision in dict.fromkeys(resolve_precision(name, device)[0] for name in precisions)]
     if reference:
         builders.append(partial(_reference_pipeline, cfg, raw, device, batch))
-    pipelines = []
-    for build in builders:
-        before = _allocated(device)
-        pipeline = build()
-        pipeline.resident_bytes = _allocated(device) - before
-        for i in range(warmup):
-            pipeline.step(i)
-        pipelines.append(pipeline)
-    for _ in range(repeats):
-        for pipeline in pipelines:
-            _time_round(pipeline, iters, warmup, device)
+    pipelines = time_pipelines(builders, device, iters, warmup, repeats)
     auto = resolve_precision("auto", device)[0]
     rows = [_row(p, batch, iters, device, auto) for p in pipelines]
     if reference:
@@ -101,6 +91,24 @@ def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: boo
         "process_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "rows": rows,
     }
+
+
+def time_pipelines(builders: list[Callable[[], Pipeline]], device: torch.device, iters: int, warmup: int,
+                   repeats: int) -> list[Pipeline]:
+    """Build each pipeline (noting the device memory it keeps) and warm it up; then `repeats`
+    rounds of `iters` timed steps that visit the pipelines in turn."""
+    pipelines = []
+    for build in builders:
+        before = _allocated(device)
+        pipeline = build()
+        pipeline.resident_bytes = _allocated(device) - before
+        for i in range(warmup):
+            pipeline.step(i)
+        pipelines.append(pipeline)
+    for _ in range(repeats):
+        for pipeline in pipelines:
+            _time_round(pipeline, iters, warmup, device)
+    return pipelines
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -146,7 +154,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join([*lines, ""])
 
 
-def _bench_data(cfg: DictConfig) -> tuple[RawData, str]:
+def bench_data(cfg: DictConfig) -> tuple[RawData, str]:
     """CIFAR-10 when it is on disk (never downloaded for a benchmark), else uint8 noise of its shape."""
     if cfg.data.name == "cifar10" and verify_cifar(data_root(cfg.data) / CIFAR10.base_folder, CIFAR10) is None:
         return load_cifar("cifar10", data_root(cfg.data), download=False), f"CIFAR-10 from {data_root(cfg.data)}"
@@ -158,7 +166,7 @@ def _bench_data(cfg: DictConfig) -> tuple[RawData, str]:
     return raw, "random uint8 images of CIFAR-10's shape (50,000 × 3×32×32; CIFAR-10 not found on disk)"
 
 
-def _resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
+def resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
     """The trainer's own step: the same functions train() calls, in the same order."""
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     data = device_data(raw, 0, True, device, batch, int(cfg.seed), memory_format)
@@ -233,14 +241,14 @@ class _ArrayCIFAR10(CIFAR10):
 
 
 def _time_round(pipeline: Pipeline, iters: int, first: int, device: torch.device) -> None:
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = _allocated(device)
     start = time.perf_counter()
     for i in range(first, first + iters):
         pipeline.step(i)
-    _sync(device)
+    sync(device)
     pipeline.rounds_s.append(time.perf_counter() - start)
     if device.type == "cuda":  # what this pipeline needs alone: its resident memory plus its peak
         transient = torch.cuda.max_memory_allocated(device) - before
@@ -251,7 +259,7 @@ def _allocated(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

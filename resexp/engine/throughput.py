@@ -32,9 +32,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from resexp import __version__
 from resexp.data import device_data
 from resexp.data.sources import RawData
-from resexp.engine.bench import (
-    PAPER_ITERS, Pipeline, _allocated, _bench_data, _resexp_pipeline, _sync, _time_round, write_files,
-)
+from resexp.engine.bench import PAPER_ITERS, Pipeline, bench_data, resexp_pipeline, sync, time_pipelines, write_files
 from resexp.engine.schedules import learning_rate
 from resexp.engine.train import _autocast, _device_name, _set_determinism, build_optimizer, resolve_device, \
     resolve_precision
@@ -58,20 +56,10 @@ def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeat
     process_rounds, process_peak = _time_processes(cfg, runs, iters, warmup, repeats, threads)
 
     _set_determinism(bool(cfg.trainer.deterministic))
-    raw, data_note = _bench_data(cfg)
-    pipelines = []
-    for build in (partial(_resexp_pipeline, cfg, raw, device, batch, precision),
-                  partial(lockstep_pipeline, cfg, raw, device, batch, precision, runs)):
-        before = _allocated(device)
-        pipeline = build()
-        pipeline.resident_bytes = _allocated(device) - before
-        for i in range(warmup):
-            pipeline.step(i)
-        pipelines.append(pipeline)
-    for _ in range(repeats):
-        for pipeline in pipelines:
-            _time_round(pipeline, iters, warmup, device)
-    single, lockstep = pipelines
+    raw, data_note = bench_data(cfg)
+    single, lockstep = time_pipelines([partial(resexp_pipeline, cfg, raw, device, batch, precision),
+                                       partial(lockstep_pipeline, cfg, raw, device, batch, precision, runs)],
+                                      device, iters, warmup, repeats)
 
     def row(way: str, group: int, rounds_s: list[float], peak_bytes: int, compiled: str | None) -> dict[str, Any]:
         ms = [1000 * s / iters for s in rounds_s]  # one step of every run in the group
@@ -211,17 +199,17 @@ def _process_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int
         _set_determinism(bool(cfg.trainer.deterministic))
         precision, _ = resolve_precision(cfg.trainer.precision, device)
         cfg.seed = int(cfg.seed) + offset
-        raw, _ = _bench_data(cfg)
-        pipeline = _resexp_pipeline(cfg, raw, device, int(cfg.trainer.batch_size), precision)
+        raw, _ = bench_data(cfg)
+        pipeline = resexp_pipeline(cfg, raw, device, int(cfg.trainer.batch_size), precision)
         for i in range(warmup):
             pipeline.step(i)
         for r in range(repeats):
-            _sync(device)
+            sync(device)
             barrier.wait(timeout=WORKER_TIMEOUT_S)
             start = time.perf_counter()
             for i in range(warmup + r * iters, warmup + (r + 1) * iters):
                 pipeline.step(i)
-            _sync(device)
+            sync(device)
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
             results.put(("round", offset, r, time.perf_counter() - start, peak))
     except Exception as e:  # the parent reports it; the others must not wait for this one
