@@ -203,7 +203,8 @@ def bench(
     precisions: str = typer.Option("auto,fp32,bf16", help="resexp precisions to time, comma-separated; auto = "
                                    "what training picks on this device (repeats are timed once)"),
     runs: int = typer.Option(1, "--runs", min=1, help="K >= 2: time a sweep's K runs instead: one after another, "
-                             "as K processes at once, and as K lock-step models in one process"),
+                             "as K processes at once, and as K lock-step models in one process (in the "
+                             "training precision; --precisions and --reference do not apply)"),
 ) -> None:
     from pathlib import Path
 
