@@ -37,6 +37,9 @@ def main(cfg: DictConfig) -> str:
         if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
             cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
     parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
+    if parallel > 1 and cfg.trainer.progress == "auto":  # bars of parallel runs would overwrite each other
+        with open_dict(cfg):
+            cfg.trainer.progress = "lines"
     if gpus == 0 and parallel > 1:  # share the CPU cores instead of fighting over them
         import torch
 

@@ -47,6 +47,8 @@ def test_joblib_sweep_runs_in_parallel_processes_then_skips_finished_runs(tmp_pa
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     runs = check_sweep(tmp_path / "sweeps" / "jl", tmp_path)
+    for run in runs:  # two runs at once print lines, not two progress bars over each other
+        assert "progress: lines" in (run / "config.yaml").read_text()
     stamps = {run: (run / "checkpoints" / "last.pt").stat().st_mtime_ns for run in runs}
     again = resexp(*args)  # a re-launched sweep leaves finished runs alone
     assert again.returncode == 0
