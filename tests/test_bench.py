@@ -134,3 +134,34 @@ def test_bench_runs_cli_rejects_lockstep_settings_before_starting_processes():
     result = CliRunner().invoke(app, ["bench", *TINY, "optim=adamw", "--runs", "2"])
     assert result.exit_code == 2
     assert "optim=sgd" in result.output and "Traceback" not in result.output
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps_once():
+    from resexp.engine.bench import saved_activation_bytes
+
+    # Linear keeps its input (8x10 floats); ReLU keeps its output (8x20), which the second Linear
+    # keeps too: the same storage, counted once. The weights are parameters: not counted.
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5))
+    x = torch.randn(8, 10, requires_grad=True)
+    assert saved_activation_bytes(model, x, nullcontext()) == (8 * 10 + 8 * 20) * 4
+    with torch.no_grad():
+        assert saved_activation_bytes(model, x, nullcontext()) == 0
+
+
+def test_step_memory_estimate_parts(report):
+    from resexp.models import count_params
+
+    params = count_params(build_model(compose(TINY).model))
+    for row in report["rows"][:-1]:  # the resexp rows
+        estimate = row["step_memory_estimate_gib"]
+        # SGD with momentum: weight, gradient, momentum buffer, all fp32
+        assert estimate["weights_grads_optimizer"] == pytest.approx(3 * 4 * params / 2**30, abs=1e-3)
+        # uint8 50k train + its 4-pixel padded copy + 10k test images, int64 labels
+        data = (50_000 * 3 * 32 * 32 + 50_000 * 3 * 40 * 40 + 10_000 * 3 * 32 * 32 + 60_000 * 8) / 2**30
+        assert estimate["data"] == pytest.approx(data, abs=1e-3)
+        assert estimate["activations"] > 0
+        assert estimate["total"] == pytest.approx(sum(v for k, v in estimate.items() if k != "total"), abs=2e-3)
+    fp32, bf16 = sorted(report["rows"][:-1], key=lambda r: r["precision"] != "fp32")
+    # bf16 autocast keeps 2-byte conv outputs where fp32 keeps 4-byte ones
+    assert bf16["step_memory_estimate_gib"]["activations"] < fp32["step_memory_estimate_gib"]["activations"]
+    assert "reference" in report["rows"][-1]["pipeline"] and "step_memory_estimate_gib" not in report["rows"][-1]

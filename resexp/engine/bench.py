@@ -60,6 +60,7 @@ class Pipeline:
     resident_bytes: int = 0  # CUDA memory held by its data, model and optimizer
     rounds_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
+    memory_estimate: dict[str, float] | None = None  # GiB a training step keeps, from memory_estimate()
 
 
 def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: bool,
@@ -137,19 +138,26 @@ def markdown(report: dict[str, Any]) -> str:
         f"- {report['warmup_iters']} untimed warm-up steps per pipeline, then {report['repeats']} rounds of "
         f"{report['iters']} timed steps visiting the pipelines in turn; ms/step is the median round",
         f"- process peak resident memory: {report['process_peak_rss_gib']} GiB",
+        "- step memory (estimate): tensors a training step keeps, counted on any device: activations saved "
+        "for the backward + weights, gradients and optimizer state + data; a lower bound on a GPU's peak",
         "",
         "| pipeline | precision | layout | compiled | ms/step (rounds) | images/s | vs reference | "
-        f"peak GPU memory | projected {PAPER_ITERS // 1000}k iters |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        f"peak GPU memory | step memory (estimate) | projected {PAPER_ITERS // 1000}k iters |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         ratio = f"{row['speedup_vs_reference']:.2f}×" if "speedup_vs_reference" in row else "-"
         memory = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f} GiB"
+        estimate = row.get("step_memory_estimate_gib")
+        estimate = "-" if estimate is None else (
+            f"{estimate['total']:.2f} GiB ({estimate['activations']:.2f} + {estimate['weights_grads_optimizer']:.2f} "
+            f"+ {estimate['data']:.2f})")
         rounds = ", ".join(f"{m:.0f}" for m in row["ms_per_step_rounds"])
         lines.append(
             f"| {row['pipeline']}{' (training default)' if row.get('training_default') else ''} | "
             f"{row['precision']} | {row['layout']} | {row['compiled'] or 'no'} | {row['ms_per_step']:.1f} "
-            f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {row['projected_64k_min']:.1f} min |"
+            f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {estimate} | "
+            f"{row['projected_64k_min']:.1f} min |"
         )
     return "\n".join([*lines, ""])
 
@@ -189,7 +197,47 @@ def resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
         errors += (logits.argmax(1) != labels).sum()  # read every log_every steps, not here
 
     layout = "channels_last" if memory_format == torch.channels_last else "NCHW"
-    return Pipeline("resexp (device-resident data)", precision, layout, compiled, step)
+    estimate = memory_estimate(model, optimizer, data, autocast)
+    return Pipeline("resexp (device-resident data)", precision, layout, compiled, step, memory_estimate=estimate)
+
+
+def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, autocast) -> dict[str, float]:
+    """GiB a training step keeps on its device, counted tensor by tensor (so the same on CPU and
+    GPU): the activations saved for the backward of one batch, the weights with their gradients
+    and optimizer state, and the data splits. A lower bound on a GPU's peak: the allocator's
+    caching and cuDNN workspaces come on top."""
+    weights = [p for p in model.parameters() if p.requires_grad]
+    weight_bytes = sum(p.numel() * p.element_size() for p in weights)
+    # state tensors per weight: SGD keeps a momentum buffer, Adam(W) two moments
+    states = {"SGD": 1 if optimizer.defaults.get("momentum") else 0, "AdamW": 2}.get(type(optimizer).__name__, 2)
+    batcher = data.train
+    data_bytes = sum(t.numel() * t.element_size() for t in (batcher.images, batcher.padded, batcher.labels,
+                                                            data.eval_images, data.eval_labels))
+    images, _ = batcher.next()
+    parts = {
+        "activations": saved_activation_bytes(model, images, autocast),
+        "weights_grads_optimizer": weight_bytes * (2 + states),
+        "data": data_bytes,
+    }
+    gib = {name: round(n / 2**30, 3) for name, n in parts.items()}
+    return {**gib, "total": round(sum(parts.values()) / 2**30, 3)}
+
+
+def saved_activation_bytes(model: torch.nn.Module, images: torch.Tensor, autocast) -> int:
+    """Bytes autograd keeps from one forward for the backward, the parameters themselves not
+    counted; tensors sharing storage (an in-place ReLU's input and output) count once."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+        model(images)
+    return sum(saved.values())
 
 
 def _reference_pipeline(cfg, raw, device, batch) -> Pipeline:
@@ -276,4 +324,6 @@ def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, auto:
     }
     if pipeline.name.startswith("resexp"):
         row["training_default"] = pipeline.precision == auto
+    if pipeline.memory_estimate is not None:
+        row["step_memory_estimate_gib"] = pipeline.memory_estimate
     return row
