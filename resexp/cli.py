@@ -208,19 +208,25 @@ def bench(
 ) -> None:
     from pathlib import Path
 
-    from resexp.engine import bench as single, throughput
+    from resexp.engine.train import explain_compile_errors
 
     try:
         cfg = compose([*(overrides or []), f"trainer.batch_size={batch}"])
-        if runs > 1:
-            report, module = throughput.sweep_throughput(cfg, runs, iters, warmup, repeats), throughput
-        else:
-            precision_list = [p for p in precisions.split(",") if p]
-            report, module = single.bench(cfg, iters, warmup, repeats, reference, precision_list), single
+        with explain_compile_errors():
+            report, module = _bench(cfg, runs, iters, warmup, repeats, reference, precisions)
     except ResexpError as e:
         _fail(str(e))
     print(module.markdown(report))
     print("wrote " + ", ".join(map(str, module.write_report(report, Path(out)))))
+
+
+def _bench(cfg, runs: int, iters: int, warmup: int, repeats: int, reference: bool, precisions: str):
+    """The report of `resexp bench` and the module that renders and writes it."""
+    from resexp.engine import bench as single, throughput
+
+    if runs > 1:
+        return throughput.sweep_throughput(cfg, runs, iters, warmup, repeats), throughput
+    return single.bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p]), single
 
 
 @app.command(help="Print the resexp version.")

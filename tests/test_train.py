@@ -1,6 +1,7 @@
 """The training engine end to end on the synthetic set, small enough for 2 CPU cores."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -205,6 +206,20 @@ def test_compiled_training_saves_the_eager_module_and_resumes_eagerly(tmp_path):
     assert not any(key.startswith("_orig_mod") for key in state["model"])  # loadable without compile
     resumed = train(compose([*common, "trainer.max_iters=4"]))
     assert resumed["iterations"] == 4 and resumed["compiled"] is None
+
+
+def test_a_failing_torch_compile_is_one_line_and_marks_the_run_failed(tmp_path):
+    # Inductor compiles C++ on CPU; without a compiler it fails at the first step.
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "resexp.cli", "train", "model=resnet20", *SMALL, "model.depth=8",
+         "trainer.max_iters=2", "trainer.compile=true", f"run.root={tmp_path}"],
+        capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "torch.compile failed" in result.stderr and "trainer.compile=false" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    summary = json.loads((tmp_path / "resnet20_synthetic_seed0" / "summary.json").read_text())
+    assert summary["status"] == "failed"
 
 
 def test_sigterm_checkpoints_the_step_stops_and_the_same_command_resumes(tmp_path):

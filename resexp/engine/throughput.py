@@ -214,7 +214,8 @@ def _process_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int
             results.put(("round", offset, r, time.perf_counter() - start, peak))
     except Exception as e:  # the parent reports it; the others must not wait for this one
         barrier.abort()
-        results.put(("error", f"{type(e).__name__}: {e}"))
+        first_line = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        results.put(("error", f"{type(e).__name__}: {first_line}"))
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -93,7 +93,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start, start_iteration = time.perf_counter(), iteration
     lr, train_error, diverged = learning_rate(cfg.optim, iteration, max_iters, in_warmup), 100.0, None
     model.train()
-    with StopSignal() as stop, _failed_on_error(run_dir, summary), closing(progress), closing(writer):
+    with StopSignal() as stop, _failed_on_error(run_dir, summary), explain_compile_errors(), closing(progress), \
+            closing(writer):
         while iteration < max_iters:
             lr = learning_rate(cfg.optim, iteration, max_iters, in_warmup)
             for group in optimizer.param_groups:
@@ -209,6 +210,18 @@ def compile_model(model: torch.nn.Module, compile: bool, cuda_graphs: bool, devi
     if compile:
         return torch.compile(model), "default"
     return model, None
+
+
+@contextmanager
+def explain_compile_errors():
+    """torch.compile fails at the first step, not where it is asked for (on CPU Inductor needs a
+    C++ compiler, say): turn its long traceback into resexp's one-line error."""
+    try:
+        yield
+    except torch._dynamo.exc.BackendCompilerFailed as e:
+        cause = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ConfigError(f"torch.compile failed: {cause}; set trainer.compile=false trainer.cuda_graphs=false "
+                          "to train without it") from None
 
 
 class StopSignal:
