@@ -190,7 +190,8 @@ def models() -> None:
 @app.command(
     help="Training speed of resexp's pipeline against the usual DataLoader + PIL recipe, same model, same "
     "device, one process: ms/step, images/s, their ratio, peak memory and the projected time of the "
-    "paper's 64k iterations. Example: resexp bench model=resnet56 --iters 50. Writes JSON and Markdown.",
+    "paper's 64k iterations. Example: resexp bench model=resnet56 --iters 50. With --runs K: K runs of a "
+    "sweep one after another, as K processes and in lock-step. Writes JSON and Markdown.",
 )
 def bench(
     overrides: Optional[list[str]] = OVERRIDES,

@@ -138,8 +138,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"- {report['warmup_iters']} untimed warm-up steps per pipeline, then {report['repeats']} rounds of "
         f"{report['iters']} timed steps visiting the pipelines in turn; ms/step is the median round",
         f"- process peak resident memory: {report['process_peak_rss_gib']} GiB",
-        "- step memory (estimate): tensors a training step keeps, counted on any device: activations saved "
-        "for the backward + weights, gradients and optimizer state + data; a lower bound on a GPU's peak",
+        "- step memory (estimate), the same on any device: activations saved for the backward of one eager step "
+        "(counted) + weights, gradients and optimizer state (from the parameter sizes) + data (counted); "
+        "a lower bound on an uncompiled step's GPU peak",
         "",
         "| pipeline | precision | layout | compiled | ms/step (rounds) | images/s | vs reference | "
         f"peak GPU memory | step memory (estimate) | projected {PAPER_ITERS // 1000}k iters |",
@@ -202,10 +203,11 @@ def resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
 
 
 def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, autocast) -> dict[str, float]:
-    """GiB a training step keeps on its device, counted tensor by tensor (so the same on CPU and
-    GPU): the activations saved for the backward of one batch, the weights with their gradients
-    and optimizer state, and the data splits. A lower bound on a GPU's peak: the allocator's
-    caching and cuDNN workspaces come on top."""
+    """GiB an eager training step keeps on its device, the same on CPU and GPU: the activations
+    saved for the backward of one batch and the data splits, counted tensor by tensor, and the
+    weights with their gradients and optimizer state, from the parameter sizes (the state does
+    not exist before the first step). A lower bound on an uncompiled step's GPU peak: the
+    allocator's caching and cuDNN workspaces come on top; a compiled step may save less."""
     weights = [p for p in model.parameters() if p.requires_grad]
     weight_bytes = sum(p.numel() * p.element_size() for p in weights)
     # state tensors per weight: SGD keeps a momentum buffer, Adam(W) two moments

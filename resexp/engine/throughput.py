@@ -3,8 +3,8 @@
 Small CIFAR nets leave a large GPU idle. Three ways to train K runs of one architecture, each
 run's maths unchanged, timed on the same device:
 - one after another: the trainer's step alone (the baseline; K runs take K times as long);
-- processes: K processes stepping at once, as `resexp sweep ... launcher.runs_per_gpu=K`
-  (on CPU each gets cpu_count/K threads, as resexp's sweep gives its runs);
+- processes: K processes stepping at once, as a joblib sweep runs them (launcher.runs_per_gpu=K
+  on one GPU; launcher.cpu_runs=K on CPU, each with cpu_count/K threads);
 - lock-step: K models in one process, their parameters and BN buffers stacked (torch.func),
   one vmapped forward/backward per step, so each conv becomes one grouped conv over the K
   models; every model has its own seed, data order and augmentation.
@@ -34,8 +34,10 @@ from resexp.data import device_data
 from resexp.data.sources import RawData
 from resexp.engine.bench import PAPER_ITERS, Pipeline, bench_data, resexp_pipeline, sync, time_pipelines, write_files
 from resexp.engine.schedules import learning_rate
-from resexp.engine.train import _autocast, _device_name, _set_determinism, build_optimizer, resolve_device, \
-    resolve_precision
+from resexp.engine.train import (
+    _autocast, _device_name, _set_determinism, build_optimizer, explain_compile_errors, resolve_device,
+    resolve_precision,
+)
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model
 
@@ -192,30 +194,36 @@ def _process_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int
                     barrier, results) -> None:
     """One run of the group: the trainer's step, timed between barriers."""
     try:
-        if threads:
-            torch.set_num_threads(threads)
-        cfg = OmegaConf.create(cfg_dict)
-        device = resolve_device(cfg.trainer.device)
-        _set_determinism(bool(cfg.trainer.deterministic))
-        precision, _ = resolve_precision(cfg.trainer.precision, device)
-        cfg.seed = int(cfg.seed) + offset
-        raw, _ = bench_data(cfg)
-        pipeline = resexp_pipeline(cfg, raw, device, int(cfg.trainer.batch_size), precision)
-        for i in range(warmup):
-            pipeline.step(i)
-        for r in range(repeats):
-            sync(device)
-            barrier.wait(timeout=WORKER_TIMEOUT_S)
-            start = time.perf_counter()
-            for i in range(warmup + r * iters, warmup + (r + 1) * iters):
-                pipeline.step(i)
-            sync(device)
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-            results.put(("round", offset, r, time.perf_counter() - start, peak))
+        with explain_compile_errors():  # compiling happens in the first steps
+            _time_worker(cfg_dict, offset, threads, iters, warmup, repeats, barrier, results)
     except Exception as e:  # the parent reports it; the others must not wait for this one
         barrier.abort()
         first_line = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
         results.put(("error", f"{type(e).__name__}: {first_line}"))
+
+
+def _time_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int, warmup: int, repeats: int,
+                 barrier, results) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = OmegaConf.create(cfg_dict)
+    device = resolve_device(cfg.trainer.device)
+    _set_determinism(bool(cfg.trainer.deterministic))
+    precision, _ = resolve_precision(cfg.trainer.precision, device)
+    cfg.seed = int(cfg.seed) + offset
+    raw, _ = bench_data(cfg)
+    pipeline = resexp_pipeline(cfg, raw, device, int(cfg.trainer.batch_size), precision)
+    for i in range(warmup):
+        pipeline.step(i)
+    for r in range(repeats):
+        sync(device)
+        barrier.wait(timeout=WORKER_TIMEOUT_S)
+        start = time.perf_counter()
+        for i in range(warmup + r * iters, warmup + (r + 1) * iters):
+            pipeline.step(i)
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        results.put(("round", offset, r, time.perf_counter() - start, peak))
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
