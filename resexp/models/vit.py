@@ -248,9 +248,28 @@ class ViT(nn.Module):
         image_size: int = 32,
     ) -> None:
         super().__init__()
-        _validate(
-            depth, dim, heads, mlp_ratio, patch_size, pool, norm_placement, residual, norm, image_size
-        )
+        for key, value in (("depth", depth), ("dim", dim), ("heads", heads), ("patch_size", patch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{key} must be a positive integer; got {value!r}")
+        if dim % heads:
+            raise ConfigError(f"model.dim must be divisible by model.heads; got dim {dim}, heads {heads}")
+        if image_size % patch_size:
+            raise ConfigError(f"model.patch_size must divide the image size {image_size}; got {patch_size}")
+        if not mlp_ratio > 0:
+            raise ConfigError(f"model.mlp_ratio must be positive; got {mlp_ratio}")
+        if pool not in POOLS:
+            raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}; got {pool!r}")
+        if norm_placement not in PLACEMENTS:
+            raise ConfigError(
+                f"model.norm_placement must be one of {', '.join(PLACEMENTS)}; got {norm_placement!r}"
+            )
+        if norm not in NORMS:
+            raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}; got {norm!r}")
+        if norm_placement == "rezero" and not residual:
+            raise ConfigError(
+                "model.residual=false cannot be used with norm_placement rezero: a*G(x) with a = 0 at "
+                "init never trains; use rezero with residual=true, or another placement"
+            )
         self.pool = pool
         self.norm_placement = norm_placement
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
@@ -298,39 +317,3 @@ class ViT(nn.Module):
             x = self.final_norm(x)
         features = x[:, 0] if self.pool == "cls" else x.mean(dim=1)
         return self.head(features)
-
-
-def _validate(
-    depth: int,
-    dim: int,
-    heads: int,
-    mlp_ratio: float,
-    patch_size: int,
-    pool: str,
-    placement: str,
-    residual: bool,
-    norm: str,
-    image_size: int,
-) -> None:
-    for key, value in (("depth", depth), ("dim", dim), ("heads", heads), ("patch_size", patch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"model.{key} must be a positive integer; got {value!r}")
-    if dim % heads:
-        raise ConfigError(f"model.dim must be divisible by model.heads; got dim {dim}, heads {heads}")
-    if image_size % patch_size:
-        raise ConfigError(f"model.patch_size must divide the image size {image_size}; got {patch_size}")
-    if not mlp_ratio > 0:
-        raise ConfigError(f"model.mlp_ratio must be positive; got {mlp_ratio}")
-    if pool not in POOLS:
-        raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}; got {pool!r}")
-    if placement not in PLACEMENTS:
-        raise ConfigError(
-            f"model.norm_placement must be one of {', '.join(PLACEMENTS)}; got {placement!r}"
-        )
-    if norm not in NORMS:
-        raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}; got {norm!r}")
-    if placement == "rezero" and not residual:
-        raise ConfigError(
-            "model.residual=false cannot be used with norm_placement rezero: a*G(x) with a = 0 at "
-            "init never trains; use rezero with residual=true, or another placement"
-        )
