@@ -314,15 +314,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, auto: str) -> dict[str, Any]:
-    ms = [1000 * s / iters for s in pipeline.rounds_s]
+def round_stats(rounds_s: list[float], iters: int, images_per_step: int, peak_bytes: int,
+                device: torch.device) -> dict[str, Any]:
+    """ms/step (median round, and every round), images/s and peak GPU memory of timed rounds."""
+    ms = [1000 * s / iters for s in rounds_s]
     median = statistics.median(ms)
+    return {
+        "ms_per_step": round(median, 2), "ms_per_step_rounds": [round(m, 2) for m in ms],
+        "images_per_s": round(1000 * images_per_step / median, 1),
+        "peak_memory_gib": round(peak_bytes / 2**30, 3) if device.type == "cuda" else None,
+    }
+
+
+def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, auto: str) -> dict[str, Any]:
+    stats = round_stats(pipeline.rounds_s, iters, batch, pipeline.peak_bytes, device)
     row = {
         "pipeline": pipeline.name, "precision": pipeline.precision, "layout": pipeline.layout,
-        "compiled": pipeline.compiled, "device_type": device.type, "ms_per_step": round(median, 2),
-        "ms_per_step_rounds": [round(m, 2) for m in ms], "images_per_s": round(1000 * batch / median, 1),
-        "peak_memory_gib": round(pipeline.peak_bytes / 2**30, 3) if device.type == "cuda" else None,
-        "projected_64k_min": round(PAPER_ITERS * median / 60_000, 2),
+        "compiled": pipeline.compiled, "device_type": device.type, **stats,
+        "projected_64k_min": round(PAPER_ITERS * stats["ms_per_step"] / 60_000, 2),
     }
     if pipeline.name.startswith("resexp"):
         row["training_default"] = pipeline.precision == auto

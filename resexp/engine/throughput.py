@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import queue
-import statistics
 import time
 import warnings
 from functools import partial
@@ -32,11 +31,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from resexp import __version__
 from resexp.data import device_data
 from resexp.data.sources import RawData
-from resexp.engine.bench import PAPER_ITERS, Pipeline, bench_data, resexp_pipeline, sync, time_pipelines, write_files
+from resexp.engine.bench import (
+    PAPER_ITERS, Pipeline, bench_data, resexp_pipeline, round_stats, sync, time_pipelines, write_files,
+)
 from resexp.engine.schedules import learning_rate
 from resexp.engine.train import (
-    _autocast, _device_name, _set_determinism, build_optimizer, explain_compile_errors, resolve_device,
-    resolve_precision,
+    _autocast, _device_name, _set_determinism, build_optimizer, compile_model, explain_compile_errors,
+    resolve_device, resolve_precision,
 )
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model
@@ -64,14 +65,11 @@ def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeat
                                       device, iters, warmup, repeats)
 
     def row(way: str, group: int, rounds_s: list[float], peak_bytes: int, compiled: str | None) -> dict[str, Any]:
-        ms = [1000 * s / iters for s in rounds_s]  # one step of every run in the group
-        median = statistics.median(ms)
+        stats = round_stats(rounds_s, iters, batch * group, peak_bytes, device)  # a step of every run in the group
         return {
-            "way": way, "runs_at_once": group, "compiled": compiled, "ms_per_step": round(median, 2),
-            "ms_per_step_rounds": [round(m, 2) for m in ms], "images_per_s": round(1000 * batch * group / median, 1),
-            "peak_memory_gib": round(peak_bytes / 2**30, 3) if device.type == "cuda" else None,
+            "way": way, "runs_at_once": group, "compiled": compiled, **stats,
             # the paper's 64k iterations for all K runs
-            "projected_64k_all_runs_min": round(PAPER_ITERS * median * runs / group / 60_000, 2),
+            "projected_64k_all_runs_min": round(PAPER_ITERS * stats["ms_per_step"] * runs / group / 60_000, 2),
         }
 
     processes = f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "")
@@ -124,14 +122,8 @@ class Lockstep:
         # vmap has no batching rule for the in-place op inside adaptive_avg_pool2d; the fallback
         # loops over the K models for that one small op only, and its warning would repeat.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
-        self.forward = vmap(one_model)
-        self.compiled = None
-        if cfg.trainer.cuda_graphs and device.type == "cuda":
-            self.compiled = "reduce-overhead (CUDA graphs)"
-            self.forward = torch.compile(self.forward, mode="reduce-overhead")
-        elif cfg.trainer.compile:
-            self.compiled = "default"
-            self.forward = torch.compile(self.forward)
+        self.forward, self.compiled = compile_model(vmap(one_model), bool(cfg.trainer.compile),
+                                                    bool(cfg.trainer.cuda_graphs), device)
         self.optimizer = build_optimizer(cfg.optim, self.params.values(), device)
         self.autocast = _autocast(device, precision)
         self.errors = torch.zeros(runs, device=device)  # read every log_every steps, not here

@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -198,8 +198,9 @@ def log_probes(writer, model, optimizer, scaler, images, iteration: int) -> None
             writer.add_scalar(f"probe/{name}/block_{block:03d}", value, iteration)
 
 
-def compile_model(model: torch.nn.Module, compile: bool, cuda_graphs: bool, device: torch.device):
-    """The callable the loop trains through, and how it was compiled (for summary.json).
+def compile_model(model: Callable, compile: bool, cuda_graphs: bool, device: torch.device):
+    """The callable the loop trains through (a module, or lock-step's vmapped function), and how
+    it was compiled (for summary.json).
 
     Checkpoints always save the un-compiled module, so compiled and eager runs share them."""
     if cuda_graphs and device.type != "cuda":
