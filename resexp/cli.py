@@ -197,9 +197,12 @@ def bench(
     overrides: Optional[list[str]] = OVERRIDES,
     iters: int = typer.Option(30, "--iters", min=1, help="timed steps per pipeline and round"),
     repeats: int = typer.Option(3, "--repeats", min=1, help="rounds; each visits every pipeline in turn"),
-    warmup: int = typer.Option(10, "--warmup", min=0, help="untimed steps first (compilation, worker start-up)"),
-    batch: int = typer.Option(128, "--batch", min=1, help="batch size"),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="untimed steps first (CUDA-graph capture, compilation, "
+                               "worker start-up)"),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="batch size (same as trainer.batch_size=N; "
+                                        "default: the config's, 128)", show_default=False),
     out: str = typer.Option("results/bench", "-o", "--out", help="folder for the JSON and Markdown"),
+    force: bool = typer.Option(False, "--force", help="replace a report of the same name"),
     reference: bool = typer.Option(True, help="also time the DataLoader reference recipe"),
     precisions: str = typer.Option("auto,fp32,bf16", help="resexp precisions to time, comma-separated; auto = "
                                    "what training picks on this device (repeats are timed once)"),
@@ -209,25 +212,27 @@ def bench(
 ) -> None:
     from pathlib import Path
 
-    from resexp.engine.train import explain_compile_errors
+    from resexp.engine import bench as single, throughput
+    from resexp.engine.runtime import explain_compile_errors
 
     try:
-        cfg = compose([*(overrides or []), f"trainer.batch_size={batch}"])
+        cfg = compose([*(overrides or []), *([f"trainer.batch_size={batch}"] if batch is not None else [])])
+        stem = single.report_stem(Path(out), cfg, runs)
+        single.check_not_written(stem, force)
         with explain_compile_errors():
-            report, module = _bench(cfg, runs, iters, warmup, repeats, reference, precisions)
+            if runs > 1:
+                report = throughput.sweep_throughput(cfg, runs, iters, warmup, repeats)
+                text, headline = throughput.markdown(report), None
+            else:
+                report = single.bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p])
+                text, headline = single.markdown(report), single.ratio_line(report)
+        paths = single.write_report(stem, report, text)
     except ResexpError as e:
         _fail(str(e))
-    print(module.markdown(report))
-    print("wrote " + ", ".join(map(str, module.write_report(report, Path(out)))))
-
-
-def _bench(cfg, runs: int, iters: int, warmup: int, repeats: int, reference: bool, precisions: str):
-    """The report of `resexp bench` and the module that renders and writes it."""
-    from resexp.engine import bench as single, throughput
-
-    if runs > 1:
-        return throughput.sweep_throughput(cfg, runs, iters, warmup, repeats), throughput
-    return single.bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p]), single
+    print(text)
+    if headline:
+        print(headline)
+    print("wrote " + ", ".join(map(str, paths)))
 
 
 @app.command(help="Print the resexp version.")

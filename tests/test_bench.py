@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from resexp.cli import app
 from resexp.config import compose
-from resexp.engine.bench import PAPER_ITERS, bench, write_report
-from resexp.engine.train import resolve_precision
+from resexp.engine.bench import PAPER_ITERS, bench, markdown, ratio_line, report_stem, write_report
+from resexp.engine.runtime import Runtime, resolve_precision
 
 TINY = ["model=resnet20", "model.width=0.25", "trainer.batch_size=16", "trainer.device=cpu",
         "data.root=/nonexistent-cifar"]
@@ -41,12 +41,18 @@ def test_bench_times_resexp_and_the_reference_on_the_same_model(report):
 
 
 def test_bench_report_files(report, tmp_path):
-    json_path, md_path = write_report(report, tmp_path)
+    json_path, md_path = write_report(report_stem(tmp_path, compose(TINY)), report, markdown(report))
     assert json_path.name == "resnet20_cpu_b16.json"
     assert json.loads(json_path.read_text()) == report
     table = md_path.read_text()
     assert table.count("| resexp") == 2 and table.count("| reference") == 1 and table.count("(training default)") == 1
     assert report["device"] in table and report["torch"] in table
+    # the headline: the training default against the reference, in the JSON and on its own line
+    default = next(row for row in report["rows"] if row.get("training_default"))
+    assert report["speedup_vs_reference"] == default["speedup_vs_reference"]
+    assert ratio_line(report) == (f"resexp ({default['precision']}, eager) vs the reference recipe: "
+                                  f"{report['speedup_vs_reference']:.2f}×")
+    assert f"- **{ratio_line(report)}**" in table
 
 
 def test_bench_cli_rejects_an_unknown_model():
@@ -57,14 +63,16 @@ def test_bench_cli_rejects_an_unknown_model():
 
 # --- resexp bench --runs K: a sweep's K runs one after another, as processes, in lock-step ---
 
-from resexp.data import device_data  # noqa: E402
-from resexp.engine.bench import bench_data  # noqa: E402
-from resexp.engine.throughput import Lockstep, sweep_throughput  # noqa: E402
-from resexp.engine.throughput import write_report as write_throughput_report  # noqa: E402
-from resexp.engine.train import build_optimizer, forward_backward, optimizer_step  # noqa: E402
-from resexp.engine.schedules import learning_rate  # noqa: E402
-from resexp.models import build_model  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+from resexp.data import device_data  # noqa: E402
+from resexp.engine import throughput  # noqa: E402
+from resexp.engine.bench import bench_data  # noqa: E402
+from resexp.engine.lockstep import LockstepStep  # noqa: E402
+from resexp.engine.throughput import sweep_throughput  # noqa: E402
+from resexp.models import build_model  # noqa: E402
 
 TINY_SMALL_DATA = [*TINY, "seed=3", "trainer.precision=fp32"]
 
@@ -80,21 +88,23 @@ def test_lockstep_trains_each_model_exactly_as_alone():
     update. A loss averaged over both batches instead would halve every gradient and fail here."""
     cfg = compose(TINY_SMALL_DATA)
     raw, cpu, batch = _small_raw(cfg), torch.device("cpu"), 16
-    group = Lockstep(cfg, raw, cpu, batch, "fp32", runs=2)
-    for i in range(3):
-        group.step(i)
+    group = LockstepStep(cfg, raw, Runtime.from_config(cfg.trainer), runs=2)
+    for lr in (0.1, 0.1, 0.05):
+        group.set_lr(lr)
+        group()
     for k in range(2):
         data = device_data(raw, 0, True, cpu, batch, 3 + k, torch.channels_last)
         torch.manual_seed(3 + k)
         model = build_model(cfg.model, 3, 10).to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(cfg.optim, model.parameters(), cpu)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        for i in range(3):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+        for lr in (0.1, 0.1, 0.05):
             for g in optimizer.param_groups:
-                g["lr"] = learning_rate(cfg.optim, i, int(cfg.trainer.max_iters))
+                g["lr"] = lr
             images, labels = data.train.next()
-            forward_backward(model, optimizer, scaler, nullcontext(), images, labels)
-            optimizer_step(optimizer, scaler)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
         for name, value in model.named_parameters():
             assert torch.allclose(group.params[name][k], value, atol=2e-5, rtol=1e-4), name
         for name, value in model.named_buffers():  # BN running statistics, per model
@@ -107,7 +117,7 @@ def test_lockstep_refuses_what_it_cannot_keep_per_run():
 
     cfg = compose([*TINY, "optim=adamw"])
     with pytest.raises(ConfigError, match="optim=sgd"):
-        Lockstep(cfg, _small_raw(cfg), torch.device("cpu"), 16, "fp32", runs=2)
+        LockstepStep(cfg, _small_raw(cfg), Runtime.from_config(cfg.trainer), runs=2)
 
 
 def test_sweep_throughput_report(tmp_path):
@@ -125,7 +135,8 @@ def test_sweep_throughput_report(tmp_path):
         assert row["speedup_vs_one_after_another"] == pytest.approx(
             row["images_per_s"] / report["rows"][0]["images_per_s"], abs=0.01)
     assert report["fastest"] == max(report["rows"], key=lambda r: r["images_per_s"])["way"]
-    json_path, md_path = write_throughput_report(report, tmp_path)
+    json_path, md_path = write_report(report_stem(tmp_path, compose(TINY), runs=2), report,
+                                      throughput.markdown(report))
     assert json_path.name == "resnet20_cpu_b16_runs2.json" and json.loads(json_path.read_text()) == report
     assert md_path.read_text().count("\n| ") == 4 and f"fastest: **{report['fastest']}**" in md_path.read_text()
 
@@ -165,3 +176,22 @@ def test_step_memory_estimate_parts(report):
     # bf16 autocast keeps 2-byte conv outputs where fp32 keeps 4-byte ones
     assert bf16["step_memory_estimate_gib"]["activations"] < fp32["step_memory_estimate_gib"]["activations"]
     assert "reference" in report["rows"][-1]["pipeline"] and "step_memory_estimate_gib" not in report["rows"][-1]
+
+
+def test_bench_cli_batch_override_wins_and_an_older_report_is_not_replaced(tmp_path):
+    """trainer.batch_size=8 is benched at 8 (the --batch option no longer overrides it unasked),
+    the ratio has a line of its own, and a second bench to the same file needs --force."""
+    args = ["bench", *TINY, "model.depth=8", "trainer.batch_size=8", "--iters", "1", "--repeats", "1",
+            "--warmup", "0", "--precisions", "auto", "--no-reference", "-o", str(tmp_path)]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    report = json.loads((tmp_path / "resnet20_cpu_b8.json").read_text())
+    assert report["batch_size"] == 8 and report["rows"][0]["pipeline"] == "resexp (the trainer's step)"
+    before = (tmp_path / "resnet20_cpu_b8.json").read_bytes()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output and "Traceback" not in again.output
+    assert (tmp_path / "resnet20_cpu_b8.json").read_bytes() == before
+    forced = CliRunner().invoke(app, [*args[:-2], "--reference", "-o", str(tmp_path), "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert "\nresexp (fp32, eager) vs the reference recipe: " in forced.output
+    assert json.loads((tmp_path / "resnet20_cpu_b8.json").read_text())["rows"][-1]["pipeline"].startswith("reference")

@@ -12,7 +12,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.config import compose
-from resexp.engine.train import resolve_precision, train
+from resexp.engine.runtime import resolve_precision
+from resexp.engine.train import train
 from resexp.models import build_model, count_params
 
 SMALL = ["data=synthetic", "data.train_size=1000", "data.test_size=200", "model.width=0.25",
@@ -45,7 +46,7 @@ def test_plain56_run_writes_the_five_tags_and_a_summary(tmp_path):
     assert summary["train_error"] == pytest.approx(series["train/error"][-1][1])
     assert 0 <= summary["test_error"] <= 100
     assert (summary["precision"], summary["precision_reason"]) == resolve_precision("auto", torch.device("cpu"))
-    assert summary["compiled"] is None and summary["diverged_at"] is None
+    assert summary["execution"] == "eager" and summary["diverged_at"] is None
     assert summary["params"] == count_params(build_model(cfg.model)) == summary["params"] > 0
     assert (run_dir / "config.yaml").read_text().count("plain56") >= 1
     # A finished run is not trained again: the same call returns its summary untouched.
@@ -143,9 +144,10 @@ def test_train_loss_and_error_are_those_of_the_batches_since_the_last_log(tmp_pa
 
 
 def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
+    import torch.nn.functional as F
+
     from resexp.analysis import block_grad_norms
     from resexp.data import build_data
-    from resexp.engine.train import _autocast, build_optimizer, forward_backward
 
     cfg = compose([*VIT, "trainer.max_iters=6", "trainer.probe_every=3", "trainer.eval_every=6",
                    "trainer.log_every=3", f"run.root={tmp_path}"])
@@ -157,14 +159,11 @@ def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
             points = series[f"probe/{probe}/block_{block:03d}"]
             assert [step for step, _ in points] == [0, 3] and all(v > 0 for _, v in points)
     # Step 0 is the gradient at initialisation: the same model, seed and first batch give it again.
-    device = torch.device("cpu")
-    data = build_data(cfg.data, device, 16, 0)
+    data = build_data(cfg.data, torch.device("cpu"), 16, 0)
     torch.manual_seed(0)
     model = build_model(cfg.model).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
     images, labels = data.train.next()
-    forward_backward(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), _autocast(device, "fp32"),
-                     images, labels)
+    F.cross_entropy(model(images), labels).backward()
     expected = block_grad_norms(model).tolist()
     logged = [series[f"probe/grad_norm/block_{b:03d}"][0][1] for b in range(3)]
     assert logged == pytest.approx(expected, rel=1e-5)
@@ -188,24 +187,27 @@ def test_a_diverged_run_is_marked_and_the_sweep_goes_on(tmp_path):
     assert "status" in events.Tags()["tensors"] or "status/text_summary" in events.Tags()["tensors"]
 
 
-def test_cuda_graphs_without_cuda_says_so_and_trains_eagerly(capsys):
-    from resexp.engine.train import compile_model
+def test_without_cuda_the_step_runs_eagerly_and_says_so_once(tmp_path, capsys):
+    from resexp.errors import ConfigError
 
-    model = build_model("resnet20")
-    forward, compiled = compile_model(model, compile=False, cuda_graphs=True, device=torch.device("cpu"))
-    assert forward is model and compiled is None
-    assert "trainer.cuda_graphs needs a CUDA device" in capsys.readouterr().err
+    common = ["model=resnet20", *SMALL, "model.depth=8", "trainer.max_iters=2", "trainer.eval_every=2"]
+    summary = train(compose([*common, "trainer.progress=lines", f"run.root={tmp_path}"]))
+    out = capsys.readouterr().out
+    assert out.count("eager step: CUDA graphs need a CUDA device") == 1 and summary["execution"] == "eager"
+    with pytest.raises(ConfigError, match="trainer.graph=always: CUDA graphs need a CUDA device"):
+        train(compose([*common, "trainer.graph=always", f"run.root={tmp_path}/strict"]))
+    assert not (tmp_path / "strict").exists()  # refused before anything was written
 
 
 def test_compiled_training_saves_the_eager_module_and_resumes_eagerly(tmp_path):
     common = ["model=resnet20", *SMALL, "trainer.precision=fp32", "model.depth=8", "trainer.eval_every=2",
               "trainer.checkpoint_every=2", f"run.root={tmp_path}"]
     summary = train(compose([*common, "trainer.max_iters=2", "trainer.compile=true"]))
-    assert summary["compiled"] == "default" and summary["status"] == "finished"
+    assert summary["execution"] == "torch.compile" and summary["status"] == "finished"
     state = torch.load(tmp_path / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
     assert not any(key.startswith("_orig_mod") for key in state["model"])  # loadable without compile
     resumed = train(compose([*common, "trainer.max_iters=4"]))
-    assert resumed["iterations"] == 4 and resumed["compiled"] is None
+    assert resumed["iterations"] == 4 and resumed["execution"] == "eager"
 
 
 def test_a_failing_torch_compile_is_one_line_and_marks_the_run_failed(tmp_path):

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import torch
 
 from resexp.data.batcher import DeviceBatcher, eval_batches, normalise
-from resexp.data.sources import RawData, load_source
+from resexp.data.raw import RawData
+from resexp.data.sources import load_source
 from resexp.errors import ConfigError
 
-__all__ = ["Data", "DeviceBatcher", "build_data", "device_data", "eval_batches", "normalise", "load_source"]
+__all__ = ["Data", "DeviceBatcher", "RawData", "build_data", "device_data", "eval_batches", "normalise", "load_source"]
 
 VAL_SPLIT_SEED = 0  # the held-out val images are the same for every run seed
 

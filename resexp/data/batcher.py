@@ -17,7 +17,13 @@ PAD = 4  # the paper pads 4 pixels on each side before the random 32x32 crop
 
 
 class DeviceBatcher:
-    """Endless stream of augmented, mean-subtracted training batches, reshuffled every epoch."""
+    """Endless stream of augmented, mean-subtracted training batches, reshuffled every epoch.
+
+    Taking a batch has a host half and a device half, so that the device half can be captured
+    in a CUDA graph and replayed: `advance` (host: starts a new epoch when the current one has
+    no full batch left, refreshing the permutation in place) and `cut` (device: the batch at an
+    on-device cursor, augmented with the batcher's generator; no value is read back to the host).
+    `next` is both, for eager use."""
 
     def __init__(
         self,
@@ -42,20 +48,34 @@ class DeviceBatcher:
         self.padded = F.pad(images, (PAD,) * 4) if augment else images
         self.padded_mean = F.pad(mean, (PAD,) * 4) if augment else mean
         self.order = self._permutation()
-        self.position = 0
+        self.position = 0  # host copy of the cursor: decides when an epoch ends
+        self.cursor = torch.zeros((), dtype=torch.int64, device=self.device)
         self.epoch = 0
+        self.batch_steps = torch.arange(batch_size, device=self.device)
+        self.steps_y = torch.arange(images.shape[2], device=self.device)
+        self.steps_x = torch.arange(images.shape[3], device=self.device)
 
     def _permutation(self) -> torch.Tensor:
         return torch.randperm(len(self.images), device=self.device, generator=self.generator)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.advance()
+        return self.cut()
+
+    def advance(self) -> None:
+        """The host half of taking a batch; call it once before each `cut`."""
         # Epochs hold only full batches; the remainder of an epoch is dropped, like drop_last.
         if self.position + self.batch_size > len(self.order):
-            self.order = self._permutation()
+            self.order.copy_(self._permutation())  # in place: a captured cut keeps reading it
+            self.cursor.zero_()
             self.position = 0
             self.epoch += 1
-        index = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
+
+    def cut(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device half: the batch at the cursor, augmented; moves the cursor on."""
+        index = self.order[self.cursor + self.batch_steps]
+        self.cursor += self.batch_size
         labels = self.labels[index]
         if not self.augment:
             return normalise(self.images[index], self.mean, self.memory_format), labels
@@ -63,14 +83,11 @@ class DeviceBatcher:
 
     def _crop_and_flip(self, index: torch.Tensor) -> torch.Tensor:
         n = len(index)
-        _, height, width = self.images.shape[1:]
         # One offset pair per image, each of the (2*PAD+1)^2 offsets equally likely.
         offsets = torch.randint(0, 2 * PAD + 1, (2, n), device=self.device, generator=self.generator)
         flip = torch.rand(n, device=self.device, generator=self.generator) < 0.5
-        steps_y = torch.arange(height, device=self.device)
-        steps_x = torch.arange(width, device=self.device)
-        rows = offsets[0, :, None] + steps_y  # (n, H)
-        cols = offsets[1, :, None] + steps_x  # (n, W)
+        rows = offsets[0, :, None] + self.steps_y  # (n, H)
+        cols = offsets[1, :, None] + self.steps_x  # (n, W)
         cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reverses column order
         rows_, cols_ = rows[:, :, None], cols[:, None, :]
         crops = self.padded[index[:, None, None], :, rows_, cols_]  # (n, H, W, C)
@@ -87,8 +104,9 @@ class DeviceBatcher:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.order = state["order"].to(self.device)
+        self.order.copy_(state["order"])
         self.position = int(state["position"])
+        self.cursor.fill_(self.position)
         self.epoch = int(state["epoch"])
         self.generator.set_state(state["generator"])
 

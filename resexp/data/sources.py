@@ -21,6 +21,8 @@ from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 from torchvision.datasets.utils import check_integrity
 
+from resexp.data.raw import RawData
+from resexp.data.synthetic import KNOBS, make_synthetic
 from resexp.errors import ConfigError, DataError
 
 SOURCES = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
@@ -30,17 +32,6 @@ DOWNLOAD_TIMEOUT_S = 30.0
 CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 FASHION_MNIST_PAGE = "https://github.com/zalandoresearch/fashion-mnist"
 FASHION_MNIST_PAD = 2  # 28x28 -> 32x32, so the CIFAR architectures apply unchanged
-
-
-@dataclass
-class RawData:
-    train_images: torch.Tensor  # uint8 (N, C, 32, 32), contiguous
-    train_labels: torch.Tensor  # int64 (N,)
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    num_classes: int
-    channels: int
-    name: str
 
 
 class Problem(NamedTuple):
@@ -67,9 +58,6 @@ def load_source(cfg: Mapping[str, Any]) -> RawData:
     """The raw train and test sets of the data config ``cfg`` (configs/data/*.yaml)."""
     name = cfg["name"]
     if name == "synthetic":
-        # Imported here because synthetic.py imports RawData from this module.
-        from resexp.data.synthetic import KNOBS, make_synthetic
-
         knobs = {key: cfg[key] for key in KNOBS if key in cfg}
         return make_synthetic(
             int(cfg["train_size"]), int(cfg["test_size"]), int(cfg["seed"]), **knobs

@@ -51,7 +51,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from resexp.data.sources import RawData
+from resexp.data.raw import RawData
 from resexp.errors import ConfigError
 
 NUM_CLASSES = 10

@@ -1,9 +1,10 @@
 """`resexp bench`: training speed of resexp's pipeline against the usual PyTorch CIFAR recipe.
 
 Both run in one process, on one device, on the same architecture and batch size:
-- resexp: uint8 data resident on the device, crop/flip/mean subtraction as batched tensor ops,
+- resexp: the trainer's own step object (resexp.engine.step.TrainStep), imported, not copied:
+  uint8 data resident on the device, crop/flip/mean subtraction as batched tensor ops,
   channels_last, the configured precision (auto: bf16 where the hardware has it), fused
-  optimizer on CUDA, metrics kept on the device (exactly the trainer's step);
+  optimizer, metrics kept on the device, and on CUDA the whole step captured as one CUDA graph;
 - reference: torchvision CIFAR10 + DataLoader (workers = CPU count, pinned memory on CUDA)
   + PIL RandomCrop(32, padding=4) / RandomHorizontalFlip / ToTensor / Normalize, fp32 NCHW,
   torch.optim.SGD, and the per-step `loss.item()` / accuracy read most training scripts do.
@@ -32,14 +33,12 @@ from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
 from resexp import __version__
-from resexp.data import device_data
-from resexp.data.sources import RawData, data_root, load_cifar, verify_cifar
-from resexp.engine.schedules import learning_rate
-from resexp.engine.train import (
-    _autocast, _device_name, _set_determinism, build_optimizer, compile_model, forward_backward, optimizer_step, resolve_device,
-    resolve_precision,
-)
+from resexp.data import RawData, device_data
+from resexp.data.sources import data_root, load_cifar, verify_cifar
+from resexp.engine.runtime import Runtime
+from resexp.engine.step import Step, TrainStep
 from resexp.engine.tracking import write_json
+from resexp.errors import ConfigError
 from resexp.models import build_model
 
 PAPER_ITERS = 64_000
@@ -55,8 +54,8 @@ class Pipeline:
     name: str
     precision: str
     layout: str
-    compiled: str | None
-    step: Callable[[int], None]  # one training step; the argument is the iteration
+    execution: str  # eager, torch.compile, whole-step CUDA graph, ...
+    step: Callable[[], None]  # one training step
     resident_bytes: int = 0  # CUDA memory held by its data, model and optimizer
     rounds_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
@@ -65,33 +64,46 @@ class Pipeline:
 
 def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: bool,
           precisions: list[str]) -> dict[str, Any]:
-    """Time resexp's pipeline in each of `precisions` ("auto" = what training would pick; repeats
+    """Time resexp's step in each of `precisions` ("auto" = what training would pick; repeats
     timed once) and the reference: `warmup` untimed steps each, then `repeats` rounds of `iters`
     steps that visit the pipelines in turn, so that a machine getting slower or faster mid-run
     touches them all alike. ms/step is the median round."""
-    device = resolve_device(cfg.trainer.device)
-    _set_determinism(bool(cfg.trainer.deterministic))
-    batch = int(cfg.trainer.batch_size)
+    default = Runtime.from_config(cfg.trainer)
+    runtimes = {}
+    for name in precisions:
+        runtime = Runtime.from_config({**cfg.trainer, "precision": name})
+        runtimes.setdefault(runtime.precision, runtime)
+    device, batch = default.device, int(cfg.trainer.batch_size)
     raw, data_note = bench_data(cfg)
-    builders = [partial(resexp_pipeline, cfg, raw, device, batch, precision)
-                for precision in dict.fromkeys(resolve_precision(name, device)[0] for name in precisions)]
+    builders = [partial(resexp_pipeline, cfg, raw, runtime) for runtime in runtimes.values()]
     if reference:
         builders.append(partial(_reference_pipeline, cfg, raw, device, batch))
     pipelines = time_pipelines(builders, device, iters, warmup, repeats)
-    auto = resolve_precision("auto", device)[0]
-    rows = [_row(p, batch, iters, device, auto) for p in pipelines]
-    if reference:
-        base = rows[-1]["images_per_s"]
-        for row in rows:
-            row["speedup_vs_reference"] = round(row["images_per_s"] / base, 2)
-    return {
+    rows = [_row(p, batch, iters, device, default.precision) for p in pipelines]
+    report = {
         "model": cfg.model.name, "batch_size": batch, "iters": iters, "warmup_iters": warmup, "repeats": repeats,
-        "device": _device_name(device), "torch": torch.__version__, "resexp": __version__,
+        "device": default.device_name, "device_type": device.type, "torch": torch.__version__, "resexp": __version__,
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "host": platform.node(),
         "data": data_note, "date": time.strftime("%Y-%m-%d %H:%M"),
         "process_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "rows": rows,
     }
+    if reference:
+        base = rows[-1]["images_per_s"]
+        for row in rows:
+            row["speedup_vs_reference"] = round(row["images_per_s"] / base, 2)
+        report["speedup_vs_reference"] = next(row for row in rows if row.get("training_default"))[
+            "speedup_vs_reference"]
+    return report
+
+
+def ratio_line(report: dict[str, Any]) -> str | None:
+    """The headline: the training default's speed against the reference recipe."""
+    if "speedup_vs_reference" not in report:
+        return None
+    row = next(row for row in report["rows"] if row.get("training_default"))
+    return (f"resexp ({row['precision']}, {row['execution']}) vs the reference recipe: "
+            f"{report['speedup_vs_reference']:.2f}×")
 
 
 def time_pipelines(builders: list[Callable[[], Pipeline]], device: torch.device, iters: int, warmup: int,
@@ -103,24 +115,32 @@ def time_pipelines(builders: list[Callable[[], Pipeline]], device: torch.device,
         before = _allocated(device)
         pipeline = build()
         pipeline.resident_bytes = _allocated(device) - before
-        for i in range(warmup):
-            pipeline.step(i)
+        for _ in range(warmup):
+            pipeline.step()
         pipelines.append(pipeline)
     for _ in range(repeats):
         for pipeline in pipelines:
-            _time_round(pipeline, iters, warmup, device)
+            _time_round(pipeline, iters, device)
     return pipelines
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """<model>_<device>_b<batch>[_compiled].json and .md under out_dir."""
-    device = "cuda" if report["rows"][0]["device_type"] == "cuda" else "cpu"
-    compiled = "_compiled" if any(row["compiled"] for row in report["rows"]) else ""
-    return write_files(out_dir / f"{report['model']}_{device}_b{report['batch_size']}{compiled}", report,
-                       markdown(report))
+def report_stem(out_dir: Path, cfg: DictConfig, runs: int = 1) -> Path:
+    """<model>_<device>_b<batch>[_runs<K>][_compiled]: where the report of this bench goes,
+    known before it runs (so an older report is not silently replaced)."""
+    device = Runtime.from_config(cfg.trainer).device.type
+    runs_part = f"_runs{runs}" if runs > 1 else ""
+    compiled = "_compiled" if cfg.trainer.compile else ""
+    return out_dir / f"{cfg.model.name}_{device}_b{cfg.trainer.batch_size}{runs_part}{compiled}"
 
 
-def write_files(stem: Path, report: dict[str, Any], text: str) -> list[Path]:
+def check_not_written(stem: Path, force: bool) -> None:
+    """A new report never replaces an older one without --force."""
+    existing = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]} already exists; pass --force to replace it, or -o for another folder")
+
+
+def write_report(stem: Path, report: dict[str, Any], text: str) -> list[Path]:
     """stem.json (the report) and stem.md (its table)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_json(stem.with_suffix(".json"), report)
@@ -138,11 +158,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"- {report['warmup_iters']} untimed warm-up steps per pipeline, then {report['repeats']} rounds of "
         f"{report['iters']} timed steps visiting the pipelines in turn; ms/step is the median round",
         f"- process peak resident memory: {report['process_peak_rss_gib']} GiB",
+        *([f"- **{ratio_line(report)}**"] if ratio_line(report) else []),
         "- step memory (estimate), the same on any device: activations saved for the backward of one eager step "
         "(counted) + weights, gradients and optimizer state (from the parameter sizes) + data (counted); "
         "a lower bound on an uncompiled step's GPU peak",
         "",
-        "| pipeline | precision | layout | compiled | ms/step (rounds) | images/s | vs reference | "
+        "| pipeline | precision | layout | execution | ms/step (rounds) | images/s | vs reference | "
         f"peak GPU memory | step memory (estimate) | projected {PAPER_ITERS // 1000}k iters |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -156,7 +177,7 @@ def markdown(report: dict[str, Any]) -> str:
         rounds = ", ".join(f"{m:.0f}" for m in row["ms_per_step_rounds"])
         lines.append(
             f"| {row['pipeline']}{' (training default)' if row.get('training_default') else ''} | "
-            f"{row['precision']} | {row['layout']} | {row['compiled'] or 'no'} | {row['ms_per_step']:.1f} "
+            f"{row['precision']} | {row['layout']} | {row['execution']} | {row['ms_per_step']:.1f} "
             f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {estimate} | "
             f"{row['projected_64k_min']:.1f} min |"
         )
@@ -175,31 +196,17 @@ def bench_data(cfg: DictConfig) -> tuple[RawData, str]:
     return raw, "random uint8 images of CIFAR-10's shape (50,000 × 3×32×32; CIFAR-10 not found on disk)"
 
 
-def resexp_pipeline(cfg, raw, device, batch, precision: str) -> Pipeline:
-    """The trainer's own step: the same functions train() calls, in the same order."""
-    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-    data = device_data(raw, 0, True, device, batch, int(cfg.seed), memory_format)
+def resexp_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime) -> Pipeline:
+    """The trainer's step object, built as train() builds it, at the recipe's first lr."""
+    data = device_data(raw, 0, True, runtime.device, int(cfg.trainer.batch_size), int(cfg.seed),
+                       runtime.memory_format)
     torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, raw.channels, raw.num_classes).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = _autocast(device, precision)
-    forward, compiled = compile_model(model, bool(cfg.trainer.compile), bool(cfg.trainer.cuda_graphs), device)
-    errors = torch.zeros((), device=device)
-    max_iters = int(cfg.trainer.max_iters)
-
-    def step(i: int) -> None:
-        nonlocal errors
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg.optim, i, max_iters)
-        images, labels = data.train.next()
-        _, logits = forward_backward(forward, optimizer, scaler, autocast, images, labels)
-        optimizer_step(optimizer, scaler)
-        errors += (logits.argmax(1) != labels).sum()  # read every log_every steps, not here
-
-    layout = "channels_last" if memory_format == torch.channels_last else "NCHW"
-    estimate = memory_estimate(model, optimizer, data, autocast)
-    return Pipeline("resexp (device-resident data)", precision, layout, compiled, step, memory_estimate=estimate)
+    model = build_model(cfg.model, raw.channels, raw.num_classes).to(runtime.device, memory_format=runtime.memory_format)
+    step = TrainStep(model, cfg.optim, data.train, runtime)
+    step.set_lr(float(cfg.optim.lr))
+    estimate = memory_estimate(model, step.optimizer, data, runtime.autocast())
+    return Pipeline("resexp (the trainer's step)", runtime.precision, runtime.layout, runtime.execution, step,
+                    memory_estimate=estimate)
 
 
 def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, autocast) -> dict[str, float]:
@@ -261,7 +268,7 @@ def _reference_pipeline(cfg, raw, device, batch) -> Pipeline:
     batches = iter(loader)
     seen = {"loss": 0.0, "correct": 0}
 
-    def step(_: int) -> None:
+    def step() -> None:
         nonlocal batches
         try:
             images, labels = next(batches)
@@ -277,7 +284,7 @@ def _reference_pipeline(cfg, raw, device, batch) -> Pipeline:
         seen["loss"] += loss.item()
         seen["correct"] += (logits.argmax(1) == labels).sum().item()
 
-    return Pipeline(f"reference (DataLoader, {workers} workers, PIL transforms)", "fp32", "NCHW", None, step)
+    return Pipeline(f"reference (DataLoader, {workers} workers, PIL transforms)", "fp32", "NCHW", "eager", step)
 
 
 class _ArrayCIFAR10(CIFAR10):
@@ -290,14 +297,14 @@ class _ArrayCIFAR10(CIFAR10):
         self.transform, self.target_transform = transform, None
 
 
-def _time_round(pipeline: Pipeline, iters: int, first: int, device: torch.device) -> None:
+def _time_round(pipeline: Pipeline, iters: int, device: torch.device) -> None:
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = _allocated(device)
     start = time.perf_counter()
-    for i in range(first, first + iters):
-        pipeline.step(i)
+    for _ in range(iters):
+        pipeline.step()
     sync(device)
     pipeline.rounds_s.append(time.perf_counter() - start)
     if device.type == "cuda":  # what this pipeline needs alone: its resident memory plus its peak
@@ -326,15 +333,17 @@ def round_stats(rounds_s: list[float], iters: int, images_per_step: int, peak_by
     }
 
 
-def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, auto: str) -> dict[str, Any]:
+def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, default_precision: str) -> dict[str, Any]:
     stats = round_stats(pipeline.rounds_s, iters, batch, pipeline.peak_bytes, device)
     row = {
         "pipeline": pipeline.name, "precision": pipeline.precision, "layout": pipeline.layout,
-        "compiled": pipeline.compiled, "device_type": device.type, **stats,
+        # a capture that failed ran eagerly: the step knows
+        "execution": pipeline.step.execution if isinstance(pipeline.step, Step) else pipeline.execution,
+        "device_type": device.type, **stats,
         "projected_64k_min": round(PAPER_ITERS * stats["ms_per_step"] / 60_000, 2),
     }
     if pipeline.name.startswith("resexp"):
-        row["training_default"] = pipeline.precision == auto
+        row["training_default"] = pipeline.precision == default_precision
     if pipeline.memory_estimate is not None:
         row["step_memory_estimate_gib"] = pipeline.memory_estimate
     return row
