@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resexp.config import GROUPS, compose, config_dir
+from resexp.engine.mps import cuda_mps
 from resexp.errors import ResexpError
 
 
@@ -97,11 +98,16 @@ def check_overrides(overrides: list[str], preset_sweeps: list[str] | None = None
     return first
 
 
+def chosen_launcher(overrides: list[str], preset_launcher: str | None = None) -> str:
+    """The launcher a sweep runs with: the command line's, else the preset's, else basic."""
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")),
+                preset_launcher or "basic")
+
+
 def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: str | None = None) -> list[str]:
     """Settings the launcher plugins leave to chance, made explicit unless the user set them."""
     given = {o.split("=", 1)[0] for o in overrides}
-    launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")),
-                    preset_launcher or "basic")
+    launcher = chosen_launcher(overrides, preset_launcher)
     # Run directories are named by what varies between runs only: the swept keys.
     # Hydra matches exclude_keys against the key as written, "+"/"++" prefix included.
     fixed = [k for o in overrides if not _is_swept(o) for k in dict.fromkeys((o.split("=", 1)[0],
@@ -133,10 +139,14 @@ def run_sweep(overrides: list[str]) -> None:
     overrides = [f"++{o}" if o.split(".", 1)[0] in groups and not _is_swept(o)
                  and o.split("=", 1)[0] not in preset_keys else o for o in overrides]
     extra = launcher_overrides(overrides, first, _preset_launcher(preset_config))
+    # Several local processes per GPU share it through CUDA MPS (resexp/engine/mps.py).
+    local = chosen_launcher(overrides, _preset_launcher(preset_config)) == "joblib"
+    per_gpu = int(first.launcher.runs_per_gpu) if local and first.launcher.mps else 1
     argv = sys.argv
     sys.argv = [argv[0], "--multirun", *overrides, *extra]
     try:
-        main()
+        with cuda_mps(per_gpu, _visible_gpus()):
+            main()
     finally:
         sys.argv = argv
 

@@ -4,7 +4,8 @@ Small CIFAR nets leave a large GPU idle. Three ways to train K runs of one archi
 run's maths unchanged, timed on the same device:
 - one after another: the trainer's step alone (the baseline; K runs take K times as long);
 - processes: K processes stepping at once, as a joblib sweep runs them (launcher.runs_per_gpu=K
-  on one GPU; launcher.cpu_runs=K on CPU, each with cpu_count/K threads);
+  on one GPU; launcher.cpu_runs=K on CPU, each with cpu_count/K threads); on a GPU also with
+  CUDA MPS, as the sweep starts it (resexp.engine.mps), when the MPS control binary is there;
 - lock-step: K models in one process (resexp.engine.lockstep.LockstepStep), one vmapped
   forward/backward per step, so each conv becomes one grouped conv over the K models.
 All three drive the step objects of resexp.engine.step; nothing of the training step is copied.
@@ -30,6 +31,7 @@ from resexp.engine.bench import (
     PAPER_ITERS, Pipeline, bench_data, resexp_pipeline, round_stats, sync, time_pipelines,
 )
 from resexp.engine.lockstep import LockstepStep, check_lockstep
+from resexp.engine.mps import cuda_mps, mps_running
 from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.errors import ConfigError, ResexpError
 
@@ -47,7 +49,10 @@ def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeat
     check_lockstep(cfg, runtime)
     batch = int(cfg.trainer.batch_size)
     threads = max(1, (os.cpu_count() or 1) // runs) if device.type == "cpu" else None
+    already_mps = device.type == "cuda" and mps_running()  # then the processes row runs under it
     process_rounds, process_peak = _time_processes(cfg, runs, iters, warmup, repeats, threads)
+    with cuda_mps(runs, int(device.type == "cuda")) as started:
+        mps_timing = _time_processes(cfg, runs, iters, warmup, repeats, threads) if started else None
 
     raw, data_note = bench_data(cfg)
     single, lockstep = time_pipelines([partial(resexp_pipeline, cfg, raw, runtime),
@@ -62,10 +67,12 @@ def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeat
             "projected_64k_all_runs_min": round(PAPER_ITERS * stats["ms_per_step"] * runs / group / 60_000, 2),
         }
 
-    processes = f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "")
+    processes = f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "") + (
+        " (under the CUDA MPS already running)" if already_mps else "")
     rows = [
         row("one after another", 1, single.rounds_s, single.peak_bytes, single.step.execution),
         row(processes, runs, process_rounds, process_peak, single.step.execution),
+        *([row(f"{runs} processes with CUDA MPS", runs, *mps_timing, single.step.execution)] if mps_timing else []),
         row(f"{runs} models in lock-step, one process", runs, lockstep.rounds_s, lockstep.peak_bytes,
             lockstep.step.execution),
     ]

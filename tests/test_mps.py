@@ -1,0 +1,81 @@
+"""CUDA MPS for several runs per GPU: started privately, only where it helps and disturbs nothing,
+and stopped afterwards. A fake nvidia-cuda-mps-control on PATH records what it is asked."""
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from resexp.engine import mps
+
+
+@pytest.fixture
+def fake_control(tmp_path, monkeypatch):
+    """A control binary that logs each call's arguments, stdin and pipe directory; exit code
+    from $FAKE_MPS_EXIT."""
+    log = tmp_path / "calls.log"
+    script = tmp_path / "bin" / mps.CONTROL
+    script.parent.mkdir()
+    script.write_text(f"""#!/bin/sh
+input=""
+[ "$#" -eq 0 ] && input=$(cat)
+echo "args=$* stdin=$input pipe=$CUDA_MPS_PIPE_DIRECTORY" >> {log}
+[ -n "$FAKE_MPS_EXIT" ] && echo "no GPU for MPS" >&2 && exit "$FAKE_MPS_EXIT"
+exit 0
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.delenv("CUDA_MPS_LOG_DIRECTORY", raising=False)
+    monkeypatch.setattr(mps, "DEFAULT_PIPE_DIR", tmp_path / "no-system-mps")
+    return log
+
+
+def test_a_private_daemon_serves_the_runs_and_is_stopped_after(fake_control):
+    messages = []
+    with mps.cuda_mps(3, gpus=1, notify=messages.append) as started:
+        assert started
+        pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]  # what the processes started here inherit
+        assert Path(pipe).is_dir() and Path(os.environ["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
+        assert fake_control.read_text().splitlines() == [f"args=-d stdin= pipe={pipe}"]
+    assert fake_control.read_text().splitlines()[1] == f"args= stdin=quit pipe={pipe}"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not Path(pipe).exists()
+    assert messages == [f"CUDA MPS started for 3 runs per GPU (pipe directory {pipe})"]
+
+
+@pytest.mark.parametrize("runs, gpus, running", [(1, 1, False), (3, 0, False), (3, 1, True)])
+def test_nothing_is_started_where_it_cannot_help_or_one_already_runs(fake_control, monkeypatch, runs, gpus, running):
+    if running:
+        monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/somebody/elses")
+    with mps.cuda_mps(runs, gpus) as started:
+        assert not started
+    assert not fake_control.exists()
+
+
+def test_a_daemon_that_does_not_start_is_one_line_and_the_runs_go_on(fake_control, monkeypatch):
+    monkeypatch.setenv("FAKE_MPS_EXIT", "1")
+    messages = []
+    with mps.cuda_mps(3, gpus=1, notify=messages.append) as started:
+        assert not started and "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+    assert messages == ["CUDA MPS did not start (no GPU for MPS); the 3 runs per GPU share it by time slicing"]
+
+
+def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):
+    from resexp import sweep
+
+    asked = []
+
+    @contextmanager
+    def record(runs_at_once, gpus):
+        asked.append((runs_at_once, gpus))
+        yield False
+
+    monkeypatch.setattr(sweep, "cuda_mps", record)
+    monkeypatch.setattr(sweep, "main", lambda: None)
+    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 1)
+    sweep.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 3 per GPU
+    sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.runs_per_gpu=5"])
+    sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.mps=false"])
+    sweep.run_sweep(["sweep=figure6", "data=synthetic", "hydra/launcher=basic"])  # one at a time
+    assert asked == [(3, 1), (5, 1), (1, 1), (1, 1)]
