@@ -74,8 +74,8 @@ def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):
     monkeypatch.setattr(sweep, "cuda_mps", record)
     monkeypatch.setattr(sweep, "main", lambda: None)
     monkeypatch.setattr(sweep, "_visible_gpus", lambda: 1)
-    sweep.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 3 per GPU
+    sweep.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 6 per GPU
     sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.runs_per_gpu=5"])
     sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.mps=false"])
     sweep.run_sweep(["sweep=figure6", "data=synthetic", "hydra/launcher=basic"])  # one at a time
-    assert asked == [(3, 1), (5, 1), (1, 1), (1, 1)]
+    assert asked == [(6, 1), (5, 1), (1, 1), (1, 1)]

@@ -105,9 +105,9 @@ def test_figure6_preset_runs_processes_by_default_and_the_command_line_still_win
     preset = sweep._preset_config(overrides)
     assert sweep._preset_launcher(preset) == "joblib"
     cfg = compose(overrides)
-    assert cfg.launcher.runs_per_gpu == 3
+    assert cfg.launcher.runs_per_gpu == 6
     monkeypatch.setattr(sweep, "_visible_gpus", lambda: 2)
-    assert "hydra.launcher.n_jobs=6" in sweep.launcher_overrides(overrides, cfg, "joblib")  # 3 per GPU
+    assert "hydra.launcher.n_jobs=12" in sweep.launcher_overrides(overrides, cfg, "joblib")  # 6 per GPU
     monkeypatch.setattr(sweep, "_visible_gpus", lambda: 0)
     assert "hydra.launcher.n_jobs=1" in sweep.launcher_overrides(overrides, cfg, "joblib")  # cpu_runs
     basic = sweep.launcher_overrides([*overrides, "hydra/launcher=basic"], cfg, "joblib")

@@ -1,7 +1,7 @@
 """CUDA MPS for several runs on one GPU.
 
 Without MPS, processes on one GPU take turns (time slicing); with it their kernels run at the
-same time. Measured on one H100 (../shared/REFERENCE.md): 6 graphed ResNet-56 processes gave
+same time. Measured on one H100 (results/bench/README.md): 6 graphed ResNet-56 processes gave
 42.7k images/s without MPS and 64.9k with it. `cuda_mps` starts a private MPS control daemon
 (its own pipe and log directories, so no other user's processes join it) for the processes this
 one starts, and stops it afterwards. It does nothing where there is nothing to gain or where it

@@ -122,11 +122,11 @@ def _curve(label: str, runs: list[Run], status: str) -> Curve:
         label=label, residual=first.residual, depth=first.depth, status=status,
         seeds=[r.seed for r in runs], eval_split=first.eval_split,
         max_iters=int(first.config.trainer.max_iters),
-        train=_band(runs, "train/error"), test=_band(runs, f"{first.eval_split}/error"),
+        train=seed_band(runs, "train/error"), test=seed_band(runs, f"{first.eval_split}/error"),
     )
 
 
-def _band(runs: list[Run], tag: str) -> Band | None:
+def seed_band(runs: list[Run], tag: str) -> Band | None:
     if any(tag not in r.series for r in runs):
         return None
     by_step = [dict(zip(*r.series[tag])) for r in runs]

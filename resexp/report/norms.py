@@ -30,8 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from resexp.errors import ResexpError
-from resexp.report.figures import UNFINISHED_MARKERS, Band, _band, save_figure
-from resexp.report.runs import Run, _flatten
+from resexp.report.figures import UNFINISHED_MARKERS, Band, seed_band, save_figure
+from resexp.report.runs import Run, flatten_keys
 
 PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
                    "rezero": "ReZero", "none": "no norm"}
@@ -101,7 +101,7 @@ def placement_groups(runs: list[Run]) -> dict[str, list[Run]]:
                           "--kind norms reports on norm-placement sweeps")
     groups: dict[str, tuple[dict[str, Any], list[Run]]] = {}
     for run in vit:
-        setting = {k: v for k, v in _flatten(run.identity).items() if k not in VARIED_KEYS}
+        setting = {k: v for k, v in flatten_keys(run.identity).items() if k not in VARIED_KEYS}
         groups.setdefault(json.dumps(setting, sort_keys=True, default=str), (setting, []))[1].append(run)
     by_name: dict[str, list[tuple[dict[str, Any], list[Run]]]] = {}
     for setting, members in groups.values():
@@ -332,7 +332,7 @@ def loss_curves(runs: list[Run]) -> list[LossCurve]:
         finished = [r for r in members if r.status == "finished"]
         # Averaging an unfinished run with finished seeds would cut them short: it gets its own line.
         for part in ([finished] if finished else []) + [[r] for r in members if r.status != "finished"]:
-            band = _band(part, LOSS_TAG)
+            band = seed_band(part, LOSS_TAG)
             if band is not None:
                 curves.append(LossCurve(depth, warmup, part[0].status, [r.seed for r in part], band))
     return curves

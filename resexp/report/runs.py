@@ -139,7 +139,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
         by_label.setdefault(members[0].base_label, []).append(members)
     labelled = {}
     for label, same_name in by_label.items():
-        flat = [_flatten(members[0].identity) for members in same_name]
+        flat = [flatten_keys(members[0].identity) for members in same_name]
         differing = sorted(k for k in set().union(*flat) if len({repr(f.get(k)) for f in flat}) > 1)
         for members, values in zip(same_name, flat):
             suffix = ", ".join(f"{k}={values.get(k)}" for k in differing)
@@ -147,11 +147,11 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     return labelled
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
