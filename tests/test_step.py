@@ -183,3 +183,35 @@ def test_graph_capture_is_chosen_where_it_can_work_and_refused_where_it_cannot()
         resolve_graph("sometimes", cuda, "bf16")
     runtime = Runtime.from_config(compose(CFG).trainer)
     assert (runtime.graph, runtime.execution, runtime.layout) == (False, "eager", "channels_last")
+
+
+def test_recomputing_activations_keeps_the_maths_and_saves_memory():
+    """trainer.recompute_blocks: the same weights and BN statistics (and batch counts) bit for
+    bit, far fewer bytes kept for the backward; models without blocks to segment refuse it."""
+    from resexp.engine.bench import saved_activation_bytes
+
+    deep = [*CFG, "model.depth=32"]
+    plain, segmented = build_step(compose(deep)), build_step(compose([*deep, "trainer.recompute_blocks=2"]))
+    assert segmented.execution == "recompute every 2 blocks"
+    for step in (plain, segmented):
+        for i in range(3):
+            step.set_lr(0.1)
+            step()
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(segmented.model.state_dict()[name], value), name
+    images, _ = plain.batcher.next()
+    kept = saved_activation_bytes(plain.model, images, torch.autocast("cpu", enabled=False))
+    # what autograd keeps outside the checkpointed segments: the stem and head, and the inputs of
+    # the 8 segments (5 blocks a stage), each (32, 4, 32, 32) to (32, 16, 8, 8) floats
+    kept_segmented = saved_activation_bytes(segmented.model, images, torch.autocast("cpu", enabled=False))
+    assert kept_segmented < kept / 4
+    # while the backward recomputes a segment (2 blocks) it keeps that segment's activations:
+    # the first stage's, whose maps are largest; far less than all 15 blocks' at once
+    from resexp.engine.bench import recomputed_segment_bytes
+    first_two = saved_activation_bytes(plain.model.stages[0][:2], plain.model.stem(images).requires_grad_(),
+                                       torch.autocast("cpu", enabled=False))
+    assert recomputed_segment_bytes(segmented.model, images, torch.autocast("cpu", enabled=False)) == first_two
+    assert 0 < first_two < kept / 4
+    with pytest.raises(ConfigError, match="applies to the cifar_resnet models"):
+        build_step(compose([*[o for o in CFG if not o.startswith("model")], "model=vit_pre", "model.depth=2",
+                            "model.dim=16", "model.heads=2", "model.patch_size=8", "trainer.recompute_blocks=2"]))

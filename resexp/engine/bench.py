@@ -160,7 +160,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- process peak resident memory: {report['process_peak_rss_gib']} GiB",
         *([f"- **{ratio_line(report)}**"] if ratio_line(report) else []),
         "- step memory (estimate), the same on any device: activations saved for the backward of one eager step "
-        "(counted) + weights, gradients and optimizer state (from the parameter sizes) + data (counted); "
+        "(counted) + weights, gradients and optimizer state (from the parameter sizes) + data (counted) "
+        "[+ with trainer.recompute_blocks, what the largest segment keeps while recomputed]; "
         "a lower bound on an uncompiled step's GPU peak",
         "",
         "| pipeline | precision | layout | execution | ms/step (rounds) | images/s | vs reference | "
@@ -172,8 +173,7 @@ def markdown(report: dict[str, Any]) -> str:
         memory = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f} GiB"
         estimate = row.get("step_memory_estimate_gib")
         estimate = "-" if estimate is None else (
-            f"{estimate['total']:.2f} GiB ({estimate['activations']:.2f} + {estimate['weights_grads_optimizer']:.2f} "
-            f"+ {estimate['data']:.2f})")
+            f"{estimate['total']:.2f} GiB ({' + '.join(f'{v:.2f}' for k, v in estimate.items() if k != 'total')})")
         rounds = ", ".join(f"{m:.0f}" for m in row["ms_per_step_rounds"])
         lines.append(
             f"| {row['pipeline']}{' (training default)' if row.get('training_default') else ''} | "
@@ -228,8 +228,26 @@ def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, da
         "weights_grads_optimizer": weight_bytes * (2 + states),
         "data": data_bytes,
     }
+    if getattr(model, "recompute_segment", 0):
+        parts["recomputed_segment"] = recomputed_segment_bytes(model, images, autocast)
     gib = {name: round(n / 2**30, 3) for name, n in parts.items()}
     return {**gib, "total": round(sum(parts.values()) / 2**30, 3)}
+
+
+def recomputed_segment_bytes(model: torch.nn.Module, images: torch.Tensor, autocast) -> int:
+    """With trainer.recompute_blocks: what the largest segment keeps while the backward
+    recomputes it, on top of the segment inputs kept from the forward."""
+    inputs: list[torch.Tensor] = []
+    hooks = [stage.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach()))
+             for stage in model.stages]
+    try:
+        with torch.no_grad(), autocast:
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(saved_activation_bytes(stage[:model.recompute_segment], x.requires_grad_(), autocast)
+               for stage, x in zip(model.stages, inputs))
 
 
 def saved_activation_bytes(model: torch.nn.Module, images: torch.Tensor, autocast) -> int:

@@ -29,6 +29,8 @@ def check_lockstep(cfg: DictConfig, runtime: Runtime) -> None:
         raise ConfigError(f"lock-step is measured with optim=sgd (the paper's recipe), not optim={cfg.optim.name}")
     if runtime.precision == "fp16":  # one shared loss scale would skip a step for all runs at once
         raise ConfigError("lock-step runs in fp32 or bf16; set trainer.precision=fp32 or bf16")
+    if runtime.recompute_blocks:
+        raise ConfigError("lock-step keeps every activation; set trainer.recompute_blocks=0")
 
 
 class LockstepStep(Step):

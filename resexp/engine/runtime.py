@@ -30,6 +30,7 @@ class Runtime:
     graph: bool  # capture the whole training step as one CUDA graph
     graph_required: bool  # trainer.graph=always: a failed capture is an error, not a fallback
     graph_reason: str
+    recompute_blocks: int  # > 0: activation checkpointing in segments of this many blocks
 
     @classmethod
     def from_config(cls, trainer: Mapping[str, Any]) -> Runtime:
@@ -41,7 +42,7 @@ class Runtime:
         set_determinism(deterministic)
         memory_format = torch.channels_last if trainer["channels_last"] else torch.contiguous_format
         return cls(device, precision, precision_reason, memory_format, deterministic, bool(trainer["compile"]),
-                   graph, trainer["graph"] == "always", graph_reason)
+                   graph, trainer["graph"] == "always", graph_reason, int(trainer["recompute_blocks"]))
 
     def autocast(self) -> AbstractContextManager:
         if self.precision == "fp32":
@@ -62,7 +63,11 @@ class Runtime:
     @property
     def execution(self) -> str:
         """How the step runs, as summary.json and the bench reports name it."""
-        parts = (["torch.compile"] if self.compile else []) + (["whole-step CUDA graph"] if self.graph else [])
+        return self.describe(self.graph)
+
+    def describe(self, graph: bool) -> str:
+        parts = (["torch.compile"] if self.compile else []) + (["whole-step CUDA graph"] if graph else []) + (
+            [f"recompute every {self.recompute_blocks} blocks"] if self.recompute_blocks else [])
         return " + ".join(parts) or "eager"
 
     @property

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from resexp.data import DeviceBatcher
 from resexp.engine.runtime import Runtime
 from resexp.errors import ConfigError
+from resexp.models.recompute import enable_recompute
 
 OPTIMIZERS = ("sgd", "adamw")
 # Eager steps before capture: cuDNN picks its algorithms, the optimizer creates its state, a
@@ -97,9 +98,7 @@ class Step:
     @property
     def execution(self) -> str:
         """How the step ran: the runtime's plan, less a capture that fell back to eager."""
-        if self.runtime.graph and not self.capture:
-            return "torch.compile" if self.runtime.compile else "eager"
-        return self.runtime.execution
+        return self.runtime.describe(self.capture)
 
 
 class TrainStep(Step):
@@ -110,6 +109,8 @@ class TrainStep(Step):
                  notify: Callable[[str], None] = print) -> None:
         super().__init__(runtime, [batcher], notify)
         self.model, self.batcher = model, batcher
+        if runtime.recompute_blocks:
+            enable_recompute(model, runtime.recompute_blocks)
         self.forward = compile_forward(model, runtime)
         self.optimizer = build_optimizer(optim, model.parameters(), self.lr)
         self.scaler = runtime.scaler()
@@ -181,5 +182,7 @@ def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], lr: t
         params = [p for p in parameters if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps, fused=True)
+        # capturable: Adam refuses a CUDA-graph capture without it (its step count lives on the device)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps, fused=True,
+                                 capturable=lr.device.type == "cuda")
     raise ConfigError(f"unknown optim.name '{optim.name}'; choose from: {', '.join(OPTIMIZERS)}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ConfigError
+from resexp.models.recompute import run_blocks
 
 SHORTCUTS = ("A", "B")
 STAGE_CHANNELS = (16, 32, 64)
@@ -140,8 +141,11 @@ class CifarResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels[-1], num_classes)
+        self.recompute_segment = 0  # > 0: activation checkpointing in segments of this many blocks
         he_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        x = self.stem(x)
+        for stage in self.stages:
+            x = run_blocks(stage, x, self.recompute_segment)
         return self.fc(torch.flatten(self.pool(x), 1))
