@@ -145,8 +145,12 @@ def run_sweep(overrides: list[str]) -> None:
     argv = sys.argv
     sys.argv = [argv[0], "--multirun", *overrides, *extra]
     try:
-        with cuda_mps(per_gpu, _visible_gpus()):
+        with cuda_mps(per_gpu, _visible_gpus()) as shared:
             main()
+            if shared:  # joblib keeps its workers (and their CUDA contexts) for reuse: end them before MPS
+                from joblib.externals.loky import get_reusable_executor
+
+                get_reusable_executor().shutdown(wait=True)
     finally:
         sys.argv = argv
 

@@ -195,3 +195,10 @@ def test_bench_cli_batch_override_wins_and_an_older_report_is_not_replaced(tmp_p
     assert forced.exit_code == 0, forced.output
     assert "\nresexp (fp32, eager) vs the reference recipe: " in forced.output
     assert json.loads((tmp_path / "resnet20_cpu_b8.json").read_text())["rows"][-1]["pipeline"].startswith("reference")
+
+
+def test_report_names_say_what_was_benched(tmp_path):
+    names = [report_stem(tmp_path, compose([*TINY, *extra]), runs).name for extra, runs in (
+        ([], 1), (["trainer.compile=true"], 1), (["trainer.graph=never", "trainer.recompute_blocks=10"], 1), ([], 3))]
+    assert names == ["resnet20_cpu_b16", "resnet20_cpu_b16_compiled", "resnet20_cpu_b16_graph-never_recompute10",
+                     "resnet20_cpu_b16_runs3"]

@@ -34,7 +34,7 @@ exit 0
 
 def test_a_private_daemon_serves_the_runs_and_is_stopped_after(fake_control):
     messages = []
-    with mps.cuda_mps(3, gpus=1, notify=messages.append) as started:
+    with mps.cuda_mps(3, gpus=1, notify=messages.append, check=lambda env: None) as started:
         assert started
         pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]  # what the processes started here inherit
         assert Path(pipe).is_dir() and Path(os.environ["CUDA_MPS_LOG_DIRECTORY"]).is_dir()
@@ -56,9 +56,27 @@ def test_nothing_is_started_where_it_cannot_help_or_one_already_runs(fake_contro
 def test_a_daemon_that_does_not_start_is_one_line_and_the_runs_go_on(fake_control, monkeypatch):
     monkeypatch.setenv("FAKE_MPS_EXIT", "1")
     messages = []
-    with mps.cuda_mps(3, gpus=1, notify=messages.append) as started:
+    with mps.cuda_mps(3, gpus=1, notify=messages.append, check=lambda env: None) as started:
         assert not started and "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
     assert messages == ["CUDA MPS did not start (no GPU for MPS); the 3 runs per GPU share it by time slicing"]
+
+
+def test_a_daemon_no_cuda_client_can_use_is_stopped_again(fake_control):
+    """-d succeeds before any MPS server exists; the first client shows whether one can start."""
+    messages = []
+    with mps.cuda_mps(3, gpus=1, notify=messages.append, check=lambda env: "all CUDA-capable devices are busy") \
+            as started:
+        assert not started and "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+    calls = fake_control.read_text().splitlines()
+    assert [c.split(" pipe=")[0] for c in calls] == ["args=-d stdin=", "args= stdin=quit"]
+    assert messages == ["CUDA MPS did not start (all CUDA-capable devices are busy); "
+                        "the 3 runs per GPU share it by time slicing"]
+
+
+def test_the_client_check_reports_why_cuda_fails():
+    # no GPU on this machine: the real check must say why, in one line
+    reason = mps.client_works({})
+    assert reason is not None and "\n" not in reason
 
 
 def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):

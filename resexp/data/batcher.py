@@ -108,7 +108,7 @@ class DeviceBatcher:
         self.position = int(state["position"])
         self.cursor.fill_(self.position)
         self.epoch = int(state["epoch"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto CUDA moved it
 
 
 def normalise(

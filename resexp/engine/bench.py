@@ -114,9 +114,10 @@ def time_pipelines(builders: list[Callable[[], Pipeline]], device: torch.device,
     for build in builders:
         before = _allocated(device)
         pipeline = build()
-        pipeline.resident_bytes = _allocated(device) - before
         for _ in range(warmup):
             pipeline.step()
+        # after the warm-up: gradients, optimizer state and a captured graph's memory pool exist
+        pipeline.resident_bytes = _allocated(device) - before
         pipelines.append(pipeline)
     for _ in range(repeats):
         for pipeline in pipelines:
@@ -125,12 +126,13 @@ def time_pipelines(builders: list[Callable[[], Pipeline]], device: torch.device,
 
 
 def report_stem(out_dir: Path, cfg: DictConfig, runs: int = 1) -> Path:
-    """<model>_<device>_b<batch>[_runs<K>][_compiled]: where the report of this bench goes,
-    known before it runs (so an older report is not silently replaced)."""
-    device = Runtime.from_config(cfg.trainer).device.type
-    runs_part = f"_runs{runs}" if runs > 1 else ""
-    compiled = "_compiled" if cfg.trainer.compile else ""
-    return out_dir / f"{cfg.model.name}_{device}_b{cfg.trainer.batch_size}{runs_part}{compiled}"
+    """<model>_<device>_b<batch>[_runs<K>][_compiled][_graph-<choice>][_recompute<N>]: where the
+    report of this bench goes, known before it runs (so an older report is not silently replaced)."""
+    t = cfg.trainer
+    parts = [f"{cfg.model.name}_{Runtime.from_config(t).device.type}_b{t.batch_size}",
+             f"runs{runs}" if runs > 1 else "", "compiled" if t.compile else "",
+             f"graph-{t.graph}" if t.graph != "auto" else "", f"recompute{t.recompute_blocks}" if t.recompute_blocks else ""]
+    return out_dir / "_".join(p for p in parts if p)
 
 
 def check_not_written(stem: Path, force: bool) -> None:

@@ -32,7 +32,7 @@ class TrainState:
         self.step.load_state_dict(state)
         self.iteration, self.wall_time = int(state["iteration"]), float(state["wall_time"])
         self.best_eval_error, self.in_warmup = float(state["best_eval_error"]), bool(state["in_warmup"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # a checkpoint loaded onto CUDA moved it
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

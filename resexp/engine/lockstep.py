@@ -58,7 +58,7 @@ class LockstepStep(Step):
         # loops over the K models for that one small op only, and its warning would repeat.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
         self.forward = compile_forward(vmap(one_model), runtime)
-        self.optimizer = build_optimizer(cfg.optim, self.params.values(), self.lr)
+        self.optimizer = build_optimizer(cfg.optim, self.params.values(), self.lr, capturable=runtime.graph)
         self.errors = torch.zeros(runs, device=device)
         self.runs, self.batch = runs, batch
 

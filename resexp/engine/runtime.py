@@ -34,8 +34,10 @@ class Runtime:
 
     @classmethod
     def from_config(cls, trainer: Mapping[str, Any]) -> Runtime:
-        """The runtime of cfg.trainer; also sets this process's determinism flags."""
+        """The runtime of cfg.trainer; also sets this process's determinism flags and CUDA device."""
         device = resolve_device(str(trainer["device"]))
+        if device.type == "cuda":  # a capture records on the current device's streams: make it this one
+            torch.cuda.set_device(device)
         precision, precision_reason = resolve_precision(str(trainer["precision"]), device)
         graph, graph_reason = resolve_graph(trainer["graph"], device, precision)
         deterministic = bool(trainer["deterministic"])

@@ -29,6 +29,8 @@ from resexp.errors import ConfigError
 from resexp.models.recompute import enable_recompute
 
 OPTIMIZERS = ("sgd", "adamw")
+# How an optimizer runs, chosen here, not by whichever run saved the checkpoint.
+OPTIMIZER_FLAGS = ("fused", "foreach", "capturable", "differentiable")
 # Eager steps before capture: cuDNN picks its algorithms, the optimizer creates its state, a
 # compiled forward compiles. They are ordinary training steps, run on a side stream as capture wants.
 EAGER_STEPS_BEFORE_CAPTURE = 3
@@ -47,6 +49,7 @@ class Step:
         self.lr_value: float | None = None
         self.capture = runtime.graph
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.side_stream = torch.cuda.Stream(runtime.device) if runtime.graph else None  # warm-up steps run there
         self.eager_steps = 0
 
     def compute(self, inspect: Inspect | None = None) -> None:
@@ -68,11 +71,10 @@ class Step:
             self.graph.replay()
             return
         if self.capture and self.graph is None:
-            side = torch.cuda.Stream(self.runtime.device)
-            side.wait_stream(torch.cuda.current_stream(self.runtime.device))
-            with torch.cuda.stream(side):
+            self.side_stream.wait_stream(torch.cuda.current_stream(self.runtime.device))
+            with torch.cuda.stream(self.side_stream):
                 self.compute(inspect)
-            torch.cuda.current_stream(self.runtime.device).wait_stream(side)
+            torch.cuda.current_stream(self.runtime.device).wait_stream(self.side_stream)
         else:
             self.compute(inspect)
         self.eager_steps += 1
@@ -97,8 +99,8 @@ class Step:
 
     @property
     def execution(self) -> str:
-        """How the step ran: the runtime's plan, less a capture that fell back to eager."""
-        return self.runtime.describe(self.capture)
+        """How the step ran: the runtime's plan, less a capture that fell back to eager or never came."""
+        return self.runtime.describe(self.graph is not None)
 
 
 class TrainStep(Step):
@@ -112,7 +114,7 @@ class TrainStep(Step):
         if runtime.recompute_blocks:
             enable_recompute(model, runtime.recompute_blocks)
         self.forward = compile_forward(model, runtime)
-        self.optimizer = build_optimizer(optim, model.parameters(), self.lr)
+        self.optimizer = build_optimizer(optim, model.parameters(), self.lr, capturable=runtime.graph)
         self.scaler = runtime.scaler()
         device = runtime.device
         self.errors = torch.zeros((), device=device)
@@ -154,11 +156,15 @@ class TrainStep(Step):
                 "window_errors": self.errors, "window_loss": self.loss_sum, "window_count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copies into the tensors a captured graph reads, never replacing them."""
+        """Before the first step: the optimizer's state tensors are replaced, not copied into."""
+        if self.graph is not None:
+            raise RuntimeError("load a TrainStep's state before its first steps, not after its capture")
         self.model.load_state_dict(state["model"])
+        chosen = [{key: group[key] for key in OPTIMIZER_FLAGS if key in group} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # loading put a copy of the saved lr there
-            group["lr"] = self.lr
+        for group, flags in zip(self.optimizer.param_groups, chosen):
+            # loading brought back the saved lr (a copy) and the saving run's kernel choices
+            group.update(flags, lr=self.lr)
         self.scaler.load_state_dict(state["scaler"])
         self.batcher.load_state_dict(state["batcher"])
         self.errors.copy_(state["window_errors"]), self.loss_sum.copy_(state["window_loss"])
@@ -172,9 +178,11 @@ def compile_forward(model: Callable, runtime: Runtime) -> Callable:
     return torch.compile(model) if runtime.compile else model
 
 
-def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], lr: torch.Tensor) -> torch.optim.Optimizer:
+def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], lr: torch.Tensor,
+                    capturable: bool = False) -> torch.optim.Optimizer:
     """The configured optimizer, reading its learning rate from the device tensor `lr`; fused:
-    one kernel for the whole update, and the form that takes a tensor lr without a host read."""
+    one kernel for the whole update, and the form that takes a tensor lr without a host read.
+    `capturable`: the step will be captured in a CUDA graph (Adam needs to know; SGD does not)."""
     if optim.name == "sgd":  # the paper decays every parameter, BN included
         return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                                nesterov=optim.nesterov, fused=True)
@@ -182,7 +190,7 @@ def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], lr: t
         params = [p for p in parameters if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        # capturable: Adam refuses a CUDA-graph capture without it (its step count lives on the device)
+        # capturable: Adam refuses a CUDA-graph capture without it (then its step count lives on the device)
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps, fused=True,
-                                 capturable=lr.device.type == "cuda")
+                                 capturable=capturable)
     raise ConfigError(f"unknown optim.name '{optim.name}'; choose from: {', '.join(OPTIMIZERS)}")
