@@ -35,7 +35,7 @@ from torchvision.datasets import CIFAR10
 from resexp import __version__
 from resexp.data import RawData, device_data
 from resexp.data.sources import data_root, load_cifar, verify_cifar
-from resexp.engine.runtime import Runtime
+from resexp.engine.runtime import Runtime, resolve_device
 from resexp.engine.step import Step, TrainStep
 from resexp.engine.tracking import write_json
 from resexp.errors import ConfigError
@@ -129,7 +129,7 @@ def report_stem(out_dir: Path, cfg: DictConfig, runs: int = 1) -> Path:
     """<model>_<device>_b<batch>[_runs<K>][_compiled][_graph-<choice>][_recompute<N>]: where the
     report of this bench goes, known before it runs (so an older report is not silently replaced)."""
     t = cfg.trainer
-    parts = [f"{cfg.model.name}_{Runtime.from_config(t).device.type}_b{t.batch_size}",
+    parts = [f"{cfg.model.name}_{resolve_device(str(t.device)).type}_b{t.batch_size}",
              f"runs{runs}" if runs > 1 else "", "compiled" if t.compile else "",
              f"graph-{t.graph}" if t.graph != "auto" else "", f"recompute{t.recompute_blocks}" if t.recompute_blocks else ""]
     return out_dir / "_".join(p for p in parts if p)
@@ -202,11 +202,9 @@ def resexp_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime) -> Pipeline
     """The trainer's step object, built as train() builds it, at the recipe's first lr."""
     data = device_data(raw, 0, True, runtime.device, int(cfg.trainer.batch_size), int(cfg.seed),
                        runtime.memory_format)
-    torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, raw.channels, raw.num_classes).to(runtime.device, memory_format=runtime.memory_format)
-    step = TrainStep(model, cfg.optim, data.train, runtime)
+    step = TrainStep.build(cfg, data, runtime)
     step.set_lr(float(cfg.optim.lr))
-    estimate = memory_estimate(model, step.optimizer, data, runtime.autocast())
+    estimate = memory_estimate(step.model, step.optimizer, data, runtime.autocast())
     return Pipeline("resexp (the trainer's step)", runtime.precision, runtime.layout, runtime.execution, step,
                     memory_estimate=estimate)
 

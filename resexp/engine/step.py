@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from resexp.data import DeviceBatcher
+from resexp.data import Data, DeviceBatcher
 from resexp.engine.runtime import Runtime
 from resexp.errors import ConfigError
+from resexp.models import build_model
 from resexp.models.recompute import enable_recompute
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -121,6 +122,14 @@ class TrainStep(Step):
         self.loss_sum = torch.zeros((), device=device)
         self.last_errors = torch.zeros((), device=device)
         self.count = 0  # samples in the sums, counted on the host
+
+    @classmethod
+    def build(cls, cfg: DictConfig, data: Data, runtime: Runtime, notify: Callable[[str], None] = print) -> TrainStep:
+        """The step of a run: cfg.model seeded with cfg.seed, on the runtime's device and layout."""
+        torch.manual_seed(int(cfg.seed))
+        model = build_model(cfg.model, in_channels=data.channels, num_classes=data.num_classes)
+        model = model.to(runtime.device, memory_format=runtime.memory_format)
+        return cls(model, cfg.optim, data.train, runtime, notify)
 
     def __call__(self, inspect: Inspect | None = None) -> None:
         super().__call__(inspect)

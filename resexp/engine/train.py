@@ -31,7 +31,7 @@ from resexp.engine.schedules import learning_rate
 from resexp.engine.step import TrainStep
 from resexp.engine.tracking import ProgressReport, read_json, tensorboard_writer, write_json
 from resexp.errors import ConfigError
-from resexp.models import build_model, count_macs, count_params
+from resexp.models import count_macs, count_params
 
 # Sections that define what a run computes; a resumed run must match them exactly.
 IDENTITY_KEYS = ("model", "data", "optim", "seed")
@@ -46,11 +46,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.trainer
     runtime = Runtime.from_config(t)
     data = build_data(cfg.data, runtime.device, int(t.batch_size), int(cfg.seed), runtime.memory_format)
-    torch.manual_seed(int(cfg.seed))
-    model = build_model(cfg.model, in_channels=data.channels, num_classes=data.num_classes)
+    step = TrainStep.build(cfg, data, runtime)
+    model = step.model
     params, macs = count_params(model), count_macs(model, (1, data.channels, 32, 32))
-    model = model.to(runtime.device, memory_format=runtime.memory_format)
-    step = TrainStep(model, cfg.optim, data.train, runtime)
     probe_every = int(t.probe_every) if supports_probes(model) else 0
     # Only now, with data and model built, does the run directory appear.
     run_dir.mkdir(parents=True, exist_ok=True)
