@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
-
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from resexp.errors import ConfigError
+from resexp.schema import validate
 
 GROUPS = ("model", "data", "optim", "trainer")
 
@@ -31,15 +30,11 @@ def group_choices(group: str) -> list[str]:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
-    """Compose one run's config; raise ConfigError with a one-line message on bad overrides."""
+    """Compose one run's config and validate it (resexp.schema); bad input is a one-line ConfigError."""
     overrides = list(overrides)
-    # Hydra accepts any scalar for any key: the config with only the user's group choices is
-    # the reference for valid keys and value types.
-    selections = [o for o in overrides if "." not in o.split("=", 1)[0]]
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        reference = _compose_or_explain(config_name, selections, None)
-        cfg = _compose_or_explain(config_name, overrides, reference)
-    _check_types(cfg, reference, overrides)
+        cfg = _compose_or_explain(config_name, overrides)
+    validate(cfg)
     return cfg
 
 
@@ -50,13 +45,20 @@ def load_model_config(name: str) -> DictConfig:
     return compose([f"model={name}"]).model
 
 
-def _compose_or_explain(config_name: str, overrides: list[str], reference: DictConfig | None) -> DictConfig:
+def _compose_or_explain(config_name: str, overrides: list[str]) -> DictConfig:
     try:
         return hydra_compose(config_name=config_name, overrides=overrides)
     except MissingConfigException as e:
         raise ConfigError(_explain_missing(str(e))) from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_explain(str(e), reference)) from None
+        message = str(e)
+    # The config with only the user's group choices tells which keys would have been valid.
+    selections = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    try:
+        reference = hydra_compose(config_name=config_name, overrides=selections)
+    except (HydraException, OmegaConfBaseException):
+        reference = None
+    raise ConfigError(_explain(message, reference))
 
 
 def _explain_missing(message: str) -> str:
@@ -80,46 +82,3 @@ def _explain(message: str, reference: DictConfig | None) -> str:
     if "override" in message.lower() or "parsing" in first.lower():
         return f"{first} (overrides look like key=value, e.g. model=plain56 trainer.max_iters=2000)"
     return first
-
-
-def _check_types(cfg: DictConfig, reference: DictConfig, overrides: list[str]) -> None:
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "." not in key:
-            continue
-        expected = OmegaConf.select(reference, key, default=None)
-        got = OmegaConf.select(cfg, key, default=None)
-        if expected is None or got is None:
-            continue  # null defaults (e.g. optim.error_warmup) take any value
-        if not _same_kind(expected, got):
-            raise ConfigError(
-                f"{key} must be {_kind_name(expected)} (default {_show(expected)}); got {_show(got)}"
-            )
-
-
-def _same_kind(expected: Any, got: Any) -> bool:
-    if isinstance(expected, bool):
-        return isinstance(got, bool)
-    if isinstance(expected, int):
-        return isinstance(got, int) and not isinstance(got, bool)
-    if isinstance(expected, float):
-        return isinstance(got, (int, float)) and not isinstance(got, bool)
-    if isinstance(expected, (ListConfig, list)):
-        return isinstance(got, (ListConfig, list))
-    if isinstance(expected, (DictConfig, dict)):
-        return isinstance(got, (DictConfig, dict))
-    return isinstance(got, str)
-
-
-def _kind_name(value: Any) -> str:
-    for kind, name in ((bool, "true or false"), (int, "an integer"), (float, "a number"),
-                       (ListConfig, "a list"), (DictConfig, "a mapping")):
-        if isinstance(value, kind):
-            return name
-    return "a string"
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return str(OmegaConf.to_container(value))
-    return repr(value)

@@ -15,7 +15,7 @@ from resexp.errors import ConfigError
         (["model=foo"], "unknown model 'foo'; choose from: plain110, plain20"),
         (["data=imagenet"], "unknown data 'imagenet'; choose from: cifar10, cifar100, fashion_mnist, synthetic"),
         (["trainer.foo=1"], "unknown key 'trainer.foo'; valid keys in trainer: batch_size"),
-        (["trainer.max_iters=abc"], "trainer.max_iters must be an integer (default 64000); got 'abc'"),
+        (["trainer.max_iters=abc"], "trainer.max_iters must be a positive integer; got 'abc'"),
         (["model.residual=maybe"], "model.residual must be true or false"),
         (["optim.lr=fast"], "optim.lr must be a number"),
         (["foo"], "overrides look like key=value"),
@@ -47,7 +47,7 @@ def _cli(*args, env=None):
         (["model=plain57"], "unknown model 'plain57'; choose from:"),
         (["model.depth=21", "data=synthetic"], "6n+2"),
         (["model.shortcut=C", "data=synthetic"], "shortcut"),
-        (["trainer.batch_size=1.5"], "trainer.batch_size must be an integer"),
+        (["trainer.batch_size=1.5"], "trainer.batch_size must be a positive integer; got 1.5"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_no_traceback(args, fragment, tmp_path):

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torchvision.datasets import CIFAR10
 
+from resexp.config import compose
 from resexp.data.sources import RawData, load_source
 from resexp.data.synthetic import KNOBS, class_balance, make_synthetic
 from resexp.errors import ConfigError, DataError
@@ -270,7 +271,9 @@ def test_class_balance_spreads_the_remainder():
     assert torch.bincount(labels, minlength=10).tolist() == [3, 3, 3] + [2] * 7
 
 
-@pytest.mark.parametrize("bad", [{"train_size": 0}, {"noise": -0.1}, {"modes": 0}])
-def test_synthetic_rejects_bad_knobs(bad):
-    with pytest.raises(ConfigError, match="data."):
-        load_source(_synthetic_cfg(**bad))
+@pytest.mark.parametrize("bad, message", [({"train_size": 0}, "data.train_size must be a positive integer; got 0"),
+                                          ({"noise": -0.1}, "data.noise must be a number >= 0; got -0.1"),
+                                          ({"modes": 0}, "data.modes must be a positive integer; got 0")])
+def test_synthetic_rejects_bad_knobs(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        compose(["data=synthetic", *(f"data.{k}={v}" for k, v in bad.items())])

@@ -189,9 +189,9 @@ def test_depth_not_6n_plus_2_is_config_error(depth: int) -> None:
         ({"arch": "resnet", "depth": 20}, "model.arch must be one of cifar_resnet, vgg"),
         ({"depth": 20}, "model.arch must be one of"),
         ({"arch": "vgg", "depth": 16, "width": 1.0, "dropout": 0.5},
-         "unknown dropout; valid keys: depth, width"),
+         "unknown key 'model.dropout'; valid keys in model: arch, depth, width, name"),
         ({"arch": "cifar_resnet", "depth": 20},
-         "missing residual, shortcut, width; valid keys: depth, residual, shortcut, width"),
+         "missing key 'model.residual'; missing key 'model.shortcut'; missing key 'model.width'"),
     ],
 )  # fmt: skip
 def test_bad_model_config_is_config_error(cfg: dict, message: str) -> None:

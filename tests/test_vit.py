@@ -17,7 +17,8 @@ from resexp.analysis import block_grad_norms, stream_probes, supports_probes
 from resexp.config import compose
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, count_macs, count_params
-from resexp.models.vit import PLACEMENTS, Block, ViT, deepnorm_alpha, deepnorm_beta, residual_step
+from resexp.models.vit import Block, ViT, deepnorm_alpha, deepnorm_beta, residual_step
+from resexp.schema import PLACEMENTS
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 DIM = 8
@@ -27,6 +28,13 @@ def small_vit(placement: str = "pre", residual: bool = True, depth: int = 2, dim
               pool: str = "cls", norm: str = "layernorm", heads: int = 2) -> ViT:  # fmt: skip
     # patch 8 on 32x32: 16 patches, so the tests stay cheap on a shared CPU.
     return ViT(depth, dim, heads, 2.0, 8, pool, placement, residual, norm)
+
+
+def vit_config(placement: str = "pre", residual: bool = True, depth: int = 2, dim: int = 16,
+               pool: str = "cls", norm: str = "layernorm", heads: int = 2) -> dict:  # fmt: skip
+    """small_vit's arguments as a model config, as build_model (and the schema) sees them."""
+    return {"arch": "vit", "depth": depth, "dim": dim, "heads": heads, "mlp_ratio": 2.0, "patch_size": 8,
+            "pool": pool, "norm_placement": placement, "residual": residual, "norm": norm}
 
 
 def random_layernorm(generator: torch.Generator) -> nn.LayerNorm:
@@ -163,8 +171,8 @@ def test_rezero_block_is_the_identity_at_init() -> None:
 
 
 def test_rezero_without_residual_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="residual=false cannot be used with norm_placement rezero"):
-        small_vit("rezero", residual=False)
+    with pytest.raises(ConfigError, match="residual=false cannot be used with norm_placement=rezero"):
+        build_model(vit_config("rezero", residual=False))
 
 
 def expected_params(placement: str, pool: str, norm: str, depth: int = 2, dim: int = 16) -> int:
@@ -221,7 +229,7 @@ def test_count_macs_includes_attention_products() -> None:
 )  # fmt: skip
 def test_bad_values_are_config_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        small_vit(**kwargs)
+        build_model(vit_config(**kwargs))
 
 
 def test_base_yaml_builds() -> None:

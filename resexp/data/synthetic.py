@@ -52,7 +52,6 @@ from dataclasses import dataclass, fields
 import torch
 
 from resexp.data.raw import RawData
-from resexp.errors import ConfigError
 
 NUM_CLASSES = 10
 SIZE = 32
@@ -99,14 +98,7 @@ def make_synthetic(
     """Training and test sets drawn from the distribution described in the module docstring."""
     knobs = Knobs(noise, distractor, orientation_jitter, frequency_jitter, colour_jitter,
                   background, modes)
-    if min(train_size, test_size, modes) < 1:
-        raise ConfigError(
-            f"data.train_size, data.test_size and data.modes must be at least 1; "
-            f"got {train_size}, {test_size}, {modes}"
-        )
-    for name in KNOBS:
-        if getattr(knobs, name) < 0:
-            raise ConfigError(f"data.{name} must be non-negative; got {getattr(knobs, name)}")
+    # Sizes and knobs are checked by resexp.schema.SyntheticData.
     streams = torch.Generator().manual_seed(seed)
     seeds = torch.randint(0, 2**62, (3,), generator=streams).tolist()
     prototype_seed, train_seed, test_seed = seeds

@@ -5,9 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from resexp.errors import ConfigError
-
-SCHEDULES = ("step", "cosine", "constant")
 
 
 def learning_rate(optim: Mapping, iteration: int, max_iters: int, in_error_warmup: bool = False) -> float:
@@ -26,6 +23,4 @@ def learning_rate(optim: Mapping, iteration: int, max_iters: int, in_error_warmu
     if kind == "cosine":
         progress = (iteration - warmup) / max(1, max_iters - warmup)
         return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    if kind == "constant":
-        return base
-    raise ConfigError(f"unknown optim.schedule '{kind}'; choose from: {', '.join(SCHEDULES)}")
+    return base  # constant (resexp.schema.SCHEDULES)

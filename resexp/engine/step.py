@@ -27,9 +27,7 @@ from resexp.data import Data, DeviceBatcher
 from resexp.engine.runtime import Runtime
 from resexp.errors import ConfigError
 from resexp.models import build_model
-from resexp.models.recompute import enable_recompute
 
-OPTIMIZERS = ("sgd", "adamw")
 # How an optimizer runs, chosen here, not by whichever run saved the checkpoint.
 OPTIMIZER_FLAGS = ("fused", "foreach", "capturable", "differentiable")
 # Eager steps before capture: cuDNN picks its algorithms, the optimizer creates its state, a
@@ -113,7 +111,7 @@ class TrainStep(Step):
         super().__init__(runtime, [batcher], notify)
         self.model, self.batcher = model, batcher
         if runtime.recompute_blocks:
-            enable_recompute(model, runtime.recompute_blocks)
+            model.recompute_segment = runtime.recompute_blocks  # cifar_resnet only (resexp.schema)
         self.forward = compile_forward(model, runtime)
         self.optimizer = build_optimizer(optim, model.parameters(), self.lr, capturable=runtime.graph)
         self.scaler = runtime.scaler()
@@ -195,11 +193,10 @@ def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], lr: t
     if optim.name == "sgd":  # the paper decays every parameter, BN included
         return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                                nesterov=optim.nesterov, fused=True)
-    if optim.name == "adamw":  # decay weight matrices only: not biases, norm gains, ReZero scalars
-        params = [p for p in parameters if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        # capturable: Adam refuses a CUDA-graph capture without it (then its step count lives on the device)
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps, fused=True,
-                                 capturable=capturable)
-    raise ConfigError(f"unknown optim.name '{optim.name}'; choose from: {', '.join(OPTIMIZERS)}")
+    # adamw (resexp.schema.OPTIMIZERS): decay weight matrices only: not biases, norm gains, ReZero scalars
+    params = [p for p in parameters if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # capturable: Adam refuses a CUDA-graph capture without it (then its step count lives on the device)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(optim.betas), eps=optim.eps, fused=True,
+                             capturable=capturable)

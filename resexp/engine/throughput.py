@@ -18,7 +18,6 @@ import os
 import queue
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.errors import ConfigError
 from resexp.models.recompute import run_blocks
 
-SHORTCUTS = ("A", "B")
 STAGE_CHANNELS = (16, 32, 64)
 
 
@@ -113,14 +111,6 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
     ) -> None:
         super().__init__()
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-            raise ConfigError(
-                f"model.depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...); got {depth}"
-            )
-        if shortcut not in SHORTCUTS:
-            raise ConfigError(f"model.shortcut must be one of A, B; got {shortcut!r}")
-        if not width > 0:
-            raise ConfigError(f"model.width must be positive; got {width}")
         blocks_per_stage = (depth - 2) // 6
         channels = [scaled_channels(c, width) for c in STAGE_CHANNELS]
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from resexp.errors import ConfigError
 
 
 def run_blocks(blocks: nn.Sequential, x: torch.Tensor, segment: int) -> torch.Tensor:
@@ -47,11 +46,3 @@ def frozen_running_statistics(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
             m.num_batches_tracked.copy_(count)
 
-
-def enable_recompute(model: nn.Module, segment: int) -> None:
-    if segment < 0:
-        raise ConfigError(f"trainer.recompute_blocks must be 0 (off) or a positive number of blocks; got {segment}")
-    if not hasattr(model, "recompute_segment"):
-        raise ConfigError(f"trainer.recompute_blocks applies to the cifar_resnet models (plainN, resnetN), not "
-                          f"{type(model).__name__}; set trainer.recompute_blocks=0")
-    model.recompute_segment = segment

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resexp.errors import ConfigError
 from resexp.models.cifar_resnet import he_init_, scaled_channels
 
 POOL = "M"
@@ -28,11 +27,6 @@ class VGG(nn.Module):
         self, depth: int, width: float = 1.0, in_channels: int = 3, num_classes: int = 10
     ) -> None:
         super().__init__()
-        if depth not in VGG_LAYERS:
-            choices = ", ".join(map(str, VGG_LAYERS))
-            raise ConfigError(f"model.depth for vgg must be one of {choices}; got {depth}")
-        if not width > 0:
-            raise ConfigError(f"model.width must be positive; got {width}")
         layers: list[nn.Module] = []
         channels = in_channels
         for item in VGG_LAYERS[depth]:

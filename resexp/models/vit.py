@@ -21,10 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ConfigError
+from resexp.schema import PLACEMENTS
 
-PLACEMENTS = ("post", "pre", "sandwich", "deepnorm", "rezero", "none")
-NORMS = ("layernorm", "rmsnorm")
-POOLS = ("cls", "mean")
 # Where each placement puts its norms: before G (norm_in) and after G or the sum (norm_out).
 NORM_IN_PLACEMENTS = ("pre", "sandwich")
 NORM_OUT_PLACEMENTS = ("post", "sandwich", "deepnorm")
@@ -104,11 +102,7 @@ def residual_step(
 
 
 def make_norm(norm: str, dim: int) -> nn.Module:
-    if norm == "layernorm":
-        return nn.LayerNorm(dim)
-    if norm == "rmsnorm":
-        return nn.RMSNorm(dim)
-    raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)  # resexp.schema.NORMS
 
 
 class Attention(nn.Module):
@@ -248,28 +242,6 @@ class ViT(nn.Module):
         image_size: int = 32,
     ) -> None:
         super().__init__()
-        for key, value in (("depth", depth), ("dim", dim), ("heads", heads), ("patch_size", patch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{key} must be a positive integer; got {value!r}")
-        if dim % heads:
-            raise ConfigError(f"model.dim must be divisible by model.heads; got dim {dim}, heads {heads}")
-        if image_size % patch_size:
-            raise ConfigError(f"model.patch_size must divide the image size {image_size}; got {patch_size}")
-        if not mlp_ratio > 0:
-            raise ConfigError(f"model.mlp_ratio must be positive; got {mlp_ratio}")
-        if pool not in POOLS:
-            raise ConfigError(f"model.pool must be one of {', '.join(POOLS)}; got {pool!r}")
-        if norm_placement not in PLACEMENTS:
-            raise ConfigError(
-                f"model.norm_placement must be one of {', '.join(PLACEMENTS)}; got {norm_placement!r}"
-            )
-        if norm not in NORMS:
-            raise ConfigError(f"model.norm must be one of {', '.join(NORMS)}; got {norm!r}")
-        if norm_placement == "rezero" and not residual:
-            raise ConfigError(
-                "model.residual=false cannot be used with norm_placement rezero: a*G(x) with a = 0 at "
-                "init never trains; use rezero with residual=true, or another placement"
-            )
         self.pool = pool
         self.norm_placement = norm_placement
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
