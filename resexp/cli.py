@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+from collections.abc import Callable
 from typing import Optional
 
 import typer
@@ -11,9 +14,9 @@ from rich.table import Table
 
 from resexp import __version__
 from resexp.config import GROUPS, compose, group_choices
-from resexp.errors import ResexpError
+from resexp.errors import EXIT_INPUT, ResexpError, explain
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=option", show_default=False)
 REPORT_KINDS = ("fig6", "norms")  # `figure` and `table`: He et al.'s Figure 6 / Table 6, or norm placements
 
@@ -23,25 +26,51 @@ def _groups_help() -> str:
     return "\n\n".join(["Config groups and their choices (group=option):", *lines])
 
 
-def _fail(message: str, code: int = 2) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+def _fail(message: str, code: int = EXIT_INPUT) -> None:
+    Console(stderr=True).print(f"resexp: [bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _debug() -> bool:
+    return os.environ.get("RESEXP_DEBUG", "") not in ("", "0")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error "
+                                        "(same as RESEXP_DEBUG=1), for bug reports")) -> None:
+    if debug:
+        os.environ["RESEXP_DEBUG"] = "1"  # also reaches sweep jobs in other processes
+
+
+def _error_boundary(command: Callable) -> Callable:
+    """Every error that ends a command becomes one line and an exit code (resexp.errors.explain):
+    2 for bad input, missing or corrupt files and OS errors, 130 for Ctrl-C, 1 for a bug."""
+
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):  # SystemExit: 128 + signal after a checkpointed stop
+            raise
+        except BaseException as error:
+            if _debug():
+                raise
+            code, message = explain(error)
+            _fail(message, code)
+
+    return guarded
 
 
 @app.command(
     help="Train one run. Example: resexp train model=plain56 data=synthetic trainer.max_iters=2000\n\n"
     + _groups_help(),
 )
+@_error_boundary
 def train(overrides: Optional[list[str]] = OVERRIDES) -> None:
     from resexp.engine.train import train as run_training  # torch import only when training
 
-    try:
-        cfg = compose(overrides or [])
-        summary = run_training(cfg)
-    except ResexpError as e:
-        _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; the last checkpoint is kept: run the same command to resume", 130)
+    cfg = compose(overrides or [])
+    summary = run_training(cfg)
     split = summary["eval_split"]
     Console().print(
         f"{summary['model']} on {summary['data']}: {summary['status']} at iteration {summary['iterations']}, "
@@ -59,6 +88,7 @@ def train(overrides: Optional[list[str]] = OVERRIDES) -> None:
     "joblib (local processes; launcher.runs_per_gpu=N), submitit_local, submitit_slurm, slurm "
     "(submitit_slurm with a GPU job's defaults).",
 )
+@_error_boundary
 def sweep(
     preset: Optional[str] = typer.Argument(None, help="a preset name, or the first override", show_default=False),
     overrides: Optional[list[str]] = OVERRIDES,
@@ -72,16 +102,14 @@ def sweep(
         if preset not in group_choices("sweep"):
             _fail(f"unknown sweep preset '{preset}'; choose from: {', '.join(group_choices('sweep'))}")
         args.insert(0, f"sweep={preset}")
-    try:
-        run_sweep(args)
-    except ResexpError as e:
-        _fail(str(e))
+    run_sweep(args)
 
 
 @app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
              "--kind norms, the norm-placement figure (per placement: training loss, gradient norm per block "
              "at init, residual-stream norm per block) from a sweep directory's TensorBoard logs. "
              "Writes PNG and PDF.")
+@_error_boundary
 def figure(
     sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
     out: Optional[str] = typer.Option(None, "-o", "--out",
@@ -89,14 +117,14 @@ def figure(
     kind: str = typer.Option("fig6", "--kind", help=f"{' or '.join(REPORT_KINDS)}: He et al. Figure 6, "
                              "or Transformer norm placements"),
 ) -> None:
-    from resexp.report import figure6, norms_figure, require_runs
+    from resexp.report import figure6, norms_figure, scan_runs
 
     _check_kind(kind)
     draw, default = {"fig6": (figure6, "figure6.png"), "norms": (norms_figure, "norms.png")}[kind]
-    try:
-        paths = draw(require_runs(sweep_dir), out or f"{sweep_dir}/{default}")
-    except ResexpError as e:
-        _fail(str(e))
+    runs, unreadable = scan_runs(sweep_dir)
+    for run in unreadable:  # drawn without them
+        print(f"resexp: warning: {run}", file=sys.stderr)
+    paths = draw(runs, out or f"{sweep_dir}/{default}")
     print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -104,6 +132,7 @@ def figure(
              "over seeds), final training error, and the paper's numbers on CIFAR-10. Writes .md and .csv. "
              "With --kind norms: one row per norm placement (diverged depths with and without warmup, "
              "errors per depth, residual-stream growth, smallest relative update), plus norms_runs.csv.")
+@_error_boundary
 def table(
     sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
     out_dir: Optional[str] = typer.Option(None, "-o", "--out-dir", help="where table6.md/.csv (or "
@@ -112,23 +141,21 @@ def table(
                              "or Transformer norm placements"),
 ) -> None:
     from resexp.report import (
-        norms_runs, norms_table, print_norms_table, print_table, require_runs, table6, write_norms_table,
-        write_table,
+        norms_runs, norms_table, print_norms_table, print_table, scan_runs, table6, write_norms_table, write_table,
     )
 
     _check_kind(kind)
-    try:
-        runs = require_runs(sweep_dir)
-        if kind == "norms":
-            rows = norms_table(runs)
-            print_norms_table(rows)
-            paths = write_norms_table(rows, out_dir or sweep_dir, norms_runs(runs))
-        else:
-            rows = table6(runs)
-            print_table(rows)
-            paths = write_table(rows, out_dir or sweep_dir)
-    except ResexpError as e:
-        _fail(str(e))
+    runs, unreadable = scan_runs(sweep_dir)
+    for run in unreadable:  # listed under the table too
+        print(f"resexp: warning: {run}", file=sys.stderr)
+    if kind == "norms":
+        rows = norms_table(runs)
+        print_norms_table(rows, unreadable=unreadable)
+        paths = write_norms_table(rows, out_dir or sweep_dir, norms_runs(runs), unreadable)
+    else:
+        rows = table6(runs)
+        print_table(rows, unreadable=unreadable)
+        paths = write_table(rows, out_dir or sweep_dir, unreadable=unreadable)
     print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -140,6 +167,7 @@ def _check_kind(kind: str) -> None:
 @app.command(help="One Transformer block on one vector, step by step: a linear sublayer G(x) = Wx + b "
              "(seeded W, b) and LayerNorms, under a norm placement. Prints each step and draws them as "
              "a bar chart. Example: resexp block --placement post --x 1,2,3,4")
+@_error_boundary
 def block(
     placement: str = typer.Option("pre", "--placement", help="pre, post, sandwich or deepnorm"),
     dim: int = typer.Option(4, "--dim", help="size of the vector"),
@@ -150,14 +178,11 @@ def block(
 ) -> None:
     from resexp.report.block_view import block_steps, check_placement, draw_block, parse_vector, rule_text
 
-    try:
-        check_placement(placement)
-        if seed is not None and x is not None:
-            raise ResexpError("give --seed or --x, not both: --seed draws x at random, --x sets it")
-        vector = parse_vector(x, dim) if x is not None else None
-        steps = block_steps(placement, dim, seed if seed is not None else 42, vector, blocks)
-    except ResexpError as e:
-        _fail(str(e))
+    check_placement(placement)
+    if seed is not None and x is not None:
+        raise ResexpError("give --seed or --x, not both: --seed draws x at random, --x sets it")
+    vector = parse_vector(x, dim) if x is not None else None
+    steps = block_steps(placement, dim, seed if seed is not None else 42, vector, blocks)
     title = f"{placement}: x ← {rule_text(placement, blocks)}"
     table = Table("step", *(f"x[{i}]" for i in range(dim)), "‖·‖", title=title)
     for name, values in steps:
@@ -167,6 +192,7 @@ def block(
 
 
 @app.command(help="List every named model with its parameters and forward MACs per image.")
+@_error_boundary
 def models() -> None:
     from resexp.models import build_model, count_macs, count_params
 
@@ -193,6 +219,7 @@ def models() -> None:
     "paper's 64k iterations. Example: resexp bench model=resnet56 --iters 50. With --runs K: K runs of a "
     "sweep one after another, as K processes and in lock-step. Writes JSON and Markdown.",
 )
+@_error_boundary
 def bench(
     overrides: Optional[list[str]] = OVERRIDES,
     iters: int = typer.Option(30, "--iters", min=1, help="timed steps per pipeline and round"),
@@ -215,20 +242,17 @@ def bench(
     from resexp.engine import bench as single, throughput
     from resexp.engine.runtime import explain_compile_errors
 
-    try:
-        cfg = compose([*(overrides or []), *([f"trainer.batch_size={batch}"] if batch is not None else [])])
-        stem = single.report_stem(Path(out), cfg, runs)
-        single.check_not_written(stem, force)
-        with explain_compile_errors():
-            if runs > 1:
-                report = throughput.sweep_throughput(cfg, runs, iters, warmup, repeats)
-                text, headline = throughput.markdown(report), None
-            else:
-                report = single.bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p])
-                text, headline = single.markdown(report), single.ratio_line(report)
-        paths = single.write_report(stem, report, text)
-    except ResexpError as e:
-        _fail(str(e))
+    cfg = compose([*(overrides or []), *([f"trainer.batch_size={batch}"] if batch is not None else [])])
+    stem = single.report_stem(Path(out), cfg, runs)
+    single.check_not_written(stem, force)
+    with explain_compile_errors():
+        if runs > 1:
+            report = throughput.sweep_throughput(cfg, runs, iters, warmup, repeats)
+            text, headline = throughput.markdown(report), None
+        else:
+            report = single.bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p])
+            text, headline = single.markdown(report), single.ratio_line(report)
+    paths = single.write_report(stem, report, text)
     print(text)
     if headline:
         print(headline)
@@ -236,6 +260,7 @@ def bench(
 
 
 @app.command(help="Print the resexp version.")
+@_error_boundary
 def version() -> None:
     import torch
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
@@ -49,7 +51,7 @@ def _compose_or_explain(config_name: str, overrides: list[str]) -> DictConfig:
     try:
         return hydra_compose(config_name=config_name, overrides=overrides)
     except MissingConfigException as e:
-        raise ConfigError(_explain_missing(str(e))) from None
+        raise ConfigError(explain_missing(str(e))) from None
     except (HydraException, OmegaConfBaseException) as e:
         message = str(e)
     # The config with only the user's group choices tells which keys would have been valid.
@@ -61,7 +63,7 @@ def _compose_or_explain(config_name: str, overrides: list[str]) -> DictConfig:
     raise ConfigError(_explain(message, reference))
 
 
-def _explain_missing(message: str) -> str:
+def explain_missing(message: str) -> str:
     found = re.search(r"Could not find '([\w/]+)/([^']+)'", message)
     if not found:
         return message.splitlines()[0]
@@ -82,3 +84,49 @@ def _explain(message: str, reference: DictConfig | None) -> str:
     if "override" in message.lower() or "parsing" in first.lower():
         return f"{first} (overrides look like key=value, e.g. model=plain56 trainer.max_iters=2000)"
     return first
+
+
+# Keys of a data section that say where the files are, not what they hold.
+DATA_LOCATION_KEYS = ("root", "download")
+
+
+def run_identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """What makes two configs the same run, so that one may resume the other's checkpoint:
+    model, data (not where it lives), optimizer and schedule, seed and batch size.
+
+    How a run executes (device, precision, graph capture, logging) and how long it trains
+    (max_iters: a run may be extended) are not part of it; train records them per segment in
+    summary.json. Reports group runs by this identity less the seed, plus max_iters."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return {
+        "model": plain["model"],
+        "data": {k: v for k, v in plain["data"].items() if k not in DATA_LOCATION_KEYS},
+        "optim": plain["optim"],
+        "seed": plain["seed"],
+        "batch_size": plain["trainer"]["batch_size"],
+    }
+
+
+def identity_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two identities, as 'key (a here, b there)'."""
+    flat_before, flat_after = flatten_keys(before), flatten_keys(after)
+    return [f"{key} ({_show(flat_before.get(key, _ABSENT))} there, {_show(flat_after.get(key, _ABSENT))} here)"
+            for key in sorted(flat_before.keys() | flat_after.keys()) if flat_before.get(key) != flat_after.get(key)]
+
+
+def flatten_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value)

@@ -8,16 +8,29 @@ last checkpoint. Finished runs are skipped, unfinished ones resumed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from resexp.config import GROUPS, compose, config_dir
+from resexp.config import GROUPS, config_dir, explain_missing
 from resexp.engine.mps import cuda_mps
-from resexp.errors import ResexpError
+from resexp.engine.rundir import check_run_dir
+from resexp.engine.tracking import read_json
+from resexp.errors import ConfigError, ResexpError, explain, one_line
+from resexp.schema import validate
 
 
 def _visible_gpus() -> int:
@@ -47,15 +60,25 @@ def main(cfg: DictConfig) -> str:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
     try:
         summary = train(cfg)
-    except ResexpError as e:  # one bad run must not stop the rest of the sweep
-        print(f"error: {cfg.run.dir}: {e}", file=sys.stderr)
+    except Exception as error:  # one bad run must not stop the rest: it is counted at the end
+        if os.environ.get("RESEXP_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"resexp: error: {cfg.run.dir}: {explain(error)[1]}", file=sys.stderr)
         return "failed"
     return summary["status"]
 
 
-def _is_swept(override: str) -> bool:
-    value = override.split("=", 1)[-1]
-    return "," in value or value.startswith(("range(", "choice(", "glob("))
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """Hydra's own override grammar: it knows a sweep (a,b; range(); choice()) from a list."""
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(f"{one_line(error)} (overrides look like key=value, a sweep like key=a,b or "
+                          "key=range(3), a list like key=[1,2])") from None
+
+
+def _swept_keys(overrides: list[str]) -> set[str]:
+    return {o.key_or_group for o in parse_overrides(overrides) if o.is_sweep_override()}
 
 
 def _preset_config(overrides: list[str]) -> DictConfig | None:
@@ -78,24 +101,71 @@ def _preset_launcher(preset: DictConfig | None) -> str | None:
     return None
 
 
-def check_overrides(overrides: list[str], preset_sweeps: list[str] | None = None) -> DictConfig:
-    """Compose every value of every simple sweep (key=a,b,c) once, so a bad value fails here
-    with resexp's one-line error instead of inside Hydra's multirun. Returns the first config."""
-    if preset_sweeps is None:
-        preset_sweeps = _preset_sweeps(_preset_config(overrides))
-    given = {o.split("=", 1)[0] for o in overrides}
-    preset = [o for o in preset_sweeps if o.split("=", 1)[0] not in given]
-    fixed = [o for o in overrides if not _is_swept(o) and not o.startswith("hydra")]
-    swept = [o.split("=", 1) for o in [*preset, *overrides]
-             if _is_swept(o) and "(" not in o and not o.startswith("hydra")]
-    # Every swept value next to the first value of the other sweeps, so that fixed keys are
-    # checked against a swept group's choices (model=vit_pre,vit_post with model.dim=64).
-    firsts = {key: values.split(",")[0] for key, values in swept}
-    first = compose([*fixed, *(f"{k}={v}" for k, v in firsts.items())])
-    for key, values in swept:
-        for value in values.split(",")[1:]:
-            compose([*fixed, *(f"{k}={value if k == key else v}" for k, v in firsts.items())])
-    return first
+@dataclass
+class Job:
+    """One run of a sweep, as Hydra's basic sweeper will launch it."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    run_dir: Path
+    done: bool  # finished (or diverged) before this sweep: train returns at once
+    before: tuple[int, int] | None  # summary.json's (inode, mtime) before the sweep: unchanged = not run
+
+
+def summary_stamp(run_dir: Path) -> tuple[int, int] | None:
+    """summary.json is replaced (a new inode) whenever train writes it."""
+    try:
+        stat = (run_dir / "summary.json").stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> list[Job]:
+    """Every job of the sweep, composed and validated, with its run directory, before anything
+    is launched or written. Expands the sweeps as Hydra's BasicSweeper does (preset params
+    first, the command line's value of a key replacing the preset's). A job whose directory
+    holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
+    choices: dict[str, list[str]] = {}
+    for override in parse_overrides([*preset_sweeps, *overrides]):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            continue
+        try:
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        except HydraException:
+            raise ConfigError(f"{override.input_line}: resexp sweeps take lists (a,b), range() and choice(); "
+                              "name glob() choices one by one") from None
+    jobs, refused = [], []
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        for combination in itertools.product(*choices.values()):
+            cfg = compose_with_hydra(list(combination))
+            HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.override_dirname}
+            run_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
+            with open_dict(cfg):
+                del cfg["hydra"]
+                cfg.run.dir = str(run_dir)
+            validate(cfg)
+            try:
+                done = check_run_dir(run_dir, cfg) is not None
+            except ResexpError as error:
+                refused.append(str(error))
+                continue
+            jobs.append(Job(list(combination), cfg, run_dir, done, summary_stamp(run_dir)))
+    if refused:
+        raise ResexpError(f"{len(refused)} of {len(refused) + len(jobs)} runs of this sweep cannot use their "
+                          f"directories, so nothing was launched; the first: {refused[0]}")
+    return jobs
+
+
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
+    try:
+        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        raise ConfigError(explain_missing(str(error))) from None
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(one_line(error)) from None
 
 
 def chosen_launcher(overrides: list[str], preset_launcher: str | None = None) -> str:
@@ -104,16 +174,20 @@ def chosen_launcher(overrides: list[str], preset_launcher: str | None = None) ->
                 preset_launcher or "basic")
 
 
+def dirname_override(overrides: list[str]) -> str:
+    """Run directories are named by what varies between runs only: the swept keys."""
+    swept = _swept_keys(overrides)
+    fixed = [k for o in parse_overrides(overrides) if o.key_or_group not in swept
+             for k in dict.fromkeys((o.key_or_group, o.get_key_element()))]
+    excluded = ["sweep", "run.root", "run.sweep", *fixed]
+    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"
+
+
 def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: str | None = None) -> list[str]:
     """Settings the launcher plugins leave to chance, made explicit unless the user set them."""
     given = {o.split("=", 1)[0] for o in overrides}
     launcher = chosen_launcher(overrides, preset_launcher)
-    # Run directories are named by what varies between runs only: the swept keys.
-    # Hydra matches exclude_keys against the key as written, "+"/"++" prefix included.
-    fixed = [k for o in overrides if not _is_swept(o) for k in dict.fromkeys((o.split("=", 1)[0],
-                                                                              o.split("=", 1)[0].lstrip("+~")))]
-    excluded = ["sweep", "run.root", "run.sweep", *fixed]
-    extra = [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"]
+    extra = [dirname_override(overrides)]
     if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
         # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike.
         gpus = _visible_gpus()
@@ -125,23 +199,29 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: s
     return extra
 
 
-def run_sweep(overrides: list[str]) -> None:
-    """Check the overrides, then run `main` in multirun mode (as `python -m resexp.sweep -m ...`)."""
+def run_sweep(overrides: list[str]) -> dict[str, int]:
+    """Plan the sweep (every job composed, validated and its directory checked), run `main` in
+    multirun mode (as `python -m resexp.sweep -m ...`), then count the outcomes: a one-line
+    ResexpError when any run failed. Returns {status: number of runs}."""
     preset_config = _preset_config(overrides)
     preset = _preset_sweeps(preset_config)
-    first = check_overrides(overrides, preset)
     # Hydra first composes a multirun's config without its sweeps, i.e. with the default model:
     # a key of a swept group (model.dim=64 with model=vit_pre,vit_post) would be refused there.
-    # Checked above against every swept choice, it is passed as ++key (set, adding if absent).
+    # Checked below against every swept choice, it is passed as ++key (set, adding if absent).
     # A key the preset sweeps stays as written: Hydra lets it replace the preset's sweep.
     preset_keys = {o.split("=", 1)[0] for o in preset}
-    groups = (preset_keys | {o.split("=", 1)[0] for o in overrides if _is_swept(o)}) & set(GROUPS)
-    overrides = [f"++{o}" if o.split(".", 1)[0] in groups and not _is_swept(o)
-                 and o.split("=", 1)[0] not in preset_keys else o for o in overrides]
+    swept = _swept_keys(overrides)
+    groups = (preset_keys | swept) & set(GROUPS)
+    overrides = [f"++{o}" if o.split(".", 1)[0] in groups and o.split("=", 1)[0] not in swept | preset_keys
+                 else o for o in overrides]
+    jobs = plan_sweep([*overrides, dirname_override(overrides)], preset)
+    first = jobs[0].cfg  # launcher.* is the same in every job
     extra = launcher_overrides(overrides, first, _preset_launcher(preset_config))
     # Several local processes per GPU share it through CUDA MPS (resexp/engine/mps.py).
     local = chosen_launcher(overrides, _preset_launcher(preset_config)) == "joblib"
     per_gpu = int(first.launcher.runs_per_gpu) if local and first.launcher.mps else 1
+    if all(job.done for job in jobs):  # nothing to train: Hydra need not rewrite their records
+        return count_outcomes(jobs)
     argv = sys.argv
     sys.argv = [argv[0], "--multirun", *overrides, *extra]
     try:
@@ -151,9 +231,44 @@ def run_sweep(overrides: list[str]) -> None:
                 from joblib.externals.loky import get_reusable_executor
 
                 get_reusable_executor().shutdown(wait=True)
+    except SystemExit as stop:  # Hydra printed why it could not run the sweep
+        if stop.code not in (0, None):
+            raise ResexpError("the sweep did not run: Hydra's error is above") from None
     finally:
         sys.argv = argv
+    return count_outcomes(jobs)
 
+
+def count_outcomes(jobs: list[Job]) -> dict[str, int]:
+    """Each run's status from the summary.json its job wrote. A job that wrote none (it failed
+    before training: a refusal, a corrupt checkpoint), or left "running" (killed), failed.
+    Prints the sweep's one summary line."""
+    outcomes: dict[str, list[Path]] = {}
+    for job in jobs:
+        written = summary_stamp(job.run_dir) != job.before
+        summary = _summary_or_none(job.run_dir / "summary.json") if written else None
+        status = "skipped" if job.done else (summary or {}).get("status", "failed")
+        outcomes.setdefault("failed" if status == "running" else status, []).append(job.run_dir)
+    counts = {status: len(outcomes.get(status, [])) for status in OUTCOMES if outcomes.get(status)}
+    where = jobs[0].run_dir.parent if jobs else ""
+    print(f"sweep {where}: {len(jobs)} runs: " + ", ".join(
+        f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
+    failed = outcomes.get("failed", [])
+    if failed:
+        raise ResexpError(f"{len(failed)} of {len(jobs)} runs failed: {', '.join(p.name for p in failed[:3])}"
+                          f"{', ...' if len(failed) > 3 else ''} (each one's error is above); the same command "
+                          "resumes the sweep")
+    return counts
+
+
+OUTCOMES = ("finished", "diverged", "stopped", "failed", "skipped")
+
+
+def _summary_or_none(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except ResexpError:
+        return None
 
 if __name__ == "__main__":
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")

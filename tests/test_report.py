@@ -3,18 +3,22 @@
 import csv
 import io
 import json
+import shutil
 import statistics
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from rich.console import Console
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
+from typer.testing import CliRunner
 
+from resexp.cli import app
 from resexp.errors import ResexpError
 from resexp.report import (
-    Band, Curve, draw_figure6, figure6, figure6_series, find_runs, group_runs, make_figure, make_table, print_table,
-    read_series, table6, write_table,
+    Band, Curve, UnreadableRun, draw_figure6, figure6, figure6_series, find_runs, group_runs, make_figure, make_table,
+    print_table, read_series, scan_runs, table6, write_table,
 )
 
 MAX_ITERS = 2000
@@ -241,3 +245,140 @@ def test_make_figure_and_make_table_default_into_the_sweep_dir(sweep, tmp_path):
     assert all(p.stat().st_size > 0 for p in root.glob("*6.*"))
     with pytest.raises(ResexpError, match="no run directories"):
         make_table(tmp_path)
+
+
+def event_file(run_dir):
+    (path,) = (run_dir / "tb").glob("events.out.tfevents.*")
+    return path
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """(sweep dir, {run dir: reason} of the unreadable runs, the readable runs' logged series):
+    good seeds of plain-20 and ResNet-20, a running plain-20 seed without metrics yet, and one
+    run for each way a run directory breaks."""
+    root = tmp_path_factory.mktemp("damaged")
+    logged = {(name, seed): write_run(root, name, depth, residual, seed, "finished")
+              for name, depth, residual, seed in [("plain20", 20, False, 0), ("plain20", 20, False, 1),
+                                                  ("resnet20", 20, True, 0)]}
+    logged["plain20", 2] = write_run(root, "plain20", 20, False, 2, "running")
+    summary = json.loads((root / "plain20_cifar10_seed2" / "summary.json").read_text())
+    for key in ("train_error", "test_error", "best_test_error"):  # before its first evaluation
+        del summary[key]
+    (root / "plain20_cifar10_seed2" / "summary.json").write_text(json.dumps(summary))
+
+    broken = {}
+    for name, depth, residual, seed in [("plain56", 56, False, 0), ("plain56", 56, False, 1), ("plain56", 56, False, 2),
+                                        ("resnet56", 56, True, 0), ("resnet56", 56, True, 1), ("resnet56", 56, True, 2),
+                                        ("resnet20", 20, True, 1)]:
+        write_run(root, name, depth, residual, seed, "finished")
+    run = root / "plain56_cifar10_seed0"
+    (run / "summary.json").write_text((run / "summary.json").read_text()[:40])  # cut short while written
+    broken[run] = "summary.json is not valid JSON"
+    run = root / "plain56_cifar10_seed1"
+    (run / "config.yaml").write_text("seed: 1\nmodel: {name: plain56, depth: [56\n")
+    broken[run] = "config.yaml is not valid YAML"
+    run = root / "plain56_cifar10_seed2"
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text[:text.index("trainer:")])  # parses, but half of it is gone
+    broken[run] = "config.yaml has no trainer.max_iters"
+    run = root / "resnet56_cifar10_seed0"
+    data = event_file(run).read_bytes()
+    event_file(run).write_bytes(data[:len(data) // 2])
+    broken[run] = f"{event_file(run).relative_to(run)} is truncated or corrupt"
+    run = root / "resnet56_cifar10_seed1"
+    event_file(run).write_bytes(np.random.default_rng(0).bytes(4000))
+    broken[run] = f"{event_file(run).relative_to(run)} is truncated or corrupt"
+    run = root / "resnet56_cifar10_seed2"
+    data = bytearray(event_file(run).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte changed: every record still there, one fails its CRC
+    event_file(run).write_bytes(bytes(data))
+    broken[run] = f"{event_file(run).relative_to(run)} is truncated or corrupt"
+    run = root / "resnet20_cifar10_seed1"
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["test_error"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    broken[run] = "summary.json says finished but has no test_error"
+    return root, broken, logged
+
+
+def test_scan_runs_tells_unreadable_runs_with_why(damaged):
+    root, broken, logged = damaged
+    runs, unreadable = scan_runs(root)
+    assert sorted((r.config.model.name, r.seed) for r in runs) == sorted(logged)
+    assert {u.path: u.reason for u in unreadable} == broken
+    assert [u.path for u in unreadable] == sorted(broken)
+    assert str(unreadable[0]) == f"unreadable run {unreadable[0].path}: {unreadable[0].reason}"
+    for run in runs:  # the readable runs' curves are whole
+        assert run.series["test/error"] == logged[run.config.model.name, run.seed]["test/error"]
+    with pytest.warns(UserWarning) as caught:
+        assert [r.path for r in find_runs(root)] == [r.path for r in runs]
+    assert sorted(str(w.message) for w in caught) == sorted(f"unreadable run {p}: {r}" for p, r in broken.items())
+
+
+def test_read_series_raises_where_tensorboard_would_stop_without_a_word(damaged, tmp_path):
+    root, broken, _ = damaged
+    truncated = root / "resnet56_cifar10_seed0"
+    with pytest.raises(UnreadableRun) as raised:
+        read_series(truncated)
+    assert (raised.value.path, raised.value.reason) == (truncated, broken[truncated])
+    # A record whose checksum is right but whose bytes are no TensorBoard event.
+    (tmp_path / "tb").mkdir()
+    with (tmp_path / "tb" / "events.out.tfevents.1.host").open("wb") as f:
+        RecordWriter(f).write(b"\xff" * 40)
+    with pytest.raises(UnreadableRun, match="tb/ holds a record that is no TensorBoard event"):
+        read_series(tmp_path)
+
+
+def test_table6_with_a_running_run_without_metrics(damaged):
+    root, _, logged = damaged
+    rows = {r["model"]: r for r in table6(scan_runs(root)[0])}
+    assert list(rows) == ["plain-20", "ResNet-20"]
+    plain = rows["plain-20"]
+    assert (plain["seeds"], plain["status"]) == (3, "2 finished, 1 running")
+    final_test = [logged["plain20", s]["test/error"][1][-1] for s in (0, 1)]
+    assert plain["test_error_best"] == min(final_test)
+    assert plain["test_error_mean"] == pytest.approx(statistics.fmean(final_test), rel=1e-12)
+    assert plain["train_error_final"] == pytest.approx(
+        statistics.fmean(logged["plain20", s]["train/error"][1][-1] for s in (0, 1)), rel=1e-12)
+    assert (rows["ResNet-20"]["seeds"], rows["ResNet-20"]["test_error_std"]) == (1, None)
+
+
+def test_cli_table_and_figure_list_unreadable_runs(damaged, tmp_path):
+    root, broken, _ = damaged
+    warnings = [f"resexp: warning: unreadable run {path}: {reason}" for path, reason in sorted(broken.items())]
+    runner = CliRunner()
+    result = runner.invoke(app, ["table", str(root), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == warnings
+    listed = [f"- {path} ({reason})" for path, reason in sorted(broken.items())]
+    assert all(line in result.stdout.splitlines() for line in listed)
+
+    md = (tmp_path / "table6.md").read_text().splitlines()
+    start = md.index("Unreadable runs (not in the table):")
+    assert md[start + 1:] == listed
+    want = table6(scan_runs(root)[0])
+    table_lines = [line for line in md if line.startswith("|")][2:]
+    assert [line.split("|")[1].strip() for line in table_lines] == [r["model"] for r in want]
+    mean_std = [line.split("|")[7].strip() for line in table_lines]
+    std = [f" ± {r['test_error_std']:.2f}" if r["test_error_std"] is not None else "" for r in want]
+    assert mean_std == [f"{r['test_error_mean']:.2f}{s}" for r, s in zip(want, std)]
+    with (tmp_path / "table6.csv").open() as f:
+        assert [row["model"] for row in csv.DictReader(f)] == [r["model"] for r in want]
+
+    result = runner.invoke(app, ["figure", str(root), "-o", str(tmp_path / "fig6.png")])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == warnings
+    assert (tmp_path / "fig6.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_cli_fails_in_one_line_when_no_run_reads(damaged, tmp_path):
+    root, broken, _ = damaged
+    for path in sorted(broken)[:2]:
+        shutil.copytree(path, tmp_path / path.name)
+    for command in ("table", "figure"):
+        result = CliRunner().invoke(app, [command, str(tmp_path)])
+        assert result.exit_code == 2
+        first = sorted(broken)[0]
+        assert result.stderr.splitlines()[-1] == (f"resexp: error: all 2 run directories under {tmp_path} are "
+                                                  f"unreadable, e.g. {tmp_path / first.name}: {broken[first]}")

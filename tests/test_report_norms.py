@@ -16,7 +16,7 @@ from resexp.cli import app
 from resexp.errors import ResexpError
 from resexp.report import (
     block_profile, draw_norms_figure, find_runs, loss_curves, norms_figure, norms_runs, norms_table,
-    placement_groups, print_norms_table, probe_steps, write_norms_table,
+    placement_groups, print_norms_table, probe_steps, scan_runs, write_norms_table,
 )
 
 MAX_ITERS = 1000
@@ -89,7 +89,7 @@ def write_vit_run(root, name, placement, residual, depth, warmup, seed, status, 
             writer.add_text("status", f"diverged at iteration {DIVERGED_AT}: loss {BLOWN_UP_LOSS}", DIVERGED_AT)
     summary = {"status": status, "model": name, "seed": seed, "params": 1_000_000 * depth, "eval_split": "test",
                "iterations": steps[-1], "diverged_reason": "loss above ceiling" if status == "diverged" else None,
-               "train_error": train[-1], "train_loss": loss[-1], "test_error": test[-1]}
+               "train_error": train[-1], "train_loss": loss[-1], "test_error": test[-1], "best_test_error": min(test)}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return {"scalars": scalars, "probes": logged_probes, "summary": summary}
 
@@ -104,7 +104,8 @@ def sweep(tmp_path_factory):
     OmegaConf.save(OmegaConf.create({"seed": 0, "model": {"arch": "cifar_resnet", "name": "resnet20", "depth": 20},
                                      "data": {"name": "cifar10"}, "trainer": {"max_iters": 10}}),
                    other / "config.yaml")
-    (other / "summary.json").write_text(json.dumps({"status": "finished"}))
+    (other / "summary.json").write_text(json.dumps({"status": "finished", "train_error": 1.0, "test_error": 8.5,
+                                                    "best_test_error": 8.2}))
     return root, logged
 
 
@@ -321,7 +322,7 @@ def test_cli_kind_norms_and_unknown_kind(sweep, tmp_path):
     for command in ("figure", "table"):
         result = runner.invoke(app, [command, "--kind", "bogus", str(root)])
         assert result.exit_code == 2
-        assert result.output.strip() == "error: unknown --kind 'bogus'; choose from: fig6, norms"
+        assert result.output.strip() == "resexp: error: unknown --kind 'bogus'; choose from: fig6, norms"
 
     resnet_only = tmp_path / "resnets"
     (resnet_only / "r").mkdir(parents=True)
@@ -338,3 +339,32 @@ def test_residual_false_of_the_same_name_is_its_own_row(tmp_path):
     rows = norms_table(find_runs(tmp_path))
     assert [(r["model"], r["residual"]) for r in rows] == [
         ("vit_post (model.residual=True)", True), ("vit_post (model.residual=False)", False)]
+
+
+def test_running_and_unreadable_runs_in_the_norms_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = write_vit_run(sweep, "vit_post", "post", True, 6, 0, 0, "finished")
+    write_vit_run(sweep, "vit_post", "post", True, 6, 0, 1, "running")
+    running = sweep / "vit_post_d6_w0_seed1"
+    summary = json.loads((running / "summary.json").read_text())
+    for key in ("train_error", "train_loss", "test_error", "best_test_error"):  # before its first log
+        del summary[key]
+    (running / "summary.json").write_text(json.dumps(summary))
+    write_vit_run(sweep, "vit_pre", "pre", True, 6, 0, 0, "finished")
+    corrupt = sweep / "vit_pre_d6_w0_seed0"
+    (events,) = (corrupt / "tb").iterdir()
+    events.write_bytes(events.read_bytes()[:-10])  # the last record cut short
+    reason = f"tb/{events.name} is truncated or corrupt"
+
+    result = CliRunner().invoke(app, ["table", "--kind", "norms", str(sweep), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [f"resexp: warning: unreadable run {corrupt}: {reason}"]
+    (row,) = norms_table(scan_runs(sweep)[0])  # vit_pre's only run is unreadable
+    train, test = done["summary"]["train_error"], done["summary"]["test_error"]
+    assert (row["model"], row["runs"], row["d6"]) == ("vit_post", 2, f"{train:.1f}/{test:.1f}; running")
+    assert (row["d6_train"], row["d6_test"]) == (train, test)
+    md = (tmp_path / "norms_table.md").read_text().splitlines()
+    assert md[-2:] == ["Unreadable runs (not in the table):", f"- {corrupt} ({reason})"]
+    with (tmp_path / "norms_runs.csv").open() as f:
+        back = {line["seed"]: line for line in csv.DictReader(f)}
+    assert (back["1"]["status"], back["1"]["test_error"], back["1"]["train_loss"]) == ("running", "", "")

@@ -93,7 +93,7 @@ def test_keys_of_a_swept_group_apply_to_every_choice_and_presets_accept_override
         config = (sweep_dir / run / "config.yaml").read_text()
         assert summary["status"] == "finished" and "dim: 16" in config and "depth: 2" in config
         assert "noise: 0.1" in config and "name: adamw" in config  # the preset's data and optimiser
-    bad = resexp("sweep", "model=vit_pre,resnet20", "model.dim=16", f"run.root={tmp_path}")
+    bad = resexp("sweep", "model=vit_pre,resnet20", "model.dim=16", "model.heads=2", f"run.root={tmp_path}")
     assert bad.returncode == 2 and "unknown key 'model.dim'" in bad.stderr
 
 

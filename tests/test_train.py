@@ -104,10 +104,10 @@ def test_existing_run_with_other_settings_is_never_overwritten(tmp_path):
     train(compose(base))
     run_dir = tmp_path / "resnet20_synthetic_seed0"
     before = (run_dir / "summary.json").read_text(), (run_dir / "checkpoints" / "last.pt").read_bytes()
-    from resexp.errors import ConfigError
-    with pytest.raises(ConfigError, match="different optim"):
+    from resexp.errors import ResexpError
+    with pytest.raises(ResexpError, match=r"holds another run: optim.lr \(0.1 there, 0.5 here\)"):
         train(compose([*base, "optim.lr=0.5"]))
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ResexpError, match="already holds a run"):
         train(compose([*base, "run.resume=false"]))
     assert before == ((run_dir / "summary.json").read_text(), (run_dir / "checkpoints" / "last.pt").read_bytes())
 

@@ -1,23 +1,30 @@
-"""What a checkpoint holds (TrainState), written atomically and read back with weights_only."""
+"""What a checkpoint holds (TrainState) and what it is (run identity, model, parameter shapes),
+written atomically and read back with weights_only: a checkpoint is data, never code to run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from resexp.config import identity_changes
 from resexp.engine.step import TrainStep
-
+from resexp.engine.tracking import atomic_path
+from resexp.errors import ResexpError, one_line
 
 @dataclass
 class TrainState:
     """The step (model, optimizer, scaler, batcher, metric sums) and the loop's own counters."""
 
     step: TrainStep
+    identity: dict[str, Any] = field(default_factory=dict)  # resexp.config.run_identity of the run
     iteration: int = 0
     wall_time: float = 0.0  # seconds trained before this process, summed over resumptions
     best_eval_error: float = math.inf
@@ -26,25 +33,66 @@ class TrainState:
     def state_dict(self) -> dict[str, Any]:
         return {**self.step.state_dict(), "iteration": self.iteration, "wall_time": self.wall_time,
                 "best_eval_error": self.best_eval_error, "in_warmup": self.in_warmup,
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), **self.what_it_is()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step.load_state_dict(state)
-        self.iteration, self.wall_time = int(state["iteration"]), float(state["wall_time"])
-        self.best_eval_error, self.in_warmup = float(state["best_eval_error"]), bool(state["in_warmup"])
-        torch.set_rng_state(state["torch_rng"].cpu())  # a checkpoint loaded onto CUDA moved it
+    def what_it_is(self) -> dict[str, str]:
+        return {"run_identity": json.dumps(self.identity, sort_keys=True),
+                "model_name": str(self.identity.get("model", {}).get("name")),
+                "param_shapes": param_shapes(self.step.model)}
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        """Refuses (one line, nothing loaded) a checkpoint of another run or not from resexp."""
+        self._check(state, path)
+        try:
+            self.step.load_state_dict(state)
+            self.iteration, self.wall_time = int(state["iteration"]), float(state["wall_time"])
+            self.best_eval_error, self.in_warmup = float(state["best_eval_error"]), bool(state["in_warmup"])
+            torch.set_rng_state(state["torch_rng"].cpu())  # a checkpoint loaded onto CUDA moved it
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+            raise ResexpError(f"{path} is not a resexp checkpoint of this run ({type(e).__name__}: "
+                              f"{one_line(e)}); {MOVE_IT_AWAY}") from None
+
+    def _check(self, state: Any, path: Path) -> None:
+        if not isinstance(state, dict) or not {"model", "iteration"} <= state.keys():
+            raise ResexpError(f"{path} is not a resexp checkpoint (no model or iteration); {MOVE_IT_AWAY}")
+        mine = self.what_it_is()
+        if "run_identity" in state:  # older checkpoints carry no identity: only the shapes check below
+            changes = identity_changes(json.loads(state["run_identity"]), self.identity)
+            if changes:
+                raise ResexpError(f"{path} belongs to another run: {'; '.join(changes[:3])}; {MOVE_IT_AWAY}")
+        saved_shapes = state.get("param_shapes") or param_shapes_of(state["model"])
+        if saved_shapes != mine["param_shapes"]:
+            raise ResexpError(f"{path} holds a model with other parameter shapes than "
+                              f"{mine['model_name']}; {MOVE_IT_AWAY}")
+
+
+MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
+
+
+def param_shapes(model: nn.Module) -> str:
+    """A fingerprint of the model's parameter and buffer names and shapes."""
+    return param_shapes_of(model.state_dict())
+
+
+def param_shapes_of(state: dict[str, Any]) -> str:
+    layout = sorted((name, list(getattr(t, "shape", ()))) for name, t in state.items())
+    return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """A killed process leaves either the old checkpoint or the new one, never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    # weights_only: a checkpoint is data, never code to execute.
-    return torch.load(path, map_location=device, weights_only=True)
+    """The checkpoint's contents; a truncated or foreign file is a one-line ResexpError."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)  # data only, never code
+    except Exception as e:  # unpickling a damaged or foreign file can raise almost anything
+        reason = one_line(e).split(". ")[0]
+        raise ResexpError(f"cannot read checkpoint {path} (truncated, or not a resexp checkpoint: "
+                          f"{reason}); {MOVE_IT_AWAY}") from None

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
+
+from resexp.errors import ResexpError
 
 
 def tensorboard_writer(run_dir: Path, resumed_at: int | None) -> SummaryWriter:
@@ -22,13 +27,37 @@ def tensorboard_writer(run_dir: Path, resumed_at: int | None) -> SummaryWriter:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Atomic: readers see the old file or the new one, never half of one."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path`, unique to this process and call, renamed onto `path` when
+    the block succeeds and removed when it fails (a full disk leaves no half-written file)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON object file, None if absent; a corrupt one is a one-line ResexpError."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ResexpError(f"{path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "move it away (it is rewritten from the checkpoint)") from None
+    if not isinstance(data, dict):
+        raise ResexpError(f"{path} is corrupt (not a JSON object); move it away (it is rewritten from the checkpoint)")
+    return data
 
 
 class ProgressReport:

@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 import time
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,40 +26,57 @@ from omegaconf import DictConfig, OmegaConf
 from resexp import __version__
 from resexp.analysis import block_grad_norms, stream_probes, supports_probes
 from resexp.data import Data, build_data
+from resexp.config import run_identity
 from resexp.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from resexp.engine.rundir import RunDirLock, check_run_dir
 from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.engine.schedules import learning_rate
 from resexp.engine.step import TrainStep
-from resexp.engine.tracking import ProgressReport, read_json, tensorboard_writer, write_json
-from resexp.errors import ConfigError
+from resexp.engine.tracking import ProgressReport, atomic_path, read_json, tensorboard_writer, write_json
+from resexp.errors import ResexpError, one_line
 from resexp.models import count_macs, count_params
-
-# Sections that define what a run computes; a resumed run must match them exactly.
-IDENTITY_KEYS = ("model", "data", "optim", "seed")
-
+from resexp.schema import validate
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run in cfg.run.dir (resuming it if it has a checkpoint); returns its summary."""
-    run_dir = Path(cfg.run.dir).expanduser()
-    finished = _check_run_dir(run_dir, cfg)
-    if finished is not None:
-        return finished
-    t = cfg.trainer
-    runtime = Runtime.from_config(t)
-    data = build_data(cfg.data, runtime.device, int(t.batch_size), int(cfg.seed), runtime.memory_format)
-    step = TrainStep.build(cfg, data, runtime)
-    model = step.model
-    params, macs = count_params(model), count_macs(model, (1, data.channels, 32, 32))
-    probe_every = int(t.probe_every) if supports_probes(model) else 0
-    # Only now, with data and model built, does the run directory appear.
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    """Train one run in cfg.run.dir (resuming it if it has a checkpoint); returns its summary.
 
+    Nothing is written before the config is valid, the data and model are built, this process
+    holds the run directory's lock and the checkpoint (if any) has loaded."""
+    validate(cfg)
+    run_dir = Path(cfg.run.dir).expanduser()
+    done = check_run_dir(run_dir, cfg)  # refuse before the build, which can take minutes
+    if done is not None:
+        return done
+    runtime = Runtime.from_config(cfg.trainer)
+    data = build_data(cfg.data, runtime.device, int(cfg.trainer.batch_size), int(cfg.seed), runtime.memory_format)
+    step = TrainStep.build(cfg, data, runtime)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunDirLock(run_dir):
+        done = check_run_dir(run_dir, cfg)  # again: another process may have trained it meanwhile
+        return done if done is not None else _train_locked(cfg, run_dir, runtime, data, step)
+
+
+def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, step: TrainStep) -> dict[str, Any]:
+    t, model = cfg.trainer, step.model
     max_iters, warmup_cfg = int(t.max_iters), cfg.optim.error_warmup
-    state = TrainState(step, in_warmup=warmup_cfg is not None)
+    state = TrainState(step, run_identity(cfg), in_warmup=warmup_cfg is not None)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     if checkpoint_path.is_file():
-        state.load_state_dict(load_checkpoint(checkpoint_path, runtime.device))
+        state.load_state_dict(load_checkpoint(checkpoint_path, runtime.device), checkpoint_path)
+    if state.iteration > max_iters:
+        raise ResexpError(f"{checkpoint_path} is at iteration {state.iteration}; trainer.max_iters={max_iters} "
+                          "asks for fewer, so nothing was changed (a shorter run needs its own run.name)")
+    params, macs = count_params(model), count_macs(model, (1, data.channels, 32, 32))
+    probe_every = int(t.probe_every) if supports_probes(model) else 0
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        OmegaConf.save(cfg, tmp, resolve=True)
+    # One segment per process that trained the run: what may differ between them is recorded.
+    segments = [s for s in (read_json(run_dir / "summary.json") or {}).get("segments", [])
+                if s["start"] < state.iteration]
+    segment = {"start": state.iteration, "end": state.iteration, "max_iters": max_iters,
+               "device": runtime.device_name, "precision": runtime.precision, "execution": runtime.execution,
+               "torch": torch.__version__, "resexp": __version__, "host": platform.node(),
+               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     writer = tensorboard_writer(run_dir, state.iteration or None)  # resumed after `iteration`
     progress = ProgressReport(t.progress, run_dir.name, state.iteration, max_iters)
     step.notify = lambda text: progress.message(f"[{run_dir.name}] {text}")
@@ -71,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "params": params, "macs": macs, "device": runtime.device_name, "precision": runtime.precision,
         "precision_reason": runtime.precision_reason, "execution": runtime.execution,
         "torch": torch.__version__, "resexp": __version__, "eval_split": data.eval_split,
-        "max_iters": max_iters, "iterations": state.iteration,
+        "max_iters": max_iters, "iterations": state.iteration, "segments": [*segments, segment],
     }
     write_json(run_dir / "summary.json", summary)
 
@@ -102,6 +120,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 for tag, value in (("train/error", train_error), ("train/loss", running_loss), ("lr", lr)):
                     writer.add_scalar(tag, value, iteration)
                 summary.update({"train_error": train_error, "train_loss": running_loss, "iterations": iteration})
+                segment["end"] = iteration
             if at_eval or diverged:
                 eval_error, eval_loss = evaluate(model, data, int(t.eval_batch_size), runtime)
                 state.best_eval_error = min(state.best_eval_error, eval_error)
@@ -123,7 +142,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     elapsed = time.perf_counter() - start
     iteration = state.iteration
-    summary["execution"] = step.execution  # less a capture that fell back to eager
+    summary["execution"] = segment["execution"] = step.execution  # less a capture that fell back to eager
+    segment["end"] = iteration
     if stop.received:  # checkpointed above: the same command (or submitit's requeue) resumes it
         summary.update({"status": "stopped", "stopped_by": stop.name, "iterations": iteration,
                         "wall_time_s": round(wall_before + elapsed, 2)})
@@ -156,11 +176,12 @@ def log_probes(writer, step: TrainStep, iteration: int, images: torch.Tensor) ->
 
 
 class StopSignal:
-    """SIGTERM and SIGUSR2 (SLURM pre-emption or time limit, `kill`) end the step in progress;
-    the loop then checkpoints and stops, and `forward` hands the signal to the handler that
-    was there before: submitit's requeues the job, the default exits with 128 + signal."""
+    """SIGTERM and SIGUSR2 (SLURM pre-emption or time limit, `kill`) and Ctrl-C end the step in
+    progress; the loop then checkpoints and stops, and `forward` hands the signal to the handler
+    that was there before: submitit's requeues the job, the default exits with 128 + signal,
+    Python's raises KeyboardInterrupt (exit 130). A second Ctrl-C interrupts at once."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -177,6 +198,8 @@ class StopSignal:
 
     def _handle(self, number: int, frame) -> None:
         self.received = number
+        if number == signal.SIGINT:
+            signal.signal(number, self.previous[number])
 
     @property
     def name(self) -> str:
@@ -192,12 +215,17 @@ class StopSignal:
 
 @contextmanager
 def _failed_on_error(run_dir: Path, summary: dict[str, Any]):
-    """An exception (Ctrl-C included) marks the run failed; its last checkpoint stays."""
+    """An exception marks the run failed, with the reason, and Ctrl-C stopped; its last
+    checkpoint stays. If even that cannot be written (a full disk), the original error wins."""
     try:
         yield
-    except BaseException:
-        summary["status"] = "failed"
-        write_json(run_dir / "summary.json", summary)
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt):
+            summary.update({"status": "stopped", "stopped_by": "SIGINT"})
+        else:
+            summary.update({"status": "failed", "error": f"{type(e).__name__}: {one_line(e)}"})
+        with suppress(OSError):
+            write_json(run_dir / "summary.json", summary)
         raise
 
 
@@ -222,23 +250,4 @@ def _divergence(loss: float, ceiling: float | None) -> str | None:
         return f"non-finite training loss ({loss})"
     if ceiling is not None and loss > ceiling:
         return f"training loss {loss:.3g} above trainer.loss_ceiling={ceiling}"
-    return None
-
-
-def _check_run_dir(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """Return the summary if this run already finished; refuse to touch another run's files."""
-    config_path = run_dir / "config.yaml"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if config_path.is_file():
-        if not cfg.run.resume:
-            raise ConfigError(f"{run_dir} already holds a run; choose another run.name or run.dir")
-        previous = OmegaConf.to_container(OmegaConf.load(config_path))
-        changed = [k for k in IDENTITY_KEYS if previous.get(k) != resolved.get(k)]
-        if changed:
-            raise ConfigError(
-                f"{run_dir} holds a run with different {', '.join(changed)}; choose another run.name or run.dir"
-            )
-        summary = read_json(run_dir / "summary.json")
-        if summary and summary["status"] in ("finished", "diverged") and summary["max_iters"] == cfg.trainer.max_iters:
-            return summary
     return None

@@ -6,12 +6,13 @@ from resexp.report.norms import (
     LossCurve, block_profile, draw_norms_figure, loss_curves, norms_figure, norms_runs, norms_table,
     placement_groups, print_norms_table, probe_steps, write_norms_table,
 )
-from resexp.report.runs import Run, find_runs, group_runs, read_series, require_runs
+from resexp.report.runs import Run, UnreadableRun, find_runs, group_runs, read_series, require_runs, scan_runs
 from resexp.report.tables import make_table, print_table, table6, write_table
 
 __all__ = [
     "Band", "Curve", "Run", "draw_figure6", "figure6", "figure6_series", "find_runs", "group_runs",
-    "make_figure", "make_table", "print_table", "read_series", "require_runs", "table6", "write_table",
+    "make_figure", "make_table", "print_table", "read_series", "require_runs", "scan_runs", "table6",
+    "UnreadableRun", "write_table",
     "LossCurve", "block_profile", "draw_norms_figure", "loss_curves", "norms_figure", "norms_runs", "norms_table",
     "placement_groups", "print_norms_table", "probe_steps", "write_norms_table",
 ]

@@ -16,6 +16,7 @@ import csv
 import json
 import statistics
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from rich.table import Table
 
 from resexp.errors import ResexpError
 from resexp.report.figures import UNFINISHED_MARKERS, Band, seed_band, save_figure
-from resexp.report.runs import Run, flatten_keys
+from resexp.config import flatten_keys
+from resexp.report.runs import Run, UnreadableRun, print_unreadable, unreadable_lines
 
 PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
                    "rezero": "ReZero", "none": "no norm"}
@@ -169,17 +171,18 @@ def norms_table(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path,
-                      run_rows: list[dict[str, Any]] | None = None) -> list[Path]:
-    """Write out_dir/norms_table.md (for reading) and norms_table.csv (full precision), and with
-    run_rows (norms_runs) the long form out_dir/norms_runs.csv."""
+def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows: list[dict[str, Any]] | None = None,
+                      unreadable: Sequence[UnreadableRun] = ()) -> list[Path]:
+    """Write out_dir/norms_table.md (for reading; the unreadable runs listed at its end) and
+    norms_table.csv (full precision), and with run_rows (norms_runs) the long form out_dir/norms_runs.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / "norms_table.md", out / "norms_table.csv"
     headers = _headers(rows)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n\n" + "".join(f"- {line}\n" for line in _note(rows)))
+    md_path.write_text("\n".join([*lines, "", *(f"- {line}" for line in _note(rows)), *unreadable_lines(unreadable)])
+                       + "\n")
     _write_csv(csv_path, rows, list(rows[0]) if rows else [])
     paths = [md_path, csv_path]
     if run_rows is not None:
@@ -188,14 +191,17 @@ def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path,
     return paths
 
 
-def print_norms_table(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+def print_norms_table(rows: list[dict[str, Any]], console: Console | None = None,
+                      unreadable: Sequence[UnreadableRun] = ()) -> None:
     """The table on the terminal, as in the Markdown file."""
     table = Table(*_headers(rows), title="Transformer norm placement", caption="\n".join(_note(rows)),
                   caption_justify="left")
     table.columns[0].no_wrap = True  # the placement's name, whatever the terminal's width
     for row in rows:
         table.add_row(*_display(row))
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    print_unreadable(unreadable, console)
 
 
 def _run_row(label: str, run: Run) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from resexp.report.runs import Run, group_runs, require_runs
+from resexp.report.runs import Run, UnreadableRun, group_runs, print_unreadable, scan_runs, unreadable_lines
 
 # CIFAR-10 test error (%) from the paper, keyed by (residual, depth): value, how to show it.
 PAPER_CIFAR10: dict[tuple[bool, int], tuple[float, str]] = {
@@ -59,14 +60,16 @@ def table6(runs: list[Run]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["residual"], r["depth"], r["model"]))
 
 
-def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "table6") -> list[Path]:
-    """Write rows as out_dir/stem.md (rounded, for reading) and stem.csv (full precision)."""
+def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "table6",
+                unreadable: Sequence[UnreadableRun] = ()) -> list[Path]:
+    """Write rows as out_dir/stem.md (rounded, for reading; the unreadable runs listed below it)
+    and stem.csv (full precision)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n\n" + _NOTE + "\n")
+    md_path.write_text("\n".join([*lines, "", _NOTE, *unreadable_lines(unreadable)]) + "\n")
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -74,17 +77,21 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "ta
     return [md_path, csv_path]
 
 
-def print_table(rows: list[dict[str, Any]], console: Console | None = None) -> None:
+def print_table(rows: list[dict[str, Any]], console: Console | None = None,
+                unreadable: Sequence[UnreadableRun] = ()) -> None:
     """The table on the terminal, as in the Markdown file."""
     table = Table(*HEADERS, title="Table 6 (He et al. 2015)", caption=_NOTE)
     for row in rows:
         table.add_row(*_display(row))
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    print_unreadable(unreadable, console)
 
 
 def make_table(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Table 6 of every run under sweep_dir; by default sweep_dir/table6.md and .csv."""
-    return write_table(table6(require_runs(sweep_dir)), out_dir if out_dir is not None else sweep_dir)
+    runs, unreadable = scan_runs(sweep_dir)
+    return write_table(table6(runs), out_dir if out_dir is not None else sweep_dir, unreadable=unreadable)
 
 
 def _row(label: str, runs: list[Run]) -> dict[str, Any]:
