@@ -117,13 +117,11 @@ def figure(
     kind: str = typer.Option("fig6", "--kind", help=f"{' or '.join(REPORT_KINDS)}: He et al. Figure 6, "
                              "or Transformer norm placements"),
 ) -> None:
-    from resexp.report import figure6, norms_figure, scan_runs
+    from resexp.report import figure6, norms_figure
 
     _check_kind(kind)
     draw, default = {"fig6": (figure6, "figure6.png"), "norms": (norms_figure, "norms.png")}[kind]
-    runs, unreadable = scan_runs(sweep_dir)
-    for run in unreadable:  # drawn without them
-        print(f"resexp: warning: {run}", file=sys.stderr)
+    runs, _ = _scan_and_warn(sweep_dir)  # drawn without the unreadable ones
     paths = draw(runs, out or f"{sweep_dir}/{default}")
     print("wrote " + ", ".join(map(str, paths)))
 
@@ -141,13 +139,11 @@ def table(
                              "or Transformer norm placements"),
 ) -> None:
     from resexp.report import (
-        norms_runs, norms_table, print_norms_table, print_table, scan_runs, table6, write_norms_table, write_table,
+        norms_runs, norms_table, print_norms_table, print_table, table6, write_norms_table, write_table,
     )
 
     _check_kind(kind)
-    runs, unreadable = scan_runs(sweep_dir)
-    for run in unreadable:  # listed under the table too
-        print(f"resexp: warning: {run}", file=sys.stderr)
+    runs, unreadable = _scan_and_warn(sweep_dir)  # the unreadable ones are listed under the table too
     if kind == "norms":
         rows = norms_table(runs)
         print_norms_table(rows, unreadable=unreadable)
@@ -157,6 +153,16 @@ def table(
         print_table(rows, unreadable=unreadable)
         paths = write_table(rows, out_dir or sweep_dir, unreadable=unreadable)
     print("wrote " + ", ".join(map(str, paths)))
+
+
+def _scan_and_warn(sweep_dir: str) -> tuple[list, list]:
+    """The readable runs under sweep_dir and the unreadable ones, each of those a warning line."""
+    from resexp.report import scan_runs
+
+    runs, unreadable = scan_runs(sweep_dir)
+    for run in unreadable:
+        print(f"resexp: warning: {run}", file=sys.stderr)  # plain print: a path is not rich markup
+    return runs, unreadable
 
 
 def _check_kind(kind: str) -> None:

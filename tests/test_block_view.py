@@ -127,6 +127,6 @@ def test_cli_bad_input_is_one_line_exit_2(args: list[str], message: str, tmp_pat
     result = CliRunner().invoke(app, ["block", *args, "-o", str(tmp_path / "b.png")])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert len(lines) == 1 and lines[0].startswith("resexp: error: ") and message in lines[0], result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "b.png").exists()

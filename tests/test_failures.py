@@ -293,20 +293,24 @@ def test_after_kill_9_the_lock_is_taken_over_and_the_run_resumes(tmp_path):
     assert summary["segments"][-1]["start"] >= 2  # resumed from the killed run's checkpoint
 
 
-# ---- sweeps ----
+# ---- sweeps (real processes: Hydra configures the logging of the process it runs in) ----
 
 SWEEP_TINY = [*TINY, "trainer.max_iters=2"]
 
 
+def sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resexp.cli", "sweep", *args], capture_output=True, text=True)
+
+
 def test_a_sweep_over_another_sweeps_directories_refuses_and_rewrites_nothing(tmp_path):
     """Data-loss case: this used to refuse every run but rewrite their .hydra records, exit 0."""
-    args = ["sweep", "seed=0,1", *SWEEP_TINY, f"run.root={tmp_path}", "run.sweep=s"]
-    first = CliRunner().invoke(app, args)
-    assert first.exit_code == 0, first.output
+    args = ["seed=0,1", *SWEEP_TINY, f"run.root={tmp_path}", "run.sweep=s"]
+    first = sweep(*args)
+    assert first.returncode == 0, first.stderr
     sweep_dir = tmp_path / "sweeps" / "s"
     before = snapshot(sweep_dir)
-    result = CliRunner().invoke(app, [*args, "model=plain20"])
-    assert result.exit_code == 2
+    result = sweep(*args, "model=plain20")
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "2 of 2 runs of this sweep cannot use their directories, so nothing was launched" \
         in lines[0] and "model.name" in lines[0]
@@ -314,21 +318,20 @@ def test_a_sweep_over_another_sweeps_directories_refuses_and_rewrites_nothing(tm
 
 
 def test_a_sweep_with_failed_runs_exits_2_and_counts_them(tmp_path):
-    args = ["sweep", "seed=0,1", *SWEEP_TINY, f"run.root={tmp_path}", "run.sweep=f"]
-    assert CliRunner().invoke(app, args).exit_code == 0
+    args = ["seed=0,1", *SWEEP_TINY, f"run.root={tmp_path}", "run.sweep=f"]
+    assert sweep(*args).returncode == 0
     truncate_run = tmp_path / "sweeps" / "f" / "seed=1" / "checkpoints" / "last.pt"
     truncate_run.write_bytes(truncate_run.read_bytes()[:1000])
-    result = CliRunner().invoke(app, [*args[:-3], "trainer.max_iters=4", *args[-2:]])
-    assert result.exit_code == 2
+    result = sweep(*args, "trainer.max_iters=4")
+    assert result.returncode == 2
     assert "sweep " in result.stdout and "2 runs: 1 finished, 1 failed" in result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("resexp: error: 1 of 2 runs failed: seed=1")
 
 
 def test_sweep_lists_are_values_not_sweeps(tmp_path):
     """Hydra's parser: optim.milestones=[0.3,0.6] is one value (a hand-written split made it two)."""
-    result = CliRunner().invoke(app, ["sweep", "seed=0,1", "optim.milestones=[0.3,0.6]", *SWEEP_TINY,
-                                      f"run.root={tmp_path}", "run.sweep=l"])
-    assert result.exit_code == 0, result.output
+    result = sweep("seed=0,1", "optim.milestones=[0.3,0.6]", *SWEEP_TINY, f"run.root={tmp_path}", "run.sweep=l")
+    assert result.returncode == 0, result.stderr
     runs = sorted(p.name for p in (tmp_path / "sweeps" / "l").iterdir() if p.is_dir())
     assert runs == ["seed=0", "seed=1"]
     config = (tmp_path / "sweeps" / "l" / "seed=0" / "config.yaml").read_text()

@@ -91,6 +91,7 @@ def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):
 
     monkeypatch.setattr(sweep, "cuda_mps", record)
     monkeypatch.setattr(sweep, "main", lambda: None)
+    monkeypatch.setattr(sweep, "count_outcomes", lambda jobs: {})  # no run trained
     monkeypatch.setattr(sweep, "_visible_gpus", lambda: 1)
     sweep.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 6 per GPU
     sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.runs_per_gpu=5"])
