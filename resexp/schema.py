@@ -3,7 +3,7 @@
 `validate(cfg)` checks a composed run config before anything is built or written: each
 violation names the key, the bad value and what is allowed, and all of them are raised
 together as one ConfigError line. `build_model` takes a model's constructor arguments from the
-arch's dataclass here, and the modules that branch on a choice import its tuple from here.
+arch's dataclass here.
 
 A field is a dataclass field whose type says what kind of value it holds (Literal for a fixed
 set of choices) and whose optional `rule` adds a range; `relations` check keys against each
@@ -25,17 +25,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from resexp.errors import ConfigError
 
-# Choices that code branches on; the Literal types below spell the same values.
-SHORTCUTS = ("A", "B")
-VGG_DEPTHS = (11, 13, 16, 19)
-PLACEMENTS = ("post", "pre", "sandwich", "deepnorm", "rezero", "none")
-NORMS = ("layernorm", "rmsnorm")
-POOLS = ("cls", "mean")
-TORCHVISION_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
-SCHEDULES = ("step", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-GRAPH_CHOICES = ("auto", "always", "never")
-PROGRESS_MODES = ("auto", "bar", "lines", "none")
+# A choice that code outside the schema checks too (the single-block view) is named once here.
+Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none"]
+PLACEMENTS = typing.get_args(Placement)
 IMAGE_SIZE = 32  # every dataset is served as 32x32 (Fashion-MNIST zero-padded)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -97,7 +89,7 @@ class ViTModel:
     patch_size: int = rule(lambda p: p >= 1 and IMAGE_SIZE % p == 0,
                            f"a divisor of the image size {IMAGE_SIZE} (1, 2, 4, 8, 16, 32)")
     pool: Literal["cls", "mean"]
-    norm_placement: Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none"]
+    norm_placement: Placement
     residual: bool
     norm: Literal["layernorm", "rmsnorm"]
     name: Optional[str] = None
@@ -112,9 +104,6 @@ class ViTModel:
             problems.append("model.residual=false cannot be used with norm_placement=rezero (a*G(x) with a = 0 "
                             "at init never trains); use residual=true or another placement")
         return problems
-
-
-MODELS = {"cifar_resnet": CifarResNetModel, "vgg": VGGModel, "vit": ViTModel}
 
 
 # ---- data ----
@@ -154,9 +143,6 @@ class SyntheticData:
             return [f"data.val_size must be smaller than data.train_size ({data['train_size']}); "
                     f"got {data['val_size']}"]
         return []
-
-
-DATA = {**{name: TorchvisionData for name in TORCHVISION_DATASETS}, "synthetic": SyntheticData}
 
 
 # ---- optim ----
@@ -215,9 +201,6 @@ class AdamW:
     milestones: list[float] = _milestones()
     gamma: float = positive()
     error_warmup: Optional[ErrorWarmup]
-
-
-OPTIMIZERS = {"sgd": SGD, "adamw": AdamW}
 
 
 # ---- trainer, run, launcher ----

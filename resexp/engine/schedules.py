@@ -23,4 +23,4 @@ def learning_rate(optim: Mapping, iteration: int, max_iters: int, in_error_warmu
     if kind == "cosine":
         progress = (iteration - warmup) / max(1, max_iters - warmup)
         return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return base  # constant (resexp.schema.SCHEDULES)
+    return base  # constant (resexp.schema: step, cosine or constant)

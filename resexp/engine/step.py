@@ -193,7 +193,7 @@ def build_optimizer(optim: DictConfig, parameters: Iterable[torch.Tensor], lr: t
     if optim.name == "sgd":  # the paper decays every parameter, BN included
         return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                                nesterov=optim.nesterov, fused=True)
-    # adamw (resexp.schema.OPTIMIZERS): decay weight matrices only: not biases, norm gains, ReZero scalars
+    # adamw, the only other optim.name (resexp.schema): decay weight matrices only: not biases, norm gains, ReZero scalars
     params = [p for p in parameters if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": optim.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]

@@ -15,7 +15,7 @@ from resexp.schema import validate_model
 
 __all__ = ["build_model", "count_macs", "count_params"]
 
-# One class per model.arch; resexp.schema.MODELS states each one's config keys.
+# One class per model.arch; resexp.schema states each one's config keys (CifarResNetModel, ...).
 ARCHS: dict[str, type[nn.Module]] = {"cifar_resnet": CifarResNet, "vgg": VGG, "vit": ViT}
 
 

@@ -102,7 +102,7 @@ def residual_step(
 
 
 def make_norm(norm: str, dim: int) -> nn.Module:
-    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)  # resexp.schema.NORMS
+    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)  # model.norm (resexp.schema.ViTModel)
 
 
 class Attention(nn.Module):
