@@ -13,11 +13,37 @@ from rich.console import Console
 from rich.table import Table
 
 from resexp import __version__
-from resexp.config import GROUPS, compose, group_choices
+from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices
 from resexp.errors import EXIT_INPUT, ResexpError, explain
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=option", show_default=False)
+app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+
+
+def _complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion (resexp --install-completion): group=option, keys, fixed-choice values.
+    zsh and fish pass "model=res" whole; bash splits it at '=' (COMP_WORDBREAKS)."""
+    from resexp.config import complete_override
+
+    typed: list[str] = []
+    for name in ("preset", "overrides"):  # the arguments before the word being completed
+        value = ctx.params.get(name)
+        typed += [value] if isinstance(value, str) else list(value or [])
+    # bash completes the text after the '=' (readline breaks words there too): bare values.
+    key = typed[-2] if typed[-1:] == ["="] and len(typed) >= 2 else None  # "key=val": "key", "=", "val"
+    if typed and not incomplete and "=" not in typed[-1]:  # "key=": click drops the lone "="
+        key = typed[-1]
+    if key is not None:
+        return [c.partition("=")[2] for c in complete_override(typed, f"{key}={incomplete}")]
+    return complete_override(typed, incomplete)
+
+
+def _complete_preset(ctx: typer.Context, incomplete: str) -> list[str]:
+    presets = [name for name in group_choices("sweep") if name.startswith(incomplete)]
+    return presets + _complete_override(ctx, incomplete)
+
+
+OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=option", show_default=False,
+                           autocompletion=_complete_override)
 REPORT_KINDS = ("fig6", "norms")  # `figure` and `table`: He et al.'s Figure 6 / Table 6, or norm placements
 
 
@@ -66,7 +92,17 @@ def _error_boundary(command: Callable) -> Callable:
     + _groups_help(),
 )
 @_error_boundary
-def train(overrides: Optional[list[str]] = OVERRIDES) -> None:
+def train(
+    overrides: Optional[list[str]] = OVERRIDES,
+    cfg_part: Optional[str] = typer.Option(None, "--cfg", help="print the resolved config and exit, creating "
+                                           "nothing: job (what the run uses, as config.yaml records it) or all "
+                                           "(with the Hydra sweep and launcher settings)", show_default=False,
+                                           autocompletion=lambda incomplete: [p for p in CFG_PARTS
+                                                                              if p.startswith(incomplete)]),
+) -> None:
+    if cfg_part is not None:
+        print(config_yaml(overrides or [], cfg_part), end="")
+        return
     from resexp.engine.train import train as run_training  # torch import only when training
 
     cfg = compose(overrides or [])
@@ -90,10 +126,13 @@ def train(overrides: Optional[list[str]] = OVERRIDES) -> None:
 )
 @_error_boundary
 def sweep(
-    preset: Optional[str] = typer.Argument(None, help="a preset name, or the first override", show_default=False),
+    preset: Optional[str] = typer.Argument(None, help="a preset name, or the first override", show_default=False,
+                                           autocompletion=_complete_preset),
     overrides: Optional[list[str]] = OVERRIDES,
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the runs (start, resume at N, or skip), their "
+                                 "directories and the launcher's settings, then exit without launching or writing"),
 ) -> None:
-    from resexp.sweep import run_sweep
+    from resexp.sweep import dry_run as plan_lines, run_sweep
 
     args = list(overrides or [])
     if preset is not None and "=" in preset:
@@ -102,7 +141,10 @@ def sweep(
         if preset not in group_choices("sweep"):
             _fail(f"unknown sweep preset '{preset}'; choose from: {', '.join(group_choices('sweep'))}")
         args.insert(0, f"sweep={preset}")
-    run_sweep(args)
+    if dry_run:
+        print("\n".join(plan_lines(args)))
+    else:
+        run_sweep(args)
 
 
 @app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
@@ -116,13 +158,22 @@ def figure(
                                       help="output file (default SWEEP_DIR/figure6.png, or norms.png)"),
     kind: str = typer.Option("fig6", "--kind", help=f"{' or '.join(REPORT_KINDS)}: He et al. Figure 6, "
                              "or Transformer norm placements"),
+    ylim: Optional[str] = typer.Option(None, "--ylim", help="LOW,HIGH error range (%) of every Figure 6 panel "
+                                       "(default: each panel its own; the paper's 0,20 on CIFAR-10 where the "
+                                       "curves end inside it)", show_default=False),
+    log_y: bool = typer.Option(False, "--log-y", help="Figure 6's error on a log scale"),
 ) -> None:
     from resexp.report import figure6, norms_figure
 
     _check_kind(kind)
-    draw, default = {"fig6": (figure6, "figure6.png"), "norms": (norms_figure, "norms.png")}[kind]
+    limits = _parse_ylim(ylim) if ylim is not None else None
+    if kind != "fig6" and (limits or log_y):
+        raise ResexpError("--ylim and --log-y apply to --kind fig6")
     runs, _ = _scan_and_warn(sweep_dir)  # drawn without the unreadable ones
-    paths = draw(runs, out or f"{sweep_dir}/{default}")
+    if kind == "fig6":
+        paths = figure6(runs, out or f"{sweep_dir}/figure6.png", limits, log_y)
+    else:
+        paths = norms_figure(runs, out or f"{sweep_dir}/norms.png")
     print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -165,9 +216,67 @@ def _scan_and_warn(sweep_dir: str) -> tuple[list, list]:
     return runs, unreadable
 
 
+def _parse_ylim(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ResexpError(f"--ylim takes LOW,HIGH in percent, e.g. 0,20; got '{text}'") from None
+    if not 0 <= low < high:
+        raise ResexpError(f"--ylim needs 0 <= LOW < HIGH; got '{text}'")
+    return low, high
+
+
 def _check_kind(kind: str) -> None:
     if kind not in REPORT_KINDS:
         _fail(f"unknown --kind '{kind}'; choose from: {', '.join(REPORT_KINDS)}")
+
+
+@app.command(help="Where each run of a run or sweep directory is: status, iteration / max, it/s, ETA, latest "
+             "train and evaluation error, device, last update. Reads only the run directories' summary.json, so it "
+             "works from a login node while the jobs run elsewhere. A rich table on a terminal, plain columns "
+             "otherwise. Example: resexp status runs/sweeps/figure6 --watch")
+@_error_boundary
+def status(
+    directory: str = typer.Argument(..., help="a run directory, or a sweep directory (any folder of runs)"),
+    watch: bool = typer.Option(False, "--watch", help="refresh until Ctrl-C"),
+    interval: float = typer.Option(5.0, "--interval", min=0.5, help="seconds between refreshes with --watch"),
+) -> None:
+    import time
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from resexp.report.status import run_statuses, status_notes, status_table, status_text
+
+    console, root = Console(), Path(directory)
+
+    def render():
+        now = datetime.now(timezone.utc)
+        statuses = run_statuses(root, now)
+        if not console.is_terminal:
+            return status_text(statuses, root, now)
+        notes = [Text(line, style="dim") for line in status_notes(statuses, root)]
+        return Group(status_table(statuses, root, now), *notes)
+
+    view = render()  # a wrong directory fails here, before any refreshing
+    if not watch:
+        console.print(view, highlight=False, soft_wrap=True) if console.is_terminal else print(view)
+        return
+    try:
+        if console.is_terminal:
+            with Live(view, console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(render(), refresh=True)
+        while True:  # a log file gets the table again at each refresh
+            print(view, end="\n\n", flush=True)
+            time.sleep(interval)
+            view = render()
+    except KeyboardInterrupt:  # the way to end --watch, not an error
+        return
 
 
 @app.command(help="One Transformer block on one vector, step by step: a linear sublayer G(x) = Wx + b "
@@ -195,6 +304,65 @@ def block(
         table.add_row(name, *(f"{v:+.4f}" for v in values.tolist()), f"{values.norm():.4f}")
     Console().print(table)
     print(f"wrote {draw_block(steps, placement, out or f'block_{placement}.png', blocks)}")
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Stage the torchvision datasets (CIFAR-10, CIFAR-100, "
+                       "Fashion-MNIST) under the data root (data.root, or RESEXP_DATA): download them where there is "
+                       "internet (a login node), check them where training will read them.")
+app.add_typer(data_app, name="data")
+ROOT = typer.Option(None, "--root", help="the data root (default: data.root of the config, i.e. RESEXP_DATA or "
+                    "~/.cache/resexp/data)", show_default=False)
+
+
+def _data_root(name: str, root: Optional[str]):
+    from pathlib import Path
+
+    from resexp.data.sources import data_root
+
+    return Path(root).expanduser() if root is not None else data_root(compose([f"data={name}"]).data)
+
+
+@data_app.command("download", help="Download a dataset with torchvision (progress bar; md5-checked), extract "
+                  "it and check it. Example: resexp data download cifar10")
+@_error_boundary
+def data_download(
+    name: str = typer.Argument(..., help="cifar10, cifar100 or fashion_mnist"),
+    root: Optional[str] = ROOT,
+) -> None:
+    from resexp.data.sources import check_dataset
+    from resexp.data.staging import dataset_files, stage
+
+    spec = dataset_files(name)
+    where = _data_root(name, root)
+    stage(spec, where, allow_download=True)  # a DataError says what is missing and why
+    result = check_dataset(name, where)
+    if result.state != "ok":
+        raise ResexpError(f"{name} in {result.folder} is {result.state} after the download: {result.detail}")
+    print(f"{name}: ok, {result.detail}, in {result.folder}")
+
+
+@data_app.command("check", help="Check that a dataset (or, without NAME, each one) is present and whole under the "
+                  "data root: md5 of every file torchvision lists, then image and label counts, shapes and label "
+                  "ranges as training reads them. Exits 2 if a named dataset is not usable, or if any is corrupt.")
+@_error_boundary
+def data_check(
+    name: Optional[str] = typer.Argument(None, help="cifar10, cifar100 or fashion_mnist (default: all)",
+                                         show_default=False),
+    root: Optional[str] = ROOT,
+) -> None:
+    from resexp.data.sources import check_dataset
+    from resexp.data.staging import DOWNLOADABLE, dataset_files
+
+    names = list(DOWNLOADABLE) if name is None else [dataset_files(name).name]
+    results = [check_dataset(n, _data_root(n, root)) for n in names]
+    width = max(len(n) for n in names)
+    for result in results:
+        fix = f"; resexp data download {result.name}" if result.state == "missing" else ""
+        print(f"{result.name:<{width}}  {result.state:<7}  {result.detail}{fix}"
+              + (f"  ({result.folder})" if result.state == "ok" else ""))
+    bad = [r for r in results if r.state == "corrupt" or (name is not None and r.state != "ok")]
+    if bad:
+        raise typer.Exit(EXIT_INPUT)
 
 
 @app.command(help="List every named model with its parameters and forward MACs per image.")

@@ -6,14 +6,16 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from resexp.errors import ConfigError
-from resexp.schema import validate
+from resexp.errors import ConfigError, ResexpError
+from resexp.schema import key_choices, validate
 
 GROUPS = ("model", "data", "optim", "trainer")
 
@@ -40,6 +42,56 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     return cfg
 
 
+# hydra/launcher= choices: Hydra's own and its plugins', then resexp's configs/hydra/launcher.
+LAUNCHER_PLUGINS = ("basic", "joblib", "submitit_local", "submitit_slurm")
+
+
+def launcher_choices() -> list[str]:
+    return [*LAUNCHER_PLUGINS, *group_choices("hydra/launcher")]
+
+
+def complete_override(typed: list[str], incomplete: str) -> list[str]:
+    """Shell completion of one override: group=option (the last item of a sweep a,b,c too),
+    key=value where the schema has a fixed set of values, and the keys of the config that the
+    group choices typed so far compose."""
+    key, equals, value = incomplete.partition("=")
+    if equals:
+        choices = (launcher_choices() if key == "hydra/launcher" else
+                   group_choices(key) if key in (*GROUPS, "sweep") else list(key_choices(key)))
+        head, _, last = value.rpartition(",")
+        prefix = f"{key}={head}," if head else f"{key}="
+        return [prefix + choice for choice in choices if choice.startswith(last)]
+    selections = [o for o in typed if o.partition("=")[0] in GROUPS and "," not in o]
+    try:
+        cfg = compose(selections)
+    except ResexpError:
+        cfg = compose()
+    keys = [f"{group}=" for group in (*GROUPS, "sweep")] + ["hydra/launcher="]
+    keys += [f"{k}=" for k in flatten_keys(OmegaConf.to_container(cfg))]
+    return [k for k in keys if k.startswith(incomplete)]
+
+
+CFG_PARTS = ("job", "all")  # `resexp train --cfg`, as Hydra's own --cfg names them
+
+
+def config_yaml(overrides: list[str] | tuple[str, ...], part: str = "job") -> str:
+    """The composed, validated and resolved config as YAML: "job" is what train would run (and
+    write to config.yaml); "all" adds the Hydra settings a sweep uses (hydra.sweep.dir,
+    .sweeper, .launcher). The rest of Hydra's node describes a Hydra-run process, which train is not."""
+    if part not in CFG_PARTS:
+        raise ConfigError(f"unknown --cfg '{part}'; choose from: {', '.join(CFG_PARTS)}")
+    text = OmegaConf.to_yaml(compose(overrides), resolve=True)
+    if part == "all":
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            full = _compose_or_explain("train", list(overrides), return_hydra_config=True)
+            HydraConfig.instance().set_config(full)  # resolves ${hydra:job.override_dirname}
+            hydra = {key: OmegaConf.to_container(full.hydra[key], resolve=True) for key in ("sweeper", "launcher")}
+            # Not the run's sub-directory: resexp sweep names it by the swept keys (--dry-run shows it).
+            hydra = {"sweep": {"dir": full.hydra.sweep.dir}, **hydra}
+        text += OmegaConf.to_yaml({"hydra": hydra})
+    return text
+
+
 def load_model_config(name: str) -> DictConfig:
     """The `model` section of a named model config, e.g. "resnet56"."""
     if name not in group_choices("model"):
@@ -47,9 +99,9 @@ def load_model_config(name: str) -> DictConfig:
     return compose([f"model={name}"]).model
 
 
-def _compose_or_explain(config_name: str, overrides: list[str]) -> DictConfig:
+def _compose_or_explain(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
     try:
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     except MissingConfigException as e:
         raise ConfigError(explain_missing(str(e))) from None
     except (HydraException, OmegaConfBaseException) as e:

@@ -272,6 +272,27 @@ class TrainConfig:
         return problems
 
 
+def key_choices(key: str) -> tuple[str, ...]:
+    """The values a dotted key allows when they are a fixed set (a Literal, or a bool), as the
+    command line spells them; () for a free value or an unknown key. For shell completion."""
+    hints: list[Any] = [TrainConfig]
+    for part in key.split("."):
+        found = []
+        for hint in hints:
+            members = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+            for member in members:
+                if dataclasses.is_dataclass(member):
+                    found.extend(h for name, h in typing.get_type_hints(member).items() if name == part)
+        hints = found
+    values: list[str] = []
+    for hint in hints:
+        if hint is bool:
+            values += ["true", "false"]
+        elif typing.get_origin(hint) is Literal:
+            values += [str(v) for v in typing.get_args(hint)]
+    return tuple(dict.fromkeys(values))
+
+
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise one ConfigError listing every violation of the schema in a run config."""
     problems = _check(_plain(cfg), TrainConfig, "")

@@ -14,8 +14,10 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -27,7 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from resexp.config import GROUPS, config_dir, explain_missing
 from resexp.engine.mps import cuda_mps
-from resexp.engine.rundir import check_run_dir
+from resexp.engine.rundir import check_run_dir, checkpoint_iteration
 from resexp.engine.tracking import read_json
 from resexp.errors import ConfigError, ResexpError, explain, one_line
 from resexp.schema import validate
@@ -121,9 +123,9 @@ def summary_stamp(run_dir: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> list[Job]:
+def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job], dict[str, Any]]:
     """Every job of the sweep, composed and validated, with its run directory, before anything
-    is launched or written. Expands the sweeps as Hydra's BasicSweeper does (preset params
+    is launched or written, and the launcher's settings (hydra.launcher, resolved). Expands the sweeps as Hydra's BasicSweeper does (preset params
     first, the command line's value of a key replacing the preset's). A job whose directory
     holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
     choices: dict[str, list[str]] = {}
@@ -143,6 +145,7 @@ def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> list[Job]:
             cfg = compose_with_hydra(list(combination))
             HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.override_dirname}
             run_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
+            settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
             with open_dict(cfg):
                 del cfg["hydra"]
                 cfg.run.dir = str(run_dir)
@@ -156,7 +159,7 @@ def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> list[Job]:
     if refused:
         raise ResexpError(f"{len(refused)} of {len(refused) + len(jobs)} runs of this sweep cannot use their "
                           f"directories, so nothing was launched; the first: {refused[0]}")
-    return jobs
+    return jobs, settings
 
 
 def compose_with_hydra(overrides: list[str]) -> DictConfig:
@@ -199,10 +202,21 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: s
     return extra
 
 
-def run_sweep(overrides: list[str]) -> dict[str, int]:
-    """Plan the sweep (every job composed, validated and its directory checked), run `main` in
-    multirun mode (as `python -m resexp.sweep -m ...`), then count the outcomes: a one-line
-    ResexpError when any run failed. Returns {status: number of runs}."""
+@dataclass
+class Sweep:
+    """A planned sweep: its jobs, and how Hydra will be called to launch them."""
+
+    jobs: list[Job]
+    argv: list[str]  # the multirun's command line: the user's overrides and the launcher settings
+    launcher: str  # basic, joblib, submitit_local, submitit_slurm, slurm
+    settings: dict[str, Any]  # the launcher's config (hydra.launcher), as it will run
+    common: list[str]  # the overrides every run shares (the swept ones name each run's directory)
+    per_gpu: int  # runs sharing one GPU through CUDA MPS (1: no MPS)
+
+
+def prepare_sweep(overrides: list[str]) -> Sweep:
+    """Plan the sweep (every job composed, validated and its directory checked) and its launch;
+    nothing is written."""
     preset_config = _preset_config(overrides)
     preset = _preset_sweeps(preset_config)
     # Hydra first composes a multirun's config without its sweeps, i.e. with the default model:
@@ -214,18 +228,34 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
     groups = (preset_keys | swept) & set(GROUPS)
     overrides = [f"++{o}" if o.split(".", 1)[0] in groups and o.split("=", 1)[0] not in swept | preset_keys
                  else o for o in overrides]
-    jobs = plan_sweep([*overrides, dirname_override(overrides)], preset)
+    jobs, settings = plan_sweep([*overrides, dirname_override(overrides)], preset)
     first = jobs[0].cfg  # launcher.* is the same in every job
-    extra = launcher_overrides(overrides, first, _preset_launcher(preset_config))
+    preset_launcher = _preset_launcher(preset_config)
+    extra = launcher_overrides(overrides, first, preset_launcher)
+    for override in extra:  # the settings launcher_overrides adds, as Hydra will apply them
+        key, _, value = override.partition("=")
+        if key.startswith("hydra.launcher."):
+            settings[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
+    launcher = chosen_launcher(overrides, preset_launcher)
     # Several local processes per GPU share it through CUDA MPS (resexp/engine/mps.py).
-    local = chosen_launcher(overrides, _preset_launcher(preset_config)) == "joblib"
-    per_gpu = int(first.launcher.runs_per_gpu) if local and first.launcher.mps else 1
-    if all(job.done for job in jobs):  # nothing to train: Hydra need not rewrite their records
-        return count_outcomes(jobs)
+    per_gpu = int(first.launcher.runs_per_gpu) if launcher == "joblib" and first.launcher.mps else 1
+    varying = _swept_keys([*preset, *overrides])
+    common = [o for o in jobs[0].overrides if o.split("=", 1)[0].lstrip("+") not in varying
+              and not o.startswith("hydra.")]
+    return Sweep(jobs, [*overrides, *extra], launcher, settings, common, per_gpu)
+
+
+def run_sweep(overrides: list[str]) -> dict[str, int]:
+    """Plan the sweep (prepare_sweep), run `main` in multirun mode (as `python -m resexp.sweep
+    -m ...`), then count the outcomes: a one-line ResexpError when any run failed. Returns
+    {status: number of runs}."""
+    plan = prepare_sweep(overrides)
+    if all(job.done for job in plan.jobs):  # nothing to train: Hydra need not rewrite their records
+        return count_outcomes(plan.jobs)
     argv = sys.argv
-    sys.argv = [argv[0], "--multirun", *overrides, *extra]
+    sys.argv = [argv[0], "--multirun", *plan.argv]
     try:
-        with cuda_mps(per_gpu, _visible_gpus()) as shared:
+        with cuda_mps(plan.per_gpu, _visible_gpus()) as shared:
             main()
             if shared:  # joblib keeps its workers (and their CUDA contexts) for reuse: end them before MPS
                 from joblib.externals.loky import get_reusable_executor
@@ -236,7 +266,69 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
             raise ResexpError("the sweep did not run: Hydra's error is above") from None
     finally:
         sys.argv = argv
-    return count_outcomes(jobs)
+    return count_outcomes(plan.jobs)
+
+
+def dry_run(overrides: list[str]) -> list[str]:
+    """What `resexp sweep ... --dry-run` prints: one line per run (what it would do, the
+    overrides that name it, its directory), the overrides all runs share, the launcher with its
+    settings, and a count. Nothing is written or launched."""
+    plan = prepare_sweep(overrides)
+    actions = [job_action(job) for job in plan.jobs]
+    width, name_width = max(map(len, actions)), max(len(job.run_dir.name) for job in plan.jobs)
+    lines = [f"{action:<{width}}  {job.run_dir.name:<{name_width}}  {job.run_dir}"
+             for job, action in zip(plan.jobs, actions)]
+    common = [o for o in plan.common if not o.startswith("hydra/launcher=")]  # the launcher has its line
+    lines.append(f"every run: {' '.join(common) or '(the defaults)'}")
+    lines.append(describe_launcher(plan))
+    counts: dict[str, int] = {}
+    for action in actions:
+        kind = action.split()[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    lines.append(f"{len(plan.jobs)} runs: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+                 + "; nothing launched (--dry-run)")
+    return lines
+
+
+def job_action(job: Job) -> str:
+    """What launching the job would do: start, resume at N, skip (done), or fail (why)."""
+    if job.done:
+        summary = read_json(job.run_dir / "summary.json") or {}
+        return f"skip ({summary.get('status')} at {summary.get('iterations')})"
+    try:
+        resume_at = checkpoint_iteration(job.run_dir)
+    except ResexpError as error:
+        return f"fail ({one_line(error)})"
+    if resume_at is None:
+        return "start"
+    return f"resume at {resume_at}"
+
+
+# What a user needs to know of each launcher's settings before launching (hydra.launcher.KEY).
+LAUNCHER_KEYS = {
+    "joblib": ("n_jobs",),
+    "submitit_local": ("gpus_per_node", "cpus_per_task", "timeout_min"),
+    "submitit_slurm": ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
+                       "array_parallelism", "max_num_timeout", "account", "qos"),
+}
+
+
+def describe_launcher(plan: Sweep) -> str:
+    settings = plan.settings
+    kind = "submitit_slurm" if "partition" in settings else plan.launcher
+    if kind == "basic":
+        text = "launcher basic: one run after another, in this process"
+    else:
+        shown = [f"{key}={'(default)' if settings[key] is None else settings[key]}"
+                 for key in LAUNCHER_KEYS.get(kind, ()) if key in settings]
+        text = f"launcher {plan.launcher}: {', '.join(shown)}"
+    gpus = _visible_gpus()
+    if kind == "joblib":
+        text += f"; {gpus} GPU(s) visible" if gpus else "; no GPU visible"
+        if gpus:
+            mps = "shared through CUDA MPS" if plan.per_gpu > 1 else "no MPS"
+            text += f", {plan.jobs[0].cfg.launcher.runs_per_gpu} runs per GPU ({mps})"
+    return text
 
 
 def count_outcomes(jobs: list[Job]) -> dict[str, int]:

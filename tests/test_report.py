@@ -153,7 +153,7 @@ def test_figure6_writes_png_and_pdf_with_plain_left_and_residual_right(sweep, tm
     # whose diverged run it cuts off.
     assert left.get_ylim() == right.get_ylim() == (0, 20)
     notes = {ax: [t.get_text() for t in ax.texts] for ax in (left, right)}
-    assert any("cut at 20%" in t for t in notes[left]) and not notes[right]
+    assert any("axis 0-20%: values outside not shown" in t for t in notes[left]) and not notes[right]
 
 
 def test_figure6_draws_only_the_panels_it_has_and_widens_the_y_range_when_needed():

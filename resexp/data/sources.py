@@ -8,50 +8,23 @@ names the file: other data is never substituted.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.datasets.utils import check_integrity
 
 from resexp.data.raw import RawData
+from resexp.data.staging import DatasetFiles, dataset_files, file_problems, stage
 from resexp.data.synthetic import KNOBS, make_synthetic
-from resexp.errors import ConfigError, DataError
+from resexp.errors import ConfigError, DataError, one_line
 
 SOURCES = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
-# torchvision's urlopen has no timeout: behind a firewall that drops packets it would hang.
-# This bounds each blocking socket operation (connect, one read), not the whole download.
-DOWNLOAD_TIMEOUT_S = 30.0
-CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
-FASHION_MNIST_PAGE = "https://github.com/zalandoresearch/fashion-mnist"
 FASHION_MNIST_PAD = 2  # 28x28 -> 32x32, so the CIFAR architectures apply unchanged
-
-
-class Problem(NamedTuple):
-    """The first bad file of a dataset: absent (missing=True) or failing its check."""
-
-    path: Path
-    missing: bool
-
-
-@dataclass(frozen=True)
-class _Cifar:
-    cls: type[CIFAR10]
-    title: str
-    num_classes: int
-
-
-_CIFARS = {
-    "cifar10": _Cifar(CIFAR10, "CIFAR-10", 10),
-    "cifar100": _Cifar(CIFAR100, "CIFAR-100", 100),
-}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10}
 
 
 def load_source(cfg: Mapping[str, Any]) -> RawData:
@@ -62,101 +35,90 @@ def load_source(cfg: Mapping[str, Any]) -> RawData:
         return make_synthetic(
             int(cfg["train_size"]), int(cfg["test_size"]), int(cfg["seed"]), **knobs
         )
-    if name in _CIFARS:
-        return load_cifar(name, data_root(cfg), bool(cfg["download"]))
-    if name == "fashion_mnist":
-        return load_fashion_mnist(data_root(cfg), bool(cfg["download"]))
-    raise ConfigError(f"unknown data.name={name!r}; choose one of {', '.join(SOURCES)}")
+    if name not in SOURCES:
+        raise ConfigError(f"unknown data.name={name!r}; choose one of {', '.join(SOURCES)}")
+    spec = dataset_files(name)
+    root = data_root(cfg)
+    stage(spec, root, bool(cfg["download"]))
+    return parse_files(spec, root)
+
+
+def parse_files(spec: DatasetFiles, root: Path) -> RawData:
+    """The staged files of a torchvision dataset as raw uint8 tensors; DataError if they do not parse."""
+    if spec.name == "fashion_mnist":
+        return load_fashion_mnist(spec.folder(root))
+    return load_cifar(spec, root)
 
 
 def data_root(cfg: Mapping[str, Any]) -> Path:
     return Path(os.path.expanduser(str(cfg["root"])))
 
 
-def verify_cifar(folder: Path, dataset_cls: type[CIFAR10]) -> Problem | None:
-    """The first file of the class's md5 lists (batches, then meta) that is absent or bad."""
-    meta = dataset_cls.meta
-    expected = [*dataset_cls.train_list, *dataset_cls.test_list, (meta["filename"], meta["md5"])]
-    for filename, md5 in expected:
-        path = folder / filename
-        if not path.is_file():
-            return Problem(path, missing=True)
-        if not check_integrity(str(path), md5):
-            return Problem(path, missing=False)
-    return None
+@dataclass
+class DatasetCheck:
+    """What `resexp data check` says of one dataset under one root."""
+
+    name: str
+    folder: Path
+    state: str  # "ok", "missing" or "corrupt"
+    detail: str  # counts and shape when ok; the file and what is wrong otherwise
 
 
-def load_cifar(name: str, root: Path, download: bool) -> RawData:
-    """CIFAR-10 or CIFAR-100 ("cifar10", "cifar100") from under root, downloaded if allowed."""
-    spec = _CIFARS[name]
-    folder = root / spec.cls.base_folder
-    problem = verify_cifar(folder, spec.cls)
-    if problem is not None and problem.missing:
-        fetch = partial(spec.cls, str(root), train=False, download=True)
-        reason = _download(fetch) if download else None
-        problem = verify_cifar(folder, spec.cls)
-        if problem is not None and problem.missing:
-            raise DataError(
-                f"{spec.title} not found: expected {problem.path} "
-                f"({_why_absent(download, reason)}); {_enable(download)}download "
-                f"{spec.cls.filename} from {CIFAR_PAGE} and extract it under {root}, or set "
-                f"RESEXP_DATA or data.root= to a folder that holds {spec.cls.base_folder}/"
-            )
-    if problem is not None:
-        raise DataError(
-            f"{spec.title} file {problem.path} is corrupt (md5 mismatch); delete it and "
-            f"re-download it (data.download=true, or {spec.cls.filename} from {CIFAR_PAGE} "
-            f"extracted under {root})"
-        )
+def check_dataset(name: str, root: Path) -> DatasetCheck:
+    """Every file present and whole (md5 where torchvision knows one), then parsed as training
+    reads it: image and label counts, image shape, label range. Archives found under root are
+    extracted first, as training would."""
+    spec = dataset_files(name)
+    folder = spec.folder(root)
+    try:
+        stage(spec, root, allow_download=False)
+        raw = parse_files(spec, root)
+    except DataError as error:
+        missing = [p for p in file_problems(spec, root) if p.missing]
+        if missing:
+            return DatasetCheck(name, folder, "missing", f"{missing[0].path} (and {len(missing) - 1} more)"
+                                if len(missing) > 1 else str(missing[0].path))
+        return DatasetCheck(name, folder, "corrupt", one_line(error))
+    counts = (len(raw.train_labels), len(raw.test_labels))
+    shape = "x".join(map(str, raw.train_images.shape[1:]))
+    detail = f"{counts[0]} train + {counts[1]} test images, {shape}, {raw.num_classes} classes"
+    if counts != spec.counts:
+        return DatasetCheck(name, folder, "corrupt", f"{detail}; the real dataset has {spec.counts[0]} + "
+                            f"{spec.counts[1]}: delete {folder} and download it again")
+    return DatasetCheck(name, folder, "ok", detail)
+
+
+def load_cifar(spec: DatasetFiles, root: Path) -> RawData:
+    """CIFAR-10 or CIFAR-100 from staged files (resexp.data.staging.stage)."""
     train_images, train_labels = _parse_cifar(spec, root, train=True)
     test_images, test_labels = _parse_cifar(spec, root, train=False)
-    return RawData(train_images, train_labels, test_images, test_labels, spec.num_classes, 3, name)
+    return RawData(train_images, train_labels, test_images, test_labels, NUM_CLASSES[spec.name], 3, spec.name)
 
 
-def _parse_cifar(spec: _Cifar, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _parse_cifar(spec: DatasetFiles, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One split through torchvision's reader: (N, 32, 32, 3) numpy -> uint8 (N, 3, 32, 32)."""
-    folder = root / spec.cls.base_folder
+    folder = spec.folder(root)
     try:
         dataset = spec.cls(str(root), train=train, download=False)
     # Unpickling a damaged file can raise almost any exception type.
     except Exception as error:
         raise DataError(
-            f"{spec.title} in {folder} could not be parsed ({_one_line(error)}); "
-            f"delete {folder} and re-download {spec.cls.filename} from {CIFAR_PAGE}"
+            f"{spec.title} in {folder} could not be parsed ({type(error).__name__}: {one_line(error)}); "
+            f"delete {folder} and download it again (resexp data download {spec.name})"
         ) from error
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
-    _check_labels(labels, len(images), spec.num_classes, f"{spec.title} in {folder}")
+    _check_labels(labels, len(images), NUM_CLASSES[spec.name], f"{spec.title} in {folder}")
     return images, labels
 
 
-def fashion_mnist_files(raw_folder: Path) -> dict[str, Path]:
-    """torchvision's four uncompressed IDX files: train/t10k images/labels."""
-    names = [os.path.splitext(filename)[0] for filename, _ in FashionMNIST.resources]
-    return {name: raw_folder / name for name in names}
-
-
-def load_fashion_mnist(root: Path, download: bool) -> RawData:
-    # torchvision knows md5s only for the .gz archives: the unpacked files are checked by parsing.
-    raw_folder = root / FashionMNIST.__name__ / "raw"
-    files = fashion_mnist_files(raw_folder)
-    missing = [path for path in files.values() if not path.is_file()]
-    if missing:
-        fetch = partial(FashionMNIST, str(root), train=False, download=True)
-        reason = _download(fetch) if download else None
-        missing = [path for path in files.values() if not path.is_file()]
-        if missing:
-            raise DataError(
-                f"Fashion-MNIST not found: expected {missing[0]} "
-                f"({_why_absent(download, reason)}); {_enable(download)}download the four "
-                f"*-ubyte.gz files from {FASHION_MNIST_PAGE} and gunzip them into {raw_folder}, "
-                f"or set RESEXP_DATA or data.root= to a folder that holds FashionMNIST/raw/"
-            )
+def load_fashion_mnist(raw_folder: Path) -> RawData:
+    """Fashion-MNIST's four unpacked IDX files in raw_folder, zero-padded to 32x32."""
     train_images, train_labels = _parse_fashion_mnist(
-        files["train-images-idx3-ubyte"], files["train-labels-idx1-ubyte"]
+        raw_folder / "train-images-idx3-ubyte", raw_folder / "train-labels-idx1-ubyte"
     )
     test_images, test_labels = _parse_fashion_mnist(
-        files["t10k-images-idx3-ubyte"], files["t10k-labels-idx1-ubyte"]
+        raw_folder / "t10k-images-idx3-ubyte", raw_folder / "t10k-labels-idx1-ubyte"
     )
     return RawData(train_images, train_labels, test_images, test_labels, 10, 1, "fashion_mnist")
 
@@ -177,13 +139,13 @@ def _read_idx(reader: Callable[[str], torch.Tensor], path: Path) -> torch.Tensor
         return reader(str(path))
     # The exceptions torchvision's IDX reader raises on a bad header, dtype or length.
     except (AssertionError, KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise _corrupt_idx(path, _one_line(error)) from error
+        raise _corrupt_idx(path, f"{type(error).__name__}: {one_line(error)}") from error
 
 
 def _corrupt_idx(path: Path, detail: str) -> DataError:
     return DataError(
-        f"Fashion-MNIST file {path} is corrupt ({detail}); delete it and re-download it "
-        f"(data.download=true, or the .gz from {FASHION_MNIST_PAGE}, gunzipped)"
+        f"Fashion-MNIST file {path} is corrupt ({detail}); delete it (and its .gz) and download it again "
+        f"(resexp data download fashion_mnist)"
     )
 
 
@@ -196,36 +158,3 @@ def _check_labels(labels: torch.Tensor, count: int, num_classes: int, where: str
         raise DataError(
             f"{where} has labels outside 0..{num_classes - 1}; delete it and re-download it"
         )
-
-
-def _download(fetch: Callable[[], object]) -> str | None:
-    """Run a torchvision download; None on success, else why it failed, on one line.
-
-    Failures are not raised here: the caller re-checks the files and reports what is missing.
-    """
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-    try:
-        fetch()
-    # URLError and timeouts are OSErrors; torchvision wraps md5 and mirror failures in RuntimeError.
-    except (OSError, RuntimeError) as error:
-        return _one_line(error)
-    finally:
-        socket.setdefaulttimeout(previous)
-    return None
-
-
-def _why_absent(download: bool, reason: str | None) -> str:
-    if not download:
-        return "data.download=false"
-    if reason is not None:
-        return f"the download failed: {reason}"
-    return "the download finished without it"
-
-
-def _enable(download: bool) -> str:
-    return "" if download else "set data.download=true, or "
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"

@@ -34,7 +34,8 @@ from torchvision.datasets import CIFAR10
 
 from resexp import __version__
 from resexp.data import RawData, device_data
-from resexp.data.sources import data_root, load_cifar, verify_cifar
+from resexp.data.sources import data_root, load_cifar
+from resexp.data.staging import dataset_files, file_problems
 from resexp.engine.runtime import Runtime, resolve_device
 from resexp.engine.step import Step, TrainStep
 from resexp.engine.tracking import write_json
@@ -188,8 +189,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 def bench_data(cfg: DictConfig) -> tuple[RawData, str]:
     """CIFAR-10 when it is on disk (never downloaded for a benchmark), else uint8 noise of its shape."""
-    if cfg.data.name == "cifar10" and verify_cifar(data_root(cfg.data) / CIFAR10.base_folder, CIFAR10) is None:
-        return load_cifar("cifar10", data_root(cfg.data), download=False), f"CIFAR-10 from {data_root(cfg.data)}"
+    cifar10, root = dataset_files("cifar10"), data_root(cfg.data)
+    if cfg.data.name == "cifar10" and not file_problems(cifar10, root):
+        return load_cifar(cifar10, root), f"CIFAR-10 from {root}"
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, CIFAR10_SHAPE, dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (CIFAR10_SHAPE[0],), generator=generator)

@@ -15,6 +15,7 @@ from resexp.engine.tracking import read_json
 from resexp.errors import ResexpError
 
 LOCK_NAME = ".lock"
+CHECKPOINT = Path("checkpoints/last.pt")  # the run's one checkpoint, relative to its directory
 DONE = ("finished", "diverged")
 
 
@@ -84,3 +85,19 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     if summary["status"] == "diverged" or wanted == done:
         return summary
     return None  # a finished run asked for more iterations: it continues from its checkpoint
+
+
+def checkpoint_iteration(run_dir: Path) -> int | None:
+    """The iteration the run's checkpoint holds (where the same command resumes), None without
+    one; a checkpoint that cannot be read is a one-line ResexpError, as it is for train."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    import torch  # here: reading a run directory's status needs no torch
+
+    from resexp.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path, torch.device("cpu"))
+    if not isinstance(state, dict) or "iteration" not in state:
+        raise ResexpError(f"{path} is not a resexp checkpoint (no iteration)")
+    return int(state["iteration"])

@@ -28,7 +28,7 @@ from resexp.analysis import block_grad_norms, stream_probes, supports_probes
 from resexp.data import Data, build_data
 from resexp.config import run_identity
 from resexp.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from resexp.engine.rundir import RunDirLock, check_run_dir
+from resexp.engine.rundir import CHECKPOINT, RunDirLock, check_run_dir
 from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.engine.schedules import learning_rate
 from resexp.engine.step import TrainStep
@@ -60,7 +60,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
     t, model = cfg.trainer, step.model
     max_iters, warmup_cfg = int(t.max_iters), cfg.optim.error_warmup
     state = TrainState(step, run_identity(cfg), in_warmup=warmup_cfg is not None)
-    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+    checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.is_file():
         state.load_state_dict(load_checkpoint(checkpoint_path, runtime.device), checkpoint_path)
     if state.iteration > max_iters:
@@ -76,7 +76,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
     segment = {"start": state.iteration, "end": state.iteration, "max_iters": max_iters,
                "device": runtime.device_name, "precision": runtime.precision, "execution": runtime.execution,
                "torch": torch.__version__, "resexp": __version__, "host": platform.node(),
-               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               "started": _now()}
     writer = tensorboard_writer(run_dir, state.iteration or None)  # resumed after `iteration`
     progress = ProgressReport(t.progress, run_dir.name, state.iteration, max_iters)
     step.notify = lambda text: progress.message(f"[{run_dir.name}] {text}")
@@ -90,6 +90,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
         "precision_reason": runtime.precision_reason, "execution": runtime.execution,
         "torch": torch.__version__, "resexp": __version__, "eval_split": data.eval_split,
         "max_iters": max_iters, "iterations": state.iteration, "segments": [*segments, segment],
+        "checkpoint_iteration": state.iteration if checkpoint_path.is_file() else None, "updated": _now(),
     }
     write_json(run_dir / "summary.json", summary)
 
@@ -115,11 +116,12 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
             at_eval = iteration % t.eval_every == 0 or iteration == max_iters
             if iteration % t.log_every == 0 or at_eval:  # training metrics of the batches since the last read
                 train_error, running_loss = step.read_metrics()
-                progress.update(iteration, train_error, lr)
+                speed = progress.update(iteration, train_error, lr)
                 diverged = _divergence(running_loss, t.loss_ceiling)
                 for tag, value in (("train/error", train_error), ("train/loss", running_loss), ("lr", lr)):
                     writer.add_scalar(tag, value, iteration)
-                summary.update({"train_error": train_error, "train_loss": running_loss, "iterations": iteration})
+                summary.update({"train_error": train_error, "train_loss": running_loss, "iterations": iteration,
+                                "iters_per_s": round(speed, 2), "updated": _now()})
                 segment["end"] = iteration
             if at_eval or diverged:
                 eval_error, eval_loss = evaluate(model, data, int(t.eval_batch_size), runtime)
@@ -129,6 +131,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
                     writer.add_scalar(tag, value, iteration)
                 summary.update({f"{split}_error": eval_error, f"{split}_loss": eval_loss,
                                 f"best_{split}_error": state.best_eval_error})
+            if iteration % t.log_every == 0 or at_eval or diverged:  # progress for `resexp status`, cheap
+                write_json(run_dir / "summary.json", summary)
             if diverged:
                 writer.add_text("status", f"diverged at iteration {iteration}: {diverged}", iteration)
                 progress.message(f"[{run_dir.name}] diverged at iteration {iteration}: {diverged}")
@@ -137,6 +141,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
                 writer.flush()
                 state.wall_time = wall_before + time.perf_counter() - start
                 save_checkpoint(state.state_dict(), checkpoint_path)
+                summary["checkpoint_iteration"] = iteration  # where the same command resumes
+                write_json(run_dir / "summary.json", summary)
             if stop.received:
                 break
 
@@ -146,7 +152,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
     segment["end"] = iteration
     if stop.received:  # checkpointed above: the same command (or submitit's requeue) resumes it
         summary.update({"status": "stopped", "stopped_by": stop.name, "iterations": iteration,
-                        "wall_time_s": round(wall_before + elapsed, 2)})
+                        "wall_time_s": round(wall_before + elapsed, 2), "updated": _now()})
         write_json(run_dir / "summary.json", summary)
         print(f"{run_dir}: {stop.name} at iteration {iteration}; checkpoint saved, the same command resumes it",
               file=sys.stderr)
@@ -157,7 +163,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
         "diverged_at": iteration if diverged else None,
         "wall_time_s": round(wall_before + elapsed, 2),
         "iters_per_s": round((iteration - start_iteration) / max(elapsed, 1e-9), 2),
-        "host": platform.node(),
+        "host": platform.node(), "updated": _now(),
     })
     write_json(run_dir / "summary.json", summary)
     return summary
@@ -243,6 +249,10 @@ def evaluate(model, data: Data, batch_size: int, runtime: Runtime) -> tuple[floa
     model.train()
     n = len(data.eval_labels)
     return 100.0 * errors.item() / n, loss.item() / n
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _divergence(loss: float, ceiling: float | None) -> str | None:

@@ -1,8 +1,10 @@
 """Figure 6 of He et al. 2015: training (dashed) and test (bold) error against iterations,
-plain nets on the left, residual nets on the right."""
+plain nets on the left, residual nets in the middle, ResNet-110 vs ResNet-1202 on the right
+(when the sweep has both)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,11 @@ from matplotlib.figure import Figure
 from resexp.errors import ResexpError
 from resexp.report.runs import Run, group_runs, require_runs
 
-# The paper's y range. Used when every finished curve ends inside it; whatever it then cuts
-# off (the first iterations, diverged runs) is said on the panel, never hidden silently.
+# The paper's y range for CIFAR-10, per panel where its finished curves end inside it; whatever
+# a range cuts off (the first iterations, diverged runs) is said on the panel, never hidden.
 PAPER_YMAX = 20.0
+PAPER_DATA = "cifar10"
+DEEPEST = (110, 1202)  # the paper's third panel: ResNet-110 vs ResNet-1202
 UNFINISHED_MARKERS = {"diverged": "X", "failed": "s", "running": "o"}
 
 
@@ -43,6 +47,7 @@ class Curve:
     max_iters: int
     train: Band | None  # None: nothing logged yet
     test: Band | None
+    data: str = ""  # the data config's name: the paper's y range is for CIFAR-10
 
 
 def figure6_series(runs: list[Run]) -> list[Curve]:
@@ -64,31 +69,32 @@ def figure6_series(runs: list[Run]) -> list[Curve]:
     return sorted(curves, key=lambda c: (c.residual, c.depth, c.label))
 
 
-def draw_figure6(curves: list[Curve]) -> Figure:
-    """A matplotlib Figure with one panel per kind of net that has curves (plain, residual)."""
+def draw_figure6(curves: list[Curve], ylim: tuple[float, float] | None = None, log_y: bool = False) -> Figure:
+    """A matplotlib Figure with the paper's panels that have curves: plain, residual, and
+    ResNet-110 vs ResNet-1202 when both are there. Each panel has its own y range (y_range)
+    unless ylim sets one for all; log_y draws the error on a log scale."""
     if not curves:
         raise ResexpError("no runs to plot")
-    panels = [residual for residual in (False, True) if any(c.residual == residual for c in curves)]
+    panels = figure6_panels(curves)
     # A bare Figure, not pyplot: no global state, and savefig renders PNG with Agg.
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     palette = colormaps["tab10"]
     depths = sorted({c.depth for c in curves})
     colours = {depth: palette(i % palette.N) for i, depth in enumerate(depths)}  # same depth, same colour
 
-    by_panel = [(ax, [c for c in curves if c.residual == residual]) for ax, residual in zip(axes, panels)]
-    for ax, panel_curves in by_panel:
+    for ax, (title, panel_curves) in zip(axes, panels):
         for curve in panel_curves:
             _draw_curve(ax, curve, colours[curve.depth])
-        ax.set_title("residual networks" if panel_curves[0].residual else "plain networks", loc="left")
+        ax.set_title(title, loc="left")
         ax.set_xlabel("iterations")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))  # "1e4" as in the paper
         ax.set_xlim(0, max(c.max_iters for c in curves))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=8)
+        _set_y_range(ax, panel_curves, ylim, log_y)
     axes[0].set_ylabel("error (%)")
-    _set_y_range(by_panel)
 
     splits = sorted({c.eval_split for c in curves})
     bands = "; shaded: min-max over seeds" if any(len(c.seeds) > 1 for c in curves) else ""
@@ -96,9 +102,36 @@ def draw_figure6(curves: list[Curve]) -> Figure:
     return fig
 
 
-def figure6(runs: list[Run], out_path: str | Path) -> list[Path]:
+def figure6_panels(curves: list[Curve]) -> list[tuple[str, list[Curve]]]:
+    """(title, curves) of each panel that has curves, left to right, as the paper lays them out:
+    plain, residual, and ResNet-110 vs ResNet-1202 when both are there (1202 then only there)."""
+    plain = [c for c in curves if not c.residual]
+    residual = [c for c in curves if c.residual]
+    deepest = [c for c in residual if c.depth in DEEPEST]
+    third = {c.depth for c in deepest} == set(DEEPEST)
+    panels = [("plain networks", plain), ("residual networks", [c for c in residual if not third or c.depth != 1202])]
+    if third:
+        panels.append(("ResNet-110 vs ResNet-1202", deepest))
+    return [(title, members) for title, members in panels if members]
+
+
+def y_range(curves: list[Curve]) -> float:
+    """The top of a panel's y axis (its bottom is 0): the paper's 20% for CIFAR-10 when the
+    panel's finished curves (all its curves if none finished) end inside it; otherwise the next
+    multiple of 10 above 1.2 times the highest final error, at most 100."""
+    judged = _bands([c for c in curves if c.status == "finished"]) or _bands(curves)
+    if not judged:
+        return PAPER_YMAX
+    highest_final = max(float(b.max[-1]) for b in judged)
+    if all(c.data == PAPER_DATA for c in curves) and highest_final <= PAPER_YMAX:
+        return PAPER_YMAX
+    return float(min(100, 10 * math.ceil(1.2 * highest_final / 10)))
+
+
+def figure6(runs: list[Run], out_path: str | Path, ylim: tuple[float, float] | None = None,
+            log_y: bool = False) -> list[Path]:
     """Draw Figure 6 and write it as PNG and PDF (out_path with each suffix); returns both paths."""
-    return save_figure(draw_figure6(figure6_series(runs)), out_path)
+    return save_figure(draw_figure6(figure6_series(runs), ylim, log_y), out_path)
 
 
 def save_figure(fig: Figure, out_path: str | Path) -> list[Path]:
@@ -123,6 +156,7 @@ def _curve(label: str, runs: list[Run], status: str) -> Curve:
         seeds=[r.seed for r in runs], eval_split=first.eval_split,
         max_iters=int(first.config.trainer.max_iters),
         train=seed_band(runs, "train/error"), test=seed_band(runs, f"{first.eval_split}/error"),
+        data=str(first.config.data.name),
     )
 
 
@@ -155,17 +189,15 @@ def _bands(curves: list[Curve]) -> list[Band]:
     return [b for c in curves for b in (c.train, c.test) if b is not None]
 
 
-def _set_y_range(panels: list[tuple[Axes, list[Curve]]]) -> None:
-    curves = [c for _, panel in panels for c in panel]
+def _set_y_range(ax: Axes, curves: list[Curve], ylim: tuple[float, float] | None, log_y: bool) -> None:
     bands = _bands(curves)
-    if not bands:
-        return
-    judged = _bands([c for c in curves if c.status == "finished"]) or bands
-    if max(float(b.max[-1]) for b in judged) > PAPER_YMAX:
-        panels[0][0].set_ylim(0, 1.05 * max(float(b.max.max()) for b in bands))  # shared by all panels
-        return
-    panels[0][0].set_ylim(0, PAPER_YMAX)
-    for ax, panel in panels:
-        if any(float(b.max.max()) > PAPER_YMAX for b in _bands(panel)):
-            ax.text(1.0, 1.01, f"axis cut at {PAPER_YMAX:g}%: higher values not shown",
-                    transform=ax.transAxes, fontsize=7, ha="right", va="bottom", color="0.4")
+    low, high = ylim if ylim is not None else (0.0, y_range(curves))
+    if log_y:
+        ax.set_yscale("log")
+        if low <= 0:  # the lowest power of ten below the smallest error drawn
+            positive = [float(v) for b in bands for v in b.min if v > 0]
+            low = 10.0 ** math.floor(math.log10(min(positive))) if positive else 0.1
+    ax.set_ylim(low, high)
+    if any(float(b.max.max()) > high for b in bands) or any(float(b.min.min()) < low for b in bands):
+        ax.text(1.0, 1.01, f"axis {low:g}-{high:g}%: values outside not shown",
+                transform=ax.transAxes, fontsize=7, ha="right", va="bottom", color="0.4")

@@ -1,0 +1,155 @@
+"""The files of the torchvision datasets under a data root: which they are, whether they are
+whole (md5), extracting the archives they are distributed as, and downloading them.
+
+`resexp data download/check` and the loaders in resexp.data.sources both go through here, so
+a dataset a check calls whole is one training can read.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from torchvision.datasets import CIFAR10, CIFAR100, FashionMNIST
+from torchvision.datasets.utils import check_integrity, extract_archive
+
+from resexp.errors import ConfigError, DataError, one_line
+
+# torchvision's urlopen has no timeout: behind a firewall that drops packets it would hang.
+# This bounds each blocking socket operation (connect, one read), not the whole download.
+DOWNLOAD_TIMEOUT_S = 30.0
+CIFAR_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+FASHION_MNIST_PAGE = "https://github.com/zalandoresearch/fashion-mnist"
+
+
+class Problem(NamedTuple):
+    """A file of a dataset that is absent (missing=True) or fails its md5."""
+
+    path: Path
+    missing: bool
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """Where one dataset's files live under a root and what they must hash to."""
+
+    name: str  # the data config's name
+    title: str
+    cls: type  # the torchvision dataset class, which downloads it
+    subfolder: str  # relative to the root
+    files: tuple[tuple[str, str | None], ...]  # (file name, md5 or None where torchvision knows none)
+    archives: tuple[tuple[str, str], ...]  # (archive name relative to the folder, md5), as distributed
+    archive_dir: str  # where the archives sit, relative to the root
+    page: str
+    counts: tuple[int, int]  # train and test images of the real dataset
+
+    def folder(self, root: Path) -> Path:
+        return root / self.subfolder
+
+
+def _cifar(cls: type, title: str, counts: tuple[int, int]) -> DatasetFiles:
+    listed = (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"]))
+    return DatasetFiles(cls.__name__.lower(), title, cls, cls.base_folder, tuple(map(tuple, listed)),
+                        ((cls.filename, cls.tgz_md5),), ".", CIFAR_PAGE, counts)
+
+
+def _fashion_mnist() -> DatasetFiles:
+    # torchvision knows md5s only for the .gz archives: the unpacked files are checked by parsing.
+    raw = f"{FashionMNIST.__name__}/raw"
+    files = tuple((os.path.splitext(gz)[0], None) for gz, _ in FashionMNIST.resources)
+    return DatasetFiles("fashion_mnist", "Fashion-MNIST", FashionMNIST, raw, files, tuple(FashionMNIST.resources),
+                        raw, FASHION_MNIST_PAGE, (60000, 10000))
+
+
+def dataset_files(name: str) -> DatasetFiles:
+    """The file list of a downloadable dataset, read from torchvision's classes at call time."""
+    specs = {"cifar10": lambda: _cifar(CIFAR10, "CIFAR-10", (50000, 10000)),
+             "cifar100": lambda: _cifar(CIFAR100, "CIFAR-100", (50000, 10000)),
+             "fashion_mnist": _fashion_mnist}
+    if name not in specs:
+        extra = " (synthetic is generated in memory: nothing to download)" if name == "synthetic" else ""
+        raise ConfigError(f"unknown dataset '{name}'{extra}; choose from: {', '.join(DOWNLOADABLE)}")
+    return specs[name]()
+
+
+DOWNLOADABLE = ("cifar10", "cifar100", "fashion_mnist")
+
+
+def file_problems(spec: DatasetFiles, root: Path) -> list[Problem]:
+    """Every file of the dataset that is absent or fails its md5, in the dataset's own order."""
+    folder, problems = spec.folder(root), []
+    for filename, md5 in spec.files:
+        path = folder / filename
+        if not path.is_file():
+            problems.append(Problem(path, missing=True))
+        elif md5 is not None and not check_integrity(str(path), md5):
+            problems.append(Problem(path, missing=False))
+    return problems
+
+
+def extract_archives(spec: DatasetFiles, root: Path) -> list[Path]:
+    """Unpack the dataset's archives (.tar.gz, .gz) found under root when files they hold are
+    missing, as the distribution ships them; returns the archives extracted. An archive that
+    fails its md5 is a DataError naming it: nothing is unpacked from it."""
+    if not any(p.missing for p in file_problems(spec, root)):
+        return []
+    extracted = []
+    for name, md5 in spec.archives:
+        archive = root / spec.archive_dir / name
+        single_file = not name.endswith(".tar.gz")  # a .gz holds one file, named without the .gz, beside it
+        if not archive.is_file() or (single_file and archive.with_suffix("").is_file()):
+            continue
+        if not check_integrity(str(archive), md5):
+            raise DataError(f"{spec.title} archive {archive} is corrupt (md5 mismatch); delete it and download it "
+                            f"again (resexp data download {spec.name}, or from {spec.page})")
+        extract_archive(str(archive), str(archive.parent))
+        extracted.append(archive)
+    return extracted
+
+
+def download(spec: DatasetFiles, root: Path) -> str | None:
+    """Run torchvision's download (with its progress bar) into root; None on success, else why
+    it failed, on one line. Failures are not raised: the caller checks the files again and
+    reports what is missing."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        spec.cls(str(root), train=False, download=True)
+    # URLError and timeouts are OSErrors; torchvision wraps md5 and mirror failures in RuntimeError.
+    except (OSError, RuntimeError) as error:
+        return f"{type(error).__name__}: {one_line(error)}"
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
+
+
+def stage(spec: DatasetFiles, root: Path, allow_download: bool, fetch: Callable[..., str | None] = download) -> None:
+    """Make the dataset's files present and whole under root: extract its archives if they are
+    there, else download it if allowed. A DataError names the first missing or corrupt file and
+    how to fix it; a corrupt file is never downloaded over."""
+    extract_archives(spec, root)
+    problems = file_problems(spec, root)
+    reason = None
+    if any(p.missing for p in problems) and allow_download:
+        reason = fetch(spec, root)
+        problems = file_problems(spec, root)
+    missing = [p for p in problems if p.missing]
+    if missing:
+        why = ("data.download=false" if not allow_download else
+               f"the download failed: {reason}" if reason else "the download finished without it")
+        archives = ", ".join(name for name, _ in spec.archives)
+        raise DataError(
+            f"{spec.title} not found: expected {missing[0].path} ({why}); "
+            f"{'' if allow_download else 'set data.download=true, run resexp data download ' + spec.name + ', or '}"
+            f"download {archives} from {spec.page} into {root / spec.archive_dir}, or set RESEXP_DATA or data.root= "
+            f"to a folder that holds {spec.subfolder}/"
+        )
+    if problems:
+        raise DataError(
+            f"{spec.title} file {problems[0].path} is corrupt (md5 mismatch); delete it and download it again "
+            f"(resexp data download {spec.name}, or from {spec.page})"
+        )

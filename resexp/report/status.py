@@ -1,0 +1,163 @@
+"""Where each run of a sweep is, from its summary.json alone: train rewrites it at every log
+point, so a login node can follow jobs that run on other machines (`resexp status`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from resexp.engine.rundir import LOCK_NAME
+from resexp.engine.tracking import read_json
+from resexp.errors import ResexpError
+
+
+@dataclass
+class RunStatus:
+    """One row of `resexp status`."""
+
+    path: Path
+    status: str  # running, finished, diverged, stopped, failed; "dead" for a running run whose process is gone
+    iteration: int | None
+    max_iters: int | None
+    iters_per_s: float | None
+    eta_s: float | None  # running runs only
+    train_error: float | None
+    eval_error: float | None
+    eval_split: str
+    device: str
+    updated: datetime | None
+    note: str  # why it stopped, failed or died; "" otherwise
+
+
+def run_statuses(directory: str | Path, now: datetime | None = None) -> list[RunStatus]:
+    """A row per run directory (one with summary.json) at or under `directory`, by path."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ResexpError(f"{root} is not a directory")
+    summaries = sorted(root.rglob("summary.json"))
+    if not summaries:
+        raise ResexpError(f"no runs under {root} (no summary.json): not started yet, or not a run or sweep directory")
+    now = now or datetime.now(timezone.utc)
+    return [_status(path.parent, now) for path in summaries]
+
+
+def _status(run_dir: Path, now: datetime) -> RunStatus:
+    try:
+        summary = read_json(run_dir / "summary.json") or {}
+    except ResexpError:
+        return RunStatus(run_dir, "unreadable", None, None, None, None, None, None, "test", "", None,
+                         "summary.json is corrupt")
+    split = summary.get("eval_split", "test")
+    status, note = summary.get("status", "unknown"), ""
+    updated = _parse_time(summary.get("updated"))
+    iteration, max_iters, speed = summary.get("iterations"), summary.get("max_iters"), summary.get("iters_per_s")
+    eta = None
+    if status == "running":
+        gone = _dead_process(run_dir, summary)
+        if gone:
+            status, note = "dead", gone
+        elif speed and iteration is not None and max_iters is not None and updated is not None:
+            eta = max(0.0, (max_iters - iteration) / speed - (now - updated).total_seconds())
+    elif status == "stopped":
+        note = f"by {summary.get('stopped_by')}; the same command resumes it"
+    elif status == "failed":
+        note = summary.get("error", "")
+    elif status == "diverged":
+        note = summary.get("diverged_reason") or ""
+    return RunStatus(run_dir, status, iteration, max_iters, speed, eta, summary.get("train_error"),
+                     summary.get(f"{split}_error"), split, summary.get("device", ""), updated, note)
+
+
+def _dead_process(run_dir: Path, summary: dict[str, Any]) -> str:
+    """Why a run that says "running" is not, when that can be told from here: it ran on this
+    host and the process in its lock file is gone (killed, out of memory). "" otherwise."""
+    segments = summary.get("segments") or [{}]
+    if segments[-1].get("host") != platform.node():
+        return ""  # another machine's process: only its last update time tells
+    try:
+        pid = int((run_dir / LOCK_NAME).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"process {pid} is gone (killed?); the same command resumes from the last checkpoint"
+    except PermissionError:  # alive, another user's
+        pass
+    return ""
+
+
+def _parse_time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+
+
+COLUMNS = ("run", "status", "iteration", "it/s", "ETA", "train err", "eval err", "device", "updated")
+
+
+def status_rows(statuses: list[RunStatus], root: Path, now: datetime) -> list[tuple[str, ...]]:
+    """The table's cells as text, run names relative to root."""
+    rows = []
+    for s in statuses:
+        name = str(s.path.relative_to(root)) if s.path != root else s.path.name
+        done = "?" if s.iteration is None else str(s.iteration)
+        eval_error = "-" if s.eval_error is None else f"{s.eval_error:.2f}% {s.eval_split}"
+        rows.append((
+            name, s.status, f"{done}/{s.max_iters if s.max_iters is not None else '?'}",
+            "-" if s.iters_per_s is None else f"{s.iters_per_s:.1f}",
+            "-" if s.eta_s is None else _duration(s.eta_s),
+            "-" if s.train_error is None else f"{s.train_error:.2f}%", eval_error, s.device,
+            "-" if s.updated is None else f"{_duration((now - s.updated).total_seconds())} ago",
+        ))
+    return rows
+
+
+def status_table(statuses: list[RunStatus], root: Path, now: datetime) -> Table:
+    """The rich table of a terminal, with the notes (why failed, dead, stopped) below it."""
+    table = Table(*COLUMNS, title=str(root), title_justify="left", caption=_counts(statuses),
+                  caption_justify="left")
+    colours = {"finished": "green", "running": "cyan", "failed": "red", "dead": "red", "diverged": "magenta",
+               "stopped": "yellow", "unreadable": "red"}
+    for s, row in zip(statuses, status_rows(statuses, root, now)):
+        colour = colours.get(s.status)
+        table.add_row(row[0], f"[{colour}]{row[1]}[/]" if colour else row[1], *row[2:])
+    return table
+
+
+def status_text(statuses: list[RunStatus], root: Path, now: datetime) -> str:
+    """Plain aligned columns, for pipes and log files, and the notes and counts below."""
+    rows = [COLUMNS, *status_rows(statuses, root, now)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([*lines, *status_notes(statuses, root), _counts(statuses)])
+
+
+def status_notes(statuses: list[RunStatus], root: Path) -> list[str]:
+    return [f"{s.path.relative_to(root) if s.path != root else s.path.name}: {s.status}: {s.note}"
+            for s in statuses if s.note]
+
+
+def _counts(statuses: list[RunStatus]) -> str:
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.status] = counts.get(s.status, 0) + 1
+    return f"{len(statuses)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
