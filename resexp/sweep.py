@@ -240,7 +240,7 @@ def prepare_sweep(overrides: list[str]) -> Sweep:
     # Several local processes per GPU share it through CUDA MPS (resexp/engine/mps.py).
     per_gpu = int(first.launcher.runs_per_gpu) if launcher == "joblib" and first.launcher.mps else 1
     varying = _swept_keys([*preset, *overrides])
-    common = [o for o in jobs[0].overrides if o.split("=", 1)[0].lstrip("+") not in varying
+    common = [o.lstrip("+") for o in jobs[0].overrides if o.split("=", 1)[0].lstrip("+") not in varying
               and not o.startswith("hydra.")]
     return Sweep(jobs, [*overrides, *extra], launcher, settings, common, per_gpu)
 
@@ -261,8 +261,12 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
                 from joblib.externals.loky import get_reusable_executor
 
                 get_reusable_executor().shutdown(wait=True)
-    except SystemExit as stop:  # Hydra printed why it could not run the sweep
-        if stop.code not in (0, None):
+    except SystemExit as stop:
+        if isinstance(stop.code, int) and stop.code > 128:  # a run stopped by a signal hands it on (128 + N)
+            print(f"sweep {plan.jobs[0].run_dir.parent}: stopped by signal {stop.code - 128}; the same command "
+                  "resumes it", file=sys.stderr)
+            raise
+        if stop.code not in (0, None):  # Hydra printed why it could not run the sweep
             raise ResexpError("the sweep did not run: Hydra's error is above") from None
     finally:
         sys.argv = argv

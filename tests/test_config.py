@@ -1,11 +1,16 @@
 """Config composition and the CLI's one-line errors for bad input."""
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
 
-from resexp.config import compose, group_choices, load_model_config
+from resexp.cli import app
+from resexp.config import GROUPS, complete_override, compose, flatten_keys, group_choices, load_model_config
 from resexp.errors import ConfigError
 
 
@@ -63,3 +68,58 @@ def test_cli_missing_cifar_says_where_to_put_it(tmp_path):
     assert result.returncode == 2
     assert f"{tmp_path}/nowhere" in result.stderr and "cifar-10" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("overrides", [["model=plain56", "data=synthetic", "optim.lr=0.05", "seed=3"],
+                                       ["model=vit_pre", "optim=adamw", "trainer.max_iters=100"]])
+def test_train_cfg_job_prints_a_config_that_composes_back(overrides, tmp_path):
+    result = CliRunner().invoke(app, ["train", *overrides, f"run.root={tmp_path}", "--cfg", "job"])
+    assert result.exit_code == 0, result.output
+    printed = OmegaConf.create(result.output)
+    composed = compose([*overrides, f"run.root={tmp_path}"])
+    assert OmegaConf.to_container(printed) == OmegaConf.to_container(composed, resolve=True)
+    # The printed YAML, turned back into key=value overrides, composes to the same config.
+    again = compose([*(o for o in overrides if o.split("=")[0] in GROUPS),
+                     *(f"{k}={json.dumps(v)}" for k, v in flatten_keys(OmegaConf.to_container(printed)).items())])
+    assert OmegaConf.to_container(again, resolve=True) == OmegaConf.to_container(printed)
+    assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_train_cfg_all_adds_the_hydra_settings_and_bad_part_is_one_line():
+    result = CliRunner().invoke(app, ["train", "model=plain20", "--cfg", "all"])
+    assert result.exit_code == 0, result.output
+    printed = OmegaConf.create(result.output)
+    assert set(printed.hydra) == {"sweep", "sweeper", "launcher"} and printed.model.name == "plain20"
+    assert printed.hydra.sweep.dir.endswith("sweeps/adhoc")
+    bad = CliRunner().invoke(app, ["train", "--cfg", "every"])
+    assert bad.exit_code == 2 and "unknown --cfg 'every'; choose from: job, all" in bad.output
+
+
+@pytest.mark.parametrize("typed, incomplete, expected", [
+    ([], "model=resnet1", ["model=resnet110", "model=resnet1202"]),
+    ([], "model=plain20,resnet5", ["model=plain20,resnet56"]),  # the last item of a sweep
+    ([], "trainer.precision=", ["trainer.precision=auto", "trainer.precision=fp32", "trainer.precision=bf16",
+                                "trainer.precision=fp16"]),
+    ([], "model.residual=t", ["model.residual=true"]),
+    ([], "hydra/launcher=sub", ["hydra/launcher=submitit_local", "hydra/launcher=submitit_slurm"]),
+    (["model=vit_pre"], "model.norm", ["model.norm_placement=", "model.norm="]),  # keys of the chosen model
+    ([], "trainer.max_it", ["trainer.max_iters="]),
+    ([], "sweep=fig", ["sweep=figure6"]),
+])
+def test_completion_of_overrides(typed, incomplete, expected):
+    assert complete_override(typed, incomplete) == expected
+
+
+def test_shell_completion_through_the_bash_protocol():
+    """What the script `resexp --install-completion bash` installs asks: bash splits at '='."""
+    def complete(words, cword):
+        env = {**os.environ, "_RESEXP_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+        done = subprocess.run([sys.executable, "-c", "from resexp.cli import app; app(prog_name='resexp')"],
+                              env=env, capture_output=True, text=True)
+        return done.stdout.split()
+
+    assert complete("resexp train model = resnet5", 4) == ["resnet56"]
+    assert "resnet56" in complete("resexp train model =", 3)
+    assert complete("resexp train trainer.graph =", 3) == ["auto", "always", "never"]
+    assert complete("resexp sweep fig", 2) == ["figure6"]
+    assert complete("resexp sta", 1) == ["status"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import pickle
+import shutil
 import struct
+import tarfile
 from pathlib import Path
 from urllib.error import URLError
 
@@ -12,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, FashionMNIST
+from typer.testing import CliRunner
 
 from resexp.config import compose
-from resexp.data.sources import RawData, load_source
+from resexp.cli import app
+from resexp.data.sources import RawData, check_dataset, load_source
+from resexp.data.staging import REAL_COUNTS
 from resexp.data.synthetic import KNOBS, class_balance, make_synthetic
 from resexp.errors import ConfigError, DataError
 
@@ -277,3 +283,104 @@ def test_class_balance_spreads_the_remainder():
 def test_synthetic_rejects_bad_knobs(bad, message):
     with pytest.raises(ConfigError, match=message):
         compose(["data=synthetic", *(f"data.{k}={v}" for k, v in bad.items())])
+
+
+# ---- staging: archives extracted on first use, `resexp data check` and `download` ----
+
+def _tiny_counts(monkeypatch, name="cifar10", counts=(5 * PER_BATCH, TEST_SIZE)):
+    monkeypatch.setitem(REAL_COUNTS, name, counts)
+
+
+def test_cifar_tar_gz_is_extracted_on_first_use(tmp_path, monkeypatch):
+    written = _write_cifar10(tmp_path / "staged", monkeypatch)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # as the distribution packs it: the folder at the top
+        tar.add(tmp_path / "staged" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", _md5(archive))
+    raw = load_source(_cifar_cfg(tmp_path))  # download=false: the archive is enough
+    assert torch.equal(raw.test_images, torch.from_numpy(written["test_batch"][0]).view(-1, 3, 32, 32))
+    assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
+
+
+def test_corrupt_archive_is_named_and_nothing_is_extracted(tmp_path, monkeypatch):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    archive.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(DataError, match="archive .*cifar-10-python.tar.gz is corrupt"):
+        load_source(_cifar_cfg(tmp_path))
+    assert not (tmp_path / "cifar-10-batches-py").exists()
+
+
+def test_fashion_mnist_gz_files_are_extracted_on_first_use(tmp_path, monkeypatch):
+    arrays = _write_fashion_mnist(tmp_path)
+    raw_folder = tmp_path / "FashionMNIST" / "raw"
+    resources = []
+    for path in sorted(raw_folder.iterdir()):
+        gz = path.with_name(path.name + ".gz")
+        gz.write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+        resources.append((gz.name, _md5(gz)))
+    monkeypatch.setattr(FashionMNIST, "resources", resources)
+    raw = load_source(_fashion_cfg(tmp_path))
+    assert raw.test_labels.tolist() == arrays["t10k-labels"].tolist()
+    assert (raw_folder / "t10k-images-idx3-ubyte").is_file()
+
+
+def test_data_check_passes_a_whole_dataset_and_names_a_corrupt_file(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)
+    _tiny_counts(monkeypatch)
+    check = check_dataset("cifar10", tmp_path)
+    assert (check.state, check.detail) == ("ok", "20 train + 10 test images, 3x32x32, 10 classes")
+    result = CliRunner().invoke(app, ["data", "check", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output  # the others are missing, none corrupt
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert lines["cifar10"].split()[1] == "ok"
+    assert lines["fashion_mnist"].split()[1] == "missing" and "resexp data download fashion_mnist" in lines[
+        "fashion_mnist"]
+
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:-10])
+    check = check_dataset("cifar10", tmp_path)
+    assert check.state == "corrupt" and str(path) in check.detail
+    result = CliRunner().invoke(app, ["data", "check", "cifar10", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and str(path) in result.output
+
+
+def test_data_check_counts_against_the_real_dataset(tmp_path, monkeypatch):
+    _write_cifar10(tmp_path, monkeypatch)  # md5s match, but 20 images are not CIFAR-10's 50,000
+    check = check_dataset("cifar10", tmp_path)
+    assert check.state == "corrupt" and "the real dataset has 50000 + 10000" in check.detail
+
+
+def test_data_check_of_a_truncated_fashion_mnist_file(tmp_path, monkeypatch):
+    _write_fashion_mnist(tmp_path)
+    _tiny_counts(monkeypatch, "fashion_mnist", (12, 5))
+    assert check_dataset("fashion_mnist", tmp_path).state == "ok"
+    path = tmp_path / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
+    path.write_bytes(path.read_bytes()[:-3])
+    check = check_dataset("fashion_mnist", tmp_path)
+    assert check.state == "corrupt" and str(path) in check.detail
+
+
+def test_data_download_fetches_then_checks(tmp_path, monkeypatch):
+    staged = tmp_path / "elsewhere"
+    _write_cifar10(staged, monkeypatch)
+    _tiny_counts(monkeypatch)
+
+    def fetch(self):  # what torchvision's download leaves: the extracted folder
+        shutil.copytree(staged / "cifar-10-batches-py", Path(self.root) / "cifar-10-batches-py")
+
+    monkeypatch.setattr(CIFAR10, "download", fetch)
+    result = CliRunner().invoke(app, ["data", "download", "cifar10", "--root", str(tmp_path / "root")])
+    assert result.exit_code == 0, result.output
+    assert "cifar10: ok, 20 train + 10 test images" in result.output
+
+    def offline(self):
+        raise URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    result = CliRunner().invoke(app, ["data", "download", "cifar10", "--root", str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert "the download failed: URLError" in result.output and "Traceback" not in result.output
+    unknown = CliRunner().invoke(app, ["data", "download", "synthetic"])
+    assert unknown.exit_code == 2 and "nothing to download); choose from: cifar10, cifar100, fashion_mnist" in \
+        unknown.output

@@ -20,6 +20,7 @@ from resexp.report import (
     Band, Curve, UnreadableRun, draw_figure6, figure6, figure6_series, find_runs, group_runs, make_figure, make_table,
     print_table, read_series, scan_runs, table6, write_table,
 )
+from resexp.report.figures import y_range
 
 MAX_ITERS = 2000
 STEPS = list(range(100, MAX_ITERS + 1, 100))
@@ -382,3 +383,67 @@ def test_cli_fails_in_one_line_when_no_run_reads(damaged, tmp_path):
         first = sorted(broken)[0]
         assert result.stderr.splitlines()[-1] == (f"resexp: error: all 2 run directories under {tmp_path} are "
                                                   f"unreadable, e.g. {tmp_path / first.name}: {broken[first]}")
+
+
+def _curve(label, residual, depth, final, data="cifar10", status="finished", start=90.0):
+    steps = np.array([100, 200, 300])
+    values = np.array([start, (start + final) / 2, final])
+    band = Band(steps, values, values, values)
+    return Curve(label, residual, depth, status, [0], "test", 300, train=band, test=band, data=data)
+
+
+def _panels(fig):
+    return {ax.get_title(loc="left"): ax for ax in fig.axes}
+
+
+def test_figure6_y_range_per_panel_follows_the_paper_on_cifar10():
+    # CIFAR-10: the paper's 0-20% on each panel whose finished curves end inside it, the start of
+    # training (90%) noted as cut; a plain panel whose curves end higher gets its own range.
+    fig = draw_figure6([_curve("plain-20", False, 20, 9.0), _curve("plain-110", False, 110, 61.0),
+                        _curve("ResNet-20", True, 20, 8.0), _curve("ResNet-56", True, 56, 6.5)])
+    panels = _panels(fig)
+    assert panels["residual networks"].get_ylim() == (0, 20)
+    assert panels["plain networks"].get_ylim() == (0, 80)  # next multiple of 10 above 1.2 x 61
+    assert any("axis 0-20%" in t.get_text() for t in panels["residual networks"].texts)
+    assert any("axis 0-80%" in t.get_text() for t in panels["plain networks"].texts)  # the 90% start
+    assert y_range([_curve("ResNet-20", True, 20, 8.0)]) == 20
+    assert y_range([_curve("ResNet-20", True, 20, 8.0, data="cifar100")]) == 10  # no paper range off CIFAR-10
+    assert y_range([_curve("ResNet-20", True, 20, 85.0, data="synthetic")]) == 100  # at most 100
+    # An unfinished run does not set the range while a finished one is there.
+    assert y_range([_curve("ResNet-20", True, 20, 8.0), _curve("x", True, 56, 90.0, status="diverged")]) == 20
+
+
+def test_figure6_third_panel_for_resnet110_and_1202_and_user_limits():
+    curves = [_curve("plain-20", False, 20, 9.0), _curve("ResNet-20", True, 20, 8.0),
+              _curve("ResNet-110", True, 110, 6.4), _curve("ResNet-1202", True, 1202, 7.9)]
+    fig = draw_figure6(curves)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [
+        "plain networks", "residual networks", "ResNet-110 vs ResNet-1202"]
+    legends = {ax.get_title(loc="left"): [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes}
+    assert legends["residual networks"] == ["ResNet-20", "ResNet-110"]  # 1202 only on its own panel
+    assert legends["ResNet-110 vs ResNet-1202"] == ["ResNet-110", "ResNet-1202"]
+    assert len(draw_figure6(curves[:3]).axes) == 2  # without ResNet-1202, no third panel
+
+    fixed = draw_figure6(curves, ylim=(0, 50))
+    assert all(ax.get_ylim() == (0, 50) for ax in fixed.axes)
+    log = draw_figure6(curves, log_y=True)
+    assert all(ax.get_yscale() == "log" for ax in log.axes)
+    assert _panels(log)["plain networks"].get_ylim() == pytest.approx((1, 20))  # 10^floor(log10 9), the range top
+
+
+def test_figure_cli_ylim_and_log_y(sweep, tmp_path):
+    root, _ = sweep
+    out = tmp_path / "f.png"
+    ok = CliRunner().invoke(app, ["figure", str(root), "-o", str(out), "--ylim", "0,50", "--log-y"])
+    assert ok.exit_code == 0 and out.is_file(), ok.output
+    for bad, message in [("50,0", "--ylim needs 0 <= LOW < HIGH"), ("abc", "--ylim takes LOW,HIGH")]:
+        result = CliRunner().invoke(app, ["figure", str(root), "-o", str(out), "--ylim", bad])
+        assert result.exit_code == 2 and message in result.output
+    norms = CliRunner().invoke(app, ["figure", str(root), "--kind", "norms", "--log-y"])
+    assert norms.exit_code == 2 and "--ylim and --log-y apply to --kind fig6" in norms.output
+
+
+def test_figure6_panels_share_one_range_off_cifar10():
+    fig = draw_figure6([_curve("plain-56", False, 56, 85.0, data="synthetic"),
+                        _curve("ResNet-56", True, 56, 62.0, data="synthetic")])
+    assert [ax.get_ylim() for ax in fig.axes] == [(0, 100), (0, 100)]  # the plain panel's range, 1.2 x 85

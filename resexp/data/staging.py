@@ -51,10 +51,10 @@ class DatasetFiles:
         return root / self.subfolder
 
 
-def _cifar(cls: type, title: str, counts: tuple[int, int]) -> DatasetFiles:
+def _cifar(cls: type, title: str) -> DatasetFiles:
     listed = (*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"]))
     return DatasetFiles(cls.__name__.lower(), title, cls, cls.base_folder, tuple(map(tuple, listed)),
-                        ((cls.filename, cls.tgz_md5),), ".", CIFAR_PAGE, counts)
+                        ((cls.filename, cls.tgz_md5),), ".", CIFAR_PAGE, REAL_COUNTS[cls.__name__.lower()])
 
 
 def _fashion_mnist() -> DatasetFiles:
@@ -62,13 +62,16 @@ def _fashion_mnist() -> DatasetFiles:
     raw = f"{FashionMNIST.__name__}/raw"
     files = tuple((os.path.splitext(gz)[0], None) for gz, _ in FashionMNIST.resources)
     return DatasetFiles("fashion_mnist", "Fashion-MNIST", FashionMNIST, raw, files, tuple(FashionMNIST.resources),
-                        raw, FASHION_MNIST_PAGE, (60000, 10000))
+                        raw, FASHION_MNIST_PAGE, REAL_COUNTS["fashion_mnist"])
+
+
+# Train and test images of each real dataset: `resexp data check` compares against them.
+REAL_COUNTS = {"cifar10": (50000, 10000), "cifar100": (50000, 10000), "fashion_mnist": (60000, 10000)}
 
 
 def dataset_files(name: str) -> DatasetFiles:
     """The file list of a downloadable dataset, read from torchvision's classes at call time."""
-    specs = {"cifar10": lambda: _cifar(CIFAR10, "CIFAR-10", (50000, 10000)),
-             "cifar100": lambda: _cifar(CIFAR100, "CIFAR-100", (50000, 10000)),
+    specs = {"cifar10": lambda: _cifar(CIFAR10, "CIFAR-10"), "cifar100": lambda: _cifar(CIFAR100, "CIFAR-100"),
              "fashion_mnist": _fashion_mnist}
     if name not in specs:
         extra = " (synthetic is generated in memory: nothing to download)" if name == "synthetic" else ""

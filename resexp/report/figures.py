@@ -71,8 +71,9 @@ def figure6_series(runs: list[Run]) -> list[Curve]:
 
 def draw_figure6(curves: list[Curve], ylim: tuple[float, float] | None = None, log_y: bool = False) -> Figure:
     """A matplotlib Figure with the paper's panels that have curves: plain, residual, and
-    ResNet-110 vs ResNet-1202 when both are there. Each panel has its own y range (y_range)
-    unless ylim sets one for all; log_y draws the error on a log scale."""
+    ResNet-110 vs ResNet-1202 when both are there. On CIFAR-10 each panel has its own y range
+    (y_range), as in the paper; on other data all share the widest, so that they compare. ylim
+    sets one range for all; log_y draws the error on a log scale."""
     if not curves:
         raise ResexpError("no runs to plot")
     panels = figure6_panels(curves)
@@ -83,7 +84,10 @@ def draw_figure6(curves: list[Curve], ylim: tuple[float, float] | None = None, l
     depths = sorted({c.depth for c in curves})
     colours = {depth: palette(i % palette.N) for i, depth in enumerate(depths)}  # same depth, same colour
 
-    for ax, (title, panel_curves) in zip(axes, panels):
+    tops = [y_range(panel_curves) for _, panel_curves in panels]
+    if not all(c.data == PAPER_DATA for c in curves):  # no paper range to follow: one scale, panels compare
+        tops = [max(tops)] * len(panels)
+    for ax, (title, panel_curves), top in zip(axes, panels, tops):
         for curve in panel_curves:
             _draw_curve(ax, curve, colours[curve.depth])
         ax.set_title(title, loc="left")
@@ -93,7 +97,7 @@ def draw_figure6(curves: list[Curve], ylim: tuple[float, float] | None = None, l
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper right", fontsize=8)
-        _set_y_range(ax, panel_curves, ylim, log_y)
+        _set_y_range(ax, panel_curves, ylim or (0.0, top), log_y)
     axes[0].set_ylabel("error (%)")
 
     splits = sorted({c.eval_split for c in curves})
@@ -189,9 +193,9 @@ def _bands(curves: list[Curve]) -> list[Band]:
     return [b for c in curves for b in (c.train, c.test) if b is not None]
 
 
-def _set_y_range(ax: Axes, curves: list[Curve], ylim: tuple[float, float] | None, log_y: bool) -> None:
+def _set_y_range(ax: Axes, curves: list[Curve], ylim: tuple[float, float], log_y: bool) -> None:
     bands = _bands(curves)
-    low, high = ylim if ylim is not None else (0.0, y_range(curves))
+    low, high = ylim
     if log_y:
         ax.set_yscale("log")
         if low <= 0:  # the lowest power of ten below the smallest error drawn
