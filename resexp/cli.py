@@ -279,6 +279,60 @@ def status(
         return
 
 
+# ---- why residuals work: analyses of trained runs (resexp/analysis/) ----
+
+RUNS = typer.Argument(..., help="run directories, or sweep directories (every trained run under them)")
+LIMIT = typer.Option(None, "--limit", min=1, help="only the first N images of the evaluation split (default: all)",
+                     show_default=False)
+DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N")
+UNFINISHED = typer.Option(False, "--unfinished", help="also analyse runs that have not finished (their last "
+                          "checkpoint)")
+ANALYSIS_OUT = typer.Option(None, "-o", "--out-dir", help="where the figure (PNG, PDF) and numbers go (default: "
+                            "FIRST_PATH/analysis)", show_default=False)
+
+
+def _analysis_dir(out: Optional[str], first: str):
+    from pathlib import Path
+
+    return Path(out) if out is not None else Path(first) / "analysis"
+
+
+def _wrote(paths: list) -> None:
+    print("wrote " + ", ".join(map(str, paths)))
+
+
+@app.command(help="He et al.'s Figure 7: the std of each 3x3 conv's response (after BN, before the addition / "
+             "ReLU) over the evaluation split, per layer in network order and sorted, one line per run. "
+             "Example: resexp responses runs/sweeps/demo")
+@_error_boundary
+def responses(paths: list[str] = RUNS, out: Optional[str] = ANALYSIS_OUT, limit: Optional[int] = LIMIT,
+              device: str = DEVICE, unfinished: bool = UNFINISHED) -> None:
+    from resexp.analysis.responses import responses as layer_responses
+
+    _wrote(layer_responses(paths, _analysis_dir(out, paths[0]), limit, device, unfinished))
+
+
+@app.command(help="Veit et al.'s lesion study at test time: the error with each block deleted (its shortcut "
+             "kept), with k random blocks deleted and with k random same-stage pairs swapped, several draws "
+             "each. Plain nets get the same treatment. Example: resexp lesion runs/sweeps/demo/model=plain20 "
+             "runs/sweeps/demo/model=resnet20")
+@_error_boundary
+def lesion(paths: list[str] = RUNS, out: Optional[str] = ANALYSIS_OUT,
+           ks: str = typer.Option("1,2,4,8", "--k", help="numbers of blocks deleted / pairs swapped, comma-separated"),
+           draws: int = typer.Option(5, "--draws", min=1, help="random draws per k"),
+           limit: Optional[int] = LIMIT, seed: int = typer.Option(0, "--seed", help="seed of the random draws"),
+           device: str = DEVICE, unfinished: bool = UNFINISHED) -> None:
+    from resexp.analysis.lesion import lesion as lesion_study
+
+    try:
+        counts = sorted({int(k) for k in ks.split(",")})
+    except ValueError:
+        raise ResexpError(f"--k takes positive integers separated by commas, e.g. 1,2,4,8; got '{ks}'") from None
+    if not counts or counts[0] < 1:
+        raise ResexpError(f"--k takes positive integers separated by commas, e.g. 1,2,4,8; got '{ks}'")
+    _wrote(lesion_study(paths, _analysis_dir(out, paths[0]), counts, draws, limit, device, seed, unfinished))
+
+
 @app.command(help="One Transformer block on one vector, step by step: a linear sublayer G(x) = Wx + b "
              "(seeded W, b) and LayerNorms, under a norm placement. Prints each step and draws them as "
              "a bar chart. Example: resexp block --placement post --x 1,2,3,4")

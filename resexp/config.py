@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from resexp.errors import ConfigError, ResexpError
-from resexp.schema import key_choices, validate
+from resexp.schema import key_choices, section_defaults, validate
 
 GROUPS = ("model", "data", "optim", "trainer")
 
@@ -150,18 +150,36 @@ def run_identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     (max_iters: a run may be extended) are not part of it; train records them per segment in
     summary.json. Reports group runs by this identity less the seed, plus max_iters."""
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    return {
+    return with_schema_defaults({
         "model": plain["model"],
         "data": {k: v for k, v in plain["data"].items() if k not in DATA_LOCATION_KEYS},
         "optim": plain["optim"],
         "seed": plain["seed"],
         "batch_size": plain["trainer"]["batch_size"],
-    }
+    })
+
+
+# The identity's sections whose schema may gain a key with a default.
+DEFAULTED_SECTIONS = ("model", "data", "optim")
+
+
+def with_schema_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity with the schema's default (resexp.schema) filled in for every key its model,
+    data and optim sections lack. A key added to the schema later with a default (model.zero_pad)
+    is absent from the config.yaml and checkpoints of the runs written before it; filled in, it
+    equals the default, so those runs still resume and group with new runs that keep the default.
+    run_identity and identity_changes apply it, so identities read back from a checkpoint get it too."""
+    filled = dict(identity)
+    for group in DEFAULTED_SECTIONS:
+        section = identity.get(group)
+        if isinstance(section, dict):
+            filled[group] = {**section_defaults(group, section), **section}
+    return filled
 
 
 def identity_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two identities, as 'key (a here, b there)'."""
-    flat_before, flat_after = flatten_keys(before), flatten_keys(after)
+    flat_before, flat_after = (flatten_keys(with_schema_defaults(identity)) for identity in (before, after))
     return [f"{key} ({_show(flat_before.get(key, _ABSENT))} there, {_show(flat_after.get(key, _ABSENT))} here)"
             for key in sorted(flat_before.keys() | flat_after.keys()) if flat_before.get(key) != flat_after.get(key)]
 

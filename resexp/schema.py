@@ -28,6 +28,7 @@ from resexp.errors import ConfigError
 # A choice that code outside the schema checks too (the single-block view) is named once here.
 Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none"]
 PLACEMENTS = typing.get_args(Placement)
+ZeroPad = Literal["end", "split"]  # where option A's zero channels go (resexp/models/cifar_resnet.py)
 IMAGE_SIZE = 32  # every dataset is served as 32x32 (Fashion-MNIST zero-padded)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -64,6 +65,8 @@ class CifarResNetModel:
     residual: bool
     shortcut: Literal["A", "B"]
     width: float = positive()
+    # Runs written before this key existed lack it and count as "end" (resexp.config.run_identity).
+    zero_pad: ZeroPad = "end"
     name: Optional[str] = None
 
 
@@ -291,6 +294,17 @@ def key_choices(key: str) -> tuple[str, ...]:
         elif typing.get_origin(hint) is Literal:
             values += [str(v) for v in typing.get_args(hint)]
     return tuple(dict.fromkeys(values))
+
+
+def section_defaults(group: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The schema's defaults for one section of a tagged group (model, data, optim): every key of
+    the dataclass that the section's tag picks that has a default; {} for a tag it does not know."""
+    spec = next(f for f in fields(TrainConfig) if f.name == group)
+    tag = spec.metadata["tag"]
+    for member in typing.get_args(typing.get_type_hints(TrainConfig)[group]):
+        if section.get(tag) in typing.get_args(typing.get_type_hints(member)[tag]):
+            return {f.name: f.default for f in fields(member) if f.default is not dataclasses.MISSING}
+    return {}
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:

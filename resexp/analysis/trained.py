@@ -97,3 +97,20 @@ def error_and_loss(model: nn.Module, data: Data, limit: int | None = None) -> tu
         loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
         seen += len(labels)
     return 100.0 * errors.item() / seen, loss.item() / seen
+
+
+def expand_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories from arguments that are runs or sweeps: a sweep stands for every run
+    directory under it (config.yaml beside checkpoints/), by path."""
+    found: list[Path] = []
+    for given in map(Path, paths):
+        if not given.is_dir():
+            raise ResexpError(f"{given} is not a directory; give a run directory or a sweep directory")
+        if (given / "config.yaml").is_file():
+            found.append(given)
+            continue
+        runs = sorted(p.parent for p in given.rglob("config.yaml") if (p.parent / CHECKPOINT).is_file())
+        if not runs:
+            raise ResexpError(f"no trained runs under {given} (no config.yaml beside {CHECKPOINT})")
+        found += runs
+    return found

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.models.recompute import run_blocks
+from resexp.schema import ZeroPad
 
 STAGE_CHANNELS = (16, 32, 64)
 
@@ -43,21 +44,26 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 class ZeroPadShortcut(nn.Module):
-    """Option A: stride-2 subsampling, then zero channels appended after the existing ones."""
+    """Option A: stride-2 subsampling, then zero channels to the new width. `end` appends them
+    after the existing channels; `split` puts half before and half after (the odd one, if any,
+    after), as F.pad(x, (0, 0, 0, 0, p, p)) does in akamaster/pytorch_resnet_cifar10. Which one
+    a net was trained with matters: the next blocks' weights expect the old channels in place."""
 
-    def __init__(self, out_channels: int, stride: int) -> None:
+    def __init__(self, out_channels: int, stride: int, zero_pad: ZeroPad = "end") -> None:
         super().__init__()
         self.out_channels = out_channels
         self.stride = stride
+        self.zero_pad = zero_pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x[:, :, :: self.stride, :: self.stride]
         extra_channels = self.out_channels - x.shape[1]
+        before = extra_channels // 2 if self.zero_pad == "split" else 0
         # F.pad lists dims from the last: (W left, W right, H top, H bottom, C front, C back).
-        return F.pad(x, (0, 0, 0, 0, 0, extra_channels))
+        return F.pad(x, (0, 0, 0, 0, before, extra_channels - before))
 
     def extra_repr(self) -> str:
-        return f"out_channels={self.out_channels}, stride={self.stride}"
+        return f"out_channels={self.out_channels}, stride={self.stride}, zero_pad={self.zero_pad}"
 
 
 def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -72,7 +78,8 @@ class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, then the shortcut is added (residual only), then ReLU."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, residual: bool, shortcut: str
+        self, in_channels: int, out_channels: int, stride: int, residual: bool, shortcut: str,
+        zero_pad: ZeroPad = "end",
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
@@ -86,7 +93,7 @@ class BasicBlock(nn.Module):
             if not shape_changes:
                 self.shortcut = nn.Identity()
             elif shortcut == "A":
-                self.shortcut = ZeroPadShortcut(out_channels, stride)
+                self.shortcut = ZeroPadShortcut(out_channels, stride, zero_pad)
             else:
                 self.shortcut = projection_shortcut(in_channels, out_channels, stride)
 
@@ -107,6 +114,7 @@ class CifarResNet(nn.Module):
         residual: bool = True,
         shortcut: str = "A",
         width: float = 1.0,
+        zero_pad: ZeroPad = "end",
         in_channels: int = 3,
         num_classes: int = 10,
     ) -> None:
@@ -124,7 +132,7 @@ class CifarResNet(nn.Module):
             for block_index in range(blocks_per_stage):
                 downsample = stage_index > 0 and block_index == 0
                 blocks.append(
-                    BasicBlock(stage_in, stage_out, 2 if downsample else 1, residual, shortcut)
+                    BasicBlock(stage_in, stage_out, 2 if downsample else 1, residual, shortcut, zero_pad)
                 )
                 stage_in = stage_out
             stages.append(nn.Sequential(*blocks))

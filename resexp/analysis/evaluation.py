@@ -1,0 +1,69 @@
+"""Test error and loss of a trained run's checkpoint, or of published weights from another
+codebase (akamaster/pytorch_resnet_cifar10) run through resexp's own input path. Both return
+plain dicts of JSON values, for `resexp eval` to print."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resexp.analysis.trained import error_and_loss, load_run
+from resexp.config import compose
+from resexp.data import build_data
+from resexp.engine.runtime import resolve_device
+from resexp.errors import ResexpError
+from resexp.models.akamaster import load_akamaster
+from resexp.models.cifar_resnet import CifarResNet
+
+# --from choices: each reads (file, model config) into a model in eval mode and the mean image
+# (C, H, W) that resexp's normalisation (x/255 - mean) must subtract for it.
+Importer = Callable[[Path, Mapping[str, Any]], tuple[CifarResNet, torch.Tensor]]
+WEIGHT_SOURCES: dict[str, Importer] = {"akamaster": load_akamaster}
+
+
+def eval_run(run_dir: str | Path, device: str = "auto", unfinished: bool = False,
+             limit: int | None = None) -> dict[str, Any]:
+    """The error (%) and loss of a run's checkpoint on its evaluation split (the first `limit`
+    images of it when given)."""
+    check_limit(limit)
+    run = load_run(run_dir, device, unfinished)
+    error, loss = error_and_loss(run.model, run.data, limit)
+    return {"run": str(run.path), "model": str(run.cfg.model.name), "data": run.data.name,
+            "split": run.data.eval_split, "iteration": run.iteration, "error": error, "loss": loss,
+            "images": images_evaluated(len(run.data.eval_labels), limit)}
+
+
+def eval_weights(weights: str | Path, source: str, overrides: list[str], device: str = "auto",
+                 limit: int | None = None) -> dict[str, Any]:
+    """The error (%) and loss of a weights file from `source` (WEIGHT_SOURCES) as the model that
+    `overrides` compose (e.g. ["model=resnet56"]; data=cifar10 unless they say otherwise)."""
+    if source not in WEIGHT_SOURCES:
+        raise ResexpError(f"unknown weights source '{source}'; choose from: {', '.join(WEIGHT_SOURCES)}")
+    check_limit(limit)
+    cfg = compose(overrides)
+    target = resolve_device(device)
+    model, mean = WEIGHT_SOURCES[source](Path(weights), cfg.model)  # before the data: it may download
+    # Batch size 1: the training batcher goes unused, and must not refuse a small training set.
+    data = build_data(cfg.data, target, 1, int(cfg.seed), torch.contiguous_format)
+    inputs = (len(mean), model.fc.out_features)
+    if inputs != (data.channels, data.num_classes):
+        raise ResexpError(f"{weights} classifies {inputs[0]}-channel images into {inputs[1]} classes; "
+                          f"data={data.name} has {data.channels} channels and {data.num_classes} classes")
+    data = dataclasses.replace(data, mean=mean.to(target))
+    error, loss = error_and_loss(model.to(target), data, limit)
+    return {"weights": str(weights), "source": source, "model": str(cfg.model.name), "data": data.name,
+            "split": data.eval_split, "error": error, "loss": loss,
+            "images": images_evaluated(len(data.eval_labels), limit)}
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ResexpError(f"the image limit must be a positive number of images; got {limit}")
+
+
+def images_evaluated(available: int, limit: int | None) -> int:
+    return available if limit is None else min(available, limit)

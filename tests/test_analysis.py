@@ -1,0 +1,152 @@
+"""Layer responses and the lesion study: values against hand computations on tiny models, and the
+commands on real (tiny) trained runs, with their one-line refusals."""
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from typer.testing import CliRunner
+
+from resexp.analysis.lesion import blocks_of, draw_pairs, lesioned, swappable
+from resexp.analysis.responses import layer_responses, response_layers
+from resexp.analysis.trained import error_and_loss, load_run
+from resexp.cli import app
+from resexp.config import compose
+from resexp.engine.train import train
+from resexp.models import build_model
+
+TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
+        "trainer.max_iters=4", "trainer.eval_every=2", "trainer.log_every=2", "trainer.progress=none"]
+
+
+def tiny_net(depth: int, residual: bool) -> nn.Module:
+    torch.manual_seed(depth + residual)
+    model = build_model({"arch": "cifar_resnet", "name": "t", "depth": depth, "residual": residual,
+                         "shortcut": "A", "width": 0.25})
+    for module in model.modules():  # trained-looking BN: statistics and affine far from the identity
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.2, 1.5)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def test_layer_response_std_equals_a_hand_computation():
+    model = tiny_net(14, residual=True)
+    images = torch.randn(600, 3, 32, 32)  # more than one batch of EVAL_BATCH: sums across batches
+    stds = layer_responses(model, images)
+    names = [name for name, _ in response_layers(model)]
+    assert len(stds) == len(names) == 13  # stem + 2 per block, 6 blocks
+    with torch.no_grad():
+        stem = model.stem[1](model.stem[0](images))
+        block = model.stages[0][0]
+        r1 = block.bn1(block.conv1(F.relu(stem)))
+        r2 = block.bn2(block.conv2(F.relu(r1)))
+    for name, expected in [("stem.1", stem), ("stages.0.0.bn1", r1), ("stages.0.0.bn2", r2)]:
+        assert stds[names.index(name)] == pytest.approx(expected.double().std(unbiased=False).item(), rel=1e-6)
+
+
+def test_deleting_a_block_equals_the_net_built_without_it():
+    images = torch.randn(8, 3, 32, 32)
+    for residual in (True, False):
+        model = tiny_net(14, residual)
+        without = copy.deepcopy(model)
+        without.stages[1] = nn.Sequential(without.stages[1][0])  # stage 2 with its second block removed
+        with torch.no_grad(), lesioned(model, deleted=[(1, 1)]):
+            assert torch.equal(model(images), without(images))
+        before = [id(m) for m in model.modules()]
+        with torch.no_grad():
+            assert torch.equal(model(images), copy.deepcopy(model)(images))  # put back as it was
+        assert before == [id(m) for m in model.modules()]
+
+
+def test_deleting_a_downsampling_block_keeps_only_option_a():
+    model = tiny_net(14, residual=True)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        x = F.relu(model.stem(images))
+        x = model.stages[0](x)
+        x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, x.shape[1]))  # subsample, zero channels appended
+        x = model.stages[2](model.stages[1][1](x))
+        expected = model.fc(torch.flatten(model.pool(x), 1))
+        with lesioned(model, deleted=[(1, 0)]):
+            assert torch.allclose(model(images), expected, atol=1e-6)
+
+
+def test_swapped_pairs_are_same_stage_and_disjoint():
+    model = tiny_net(20, residual=True)
+    candidates = swappable(model)
+    assert (1, 0) not in candidates and (2, 0) not in candidates and (0, 0) in candidates
+    pairs = draw_pairs(candidates, 3, random.Random(0))
+    assert len(pairs) == 3 and all(a[0] == b[0] for a, b in pairs)
+    assert len({block for pair in pairs for block in pair}) == 6
+    assert draw_pairs(candidates, 10, random.Random(0)) is None  # only 7 swappable blocks
+    images = torch.randn(4, 3, 32, 32)
+    (a, b), = draw_pairs(candidates, 1, random.Random(1))
+    reordered = copy.deepcopy(model)
+    reordered.stages[a[0]][a[1]], reordered.stages[b[0]][b[1]] = reordered.stages[b[0]][b[1]], \
+        reordered.stages[a[0]][a[1]]
+    with torch.no_grad(), lesioned(model, swapped=[(a, b)]):
+        assert torch.equal(model(images), reordered(images))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for model in ("resnet20", "plain20"):
+        train(compose([f"model={model}", *TINY, f"run.root={root}"]))
+    return root
+
+
+def test_responses_and_lesion_commands_on_trained_runs(trained, tmp_path):
+    runs = [str(trained / "plain20_synthetic_seed0"), str(trained / "resnet20_synthetic_seed0")]
+    result = CliRunner().invoke(app, ["responses", str(trained), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "responses.json").read_text())
+    assert [r["label"] for r in written] == ["plain-20", "ResNet-20"] and all(len(r["std"]) == 19 for r in written)
+    run = load_run(runs[1])
+    images = torch.cat([x for x, _ in run.data.eval_batches(500, torch.contiguous_format)])
+    assert written[1]["std"] == pytest.approx(layer_responses(run.model, images))
+    assert (tmp_path / "responses.csv").read_text().count("\n") == 1 + 2 * 19
+
+    result = CliRunner().invoke(app, ["lesion", *runs, "-o", str(tmp_path), "--k", "1,2", "--draws", "2"])
+    assert result.exit_code == 0, result.output
+    lesion = {r["label"]: r for r in json.loads((tmp_path / "lesion.json").read_text())}
+    resnet = lesion["ResNet-20"]
+    assert resnet["baseline_error"] == error_and_loss(run.model, run.data)[0]
+    assert len(resnet["single_deletion_error"]) == len(blocks_of(run.model)) == 9
+    assert [len(v) for v in resnet["random_deletion_error"].values()] == [2, 2]
+    with lesioned(run.model, deleted=[(0, 1)]):
+        assert resnet["single_deletion_error"][1] == error_and_loss(run.model, run.data)[0]
+    assert (tmp_path / "lesion.png").stat().st_size > 10_000
+
+
+def test_analysis_refusals_are_one_line(trained, tmp_path):
+    resnet = trained / "resnet20_synthetic_seed0"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.yaml", "checkpoints"):
+        (unfinished / name).symlink_to(resnet / name)
+    summary = json.loads((resnet / "summary.json").read_text())
+    (unfinished / "summary.json").write_text(json.dumps({**summary, "status": "stopped", "iterations": 2}))
+    vit_root = tmp_path / "vit"
+    (tmp_path / "out").mkdir()
+    train(compose(["model=vit_pre", *(o for o in TINY if not o.startswith("model.")), "model.dim=16", "model.heads=2", "model.depth=2", "optim=adamw",
+                   "trainer.max_iters=2", f"run.root={vit_root}"]))
+    cases = [
+        (["responses", str(tmp_path / "missing")], "is not a directory"),
+        (["lesion", str(vit_root.parent / "out")], "no trained runs under"),
+        (["responses", str(unfinished)], "has not finished training (status stopped, iteration 2 of 4)"),
+        (["lesion", str(next(vit_root.iterdir()))], "resexp lesion applies to the cifar_resnet models"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out")])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and result.output.count("\n") == 1, result.output
+    allowed = CliRunner().invoke(app, ["responses", str(unfinished), "--unfinished", "-o", str(tmp_path / "out")])
+    assert allowed.exit_code == 0, allowed.output
