@@ -333,6 +333,91 @@ def lesion(paths: list[str] = RUNS, out: Optional[str] = ANALYSIS_OUT,
     _wrote(lesion_study(paths, _analysis_dir(out, paths[0]), counts, draws, limit, device, seed, unfinished))
 
 
+@app.command(help="Loss landscape (Li et al. 2018): loss and error on a grid around the trained weights along "
+             "random filter-normalised directions (BN and bias entries zeroed), with the run's BN statistics; "
+             "contours and a 3-D surface (--dims 2) or a line (--dims 1), runs side by side. The grid is saved, "
+             "so a re-plot with the same settings needs no re-evaluation. Example: resexp landscape "
+             "runs/sweeps/demo/model=plain56 runs/sweeps/demo/model=resnet56 --grid 11 --limit 500")
+@_error_boundary
+def landscape(paths: list[str] = RUNS, out: Optional[str] = ANALYSIS_OUT,
+              grid: int = typer.Option(51, "--grid", help="points per axis (odd: the trained weights are the "
+                                       "centre); 51 is Li et al.'s, 11-13 is enough for a coarse look on a CPU"),
+              span: float = typer.Option(1.0, "--span", help="the grid covers [-span, span] per direction"),
+              dims: int = typer.Option(2, "--dims", help="1 or 2 random directions"),
+              limit: Optional[int] = LIMIT, seed: int = typer.Option(0, "--seed", help="seed of the directions"),
+              force: bool = typer.Option(False, "--force", help="evaluate again even if a saved grid matches"),
+              device: str = DEVICE, unfinished: bool = UNFINISHED) -> None:
+    from resexp.analysis.landscape import landscape as loss_landscape
+
+    _wrote(loss_landscape(paths, _analysis_dir(out, paths[0]), grid, span, dims, limit, device, seed, unfinished,
+                          force))
+
+
+@app.command(name="eval", help="Test error and loss of a checkpoint, without training: a run's (resexp eval RUN), or "
+             "published weights as a named model (resexp eval --weights resnet56-4bfd9763.th --from akamaster "
+             "model=resnet56; data=cifar10 unless an override says otherwise). Writes nothing.")
+@_error_boundary
+def evaluate(
+    args: Optional[list[str]] = typer.Argument(None, help="a run directory, or (with --weights) overrides such as "
+                                               "model=resnet56", show_default=False, autocompletion=_complete_override),
+    weights: Optional[str] = typer.Option(None, "--weights", help="a weights file from another codebase",
+                                          show_default=False),
+    source: str = typer.Option("akamaster", "--from", help="the weights file's codebase: akamaster "
+                               "(akamaster/pytorch_resnet_cifar10's pretrained_models/*.th)"),
+    limit: Optional[int] = LIMIT, device: str = DEVICE, unfinished: bool = UNFINISHED,
+) -> None:
+    from pathlib import Path
+
+    from resexp.analysis.evaluation import eval_run, eval_weights
+
+    given = args or []
+    if weights is not None:
+        result = eval_weights(weights, source, given, device, limit)
+        what = f"{result['weights']} ({result['source']}) as {result['model']}"
+    else:
+        if len(given) != 1 or not Path(given[0]).is_dir() and "=" in given[0]:  # sweep runs' names hold '='
+            raise ResexpError("give one run directory (resexp eval RUN), or --weights FILE with model=NAME")
+        result = eval_run(given[0], device, unfinished, limit)
+        what = f"{result['run']} ({result['model']}, iteration {result['iteration']})"
+    print(f"{what} on {result['data']} {result['split']} ({result['images']} images): "
+          f"error {result['error']:.2f}%, loss {result['loss']:.4f}")
+
+
+@app.command(help="Per-layer gradient norms of CIFAR CNNs (plain vs residual): at initialisation (the init the run "
+             "had) and from the checkpoint, for runs; at initialisation for model names. With --shattered, also "
+             "Balduzzi et al.'s shattered-gradients figure (dy/dx of deep plain vs residual nets over a 1-D input, "
+             "and its autocorrelation). Example: resexp gradflow runs/plain56_synthetic_seed0 resnet56 "
+             "data=synthetic --shattered")
+@_error_boundary
+def gradflow(
+    targets: Optional[list[str]] = typer.Argument(None, help="run directories or model names (plain56, resnet56, "
+                                                  "...), and key=value overrides for the model names' data",
+                                                  show_default=False, autocompletion=_complete_override),
+    out: Optional[str] = typer.Option(None, "-o", "--out-dir", help="where the figures (PNG, PDF) and numbers go "
+                                      "(default: FIRST_RUN/analysis, or ./analysis)", show_default=False),
+    batches: int = typer.Option(4, "--batches", min=1, help="training batches the norms are averaged over"),
+    shattered: bool = typer.Option(False, "--shattered", help="also the shattered-gradients figure"),
+    seed: int = typer.Option(0, "--seed", help="seed of the shattered-gradients nets"),
+    device: str = DEVICE, unfinished: bool = UNFINISHED,
+) -> None:
+    from pathlib import Path
+
+    from resexp.analysis import gradflow as flow
+
+    given = targets or []
+    is_override = [("=" in t and not Path(t).is_dir()) for t in given]  # sweep runs' directory names hold '='
+    overrides = [t for t, o in zip(given, is_override) if o]
+    names = [t for t, o in zip(given, is_override) if not o]
+    if not names and not shattered:
+        raise ResexpError("give run directories or model names (e.g. plain56 resnet56 data=synthetic), or --shattered")
+    first_run = next((n for n in names if Path(n).is_dir()), None)
+    out_dir = Path(out) if out is not None else Path(first_run) / "analysis" if first_run else Path("analysis")
+    paths = flow.gradflow(names, out_dir, overrides, device, batches, unfinished) if names else []
+    if shattered:
+        paths += flow.shattered(out_dir, seed)
+    _wrote(paths)
+
+
 @app.command(help="One Transformer block on one vector, step by step: a linear sublayer G(x) = Wx + b "
              "(seeded W, b) and LayerNorms, under a norm placement. Prints each step and draws them as "
              "a bar chart. Example: resexp block --placement post --x 1,2,3,4")

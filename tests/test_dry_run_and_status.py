@@ -153,3 +153,13 @@ def test_summary_is_rewritten_at_every_log_point(tmp_path, monkeypatch):
     assert (2, True) in logged and (4, True) in logged and logged[-1] == (6, True)
     assert writes[0][0] == 0 and writes[0][2] is None  # the first write, before any step
     assert any(checkpoint == 2 for _, _, checkpoint in writes)  # written after each checkpoint
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """mkstemp creates 0600 files: summary.json must stay readable by the group, as any file would."""
+    previous = os.umask(0o022)
+    try:
+        write_json(tmp_path / "summary.json", {"status": "running"})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o644

@@ -56,7 +56,7 @@ def layer_grad_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     try:
         model.train()
         with torch.enable_grad():
-            loss = F.cross_entropy(model(images).float(), labels)
+            loss = F.cross_entropy(model(images), labels)
             grads = torch.autograd.grad(loss, [module.weight for _, module in layers])
     finally:
         with torch.no_grad():
@@ -141,7 +141,7 @@ def target_curves(target: str, overrides: Sequence[str], device: str, batches: i
             for state, iteration, model in states]
 
 
-def gradflow(targets: Sequence[str], out_dir: Path, overrides: Sequence[str] = (), device: str = "auto",
+def gradflow(targets: Sequence[str | Path], out_dir: Path, overrides: Sequence[str] = (), device: str = "auto",
              batches: int = 4, unfinished: bool = False) -> list[Path]:
     """Per-layer gradient norms of each target (a run directory: at init and at its checkpoint;
     a model name such as plain56: at init, `overrides` composing its data, e.g. data=synthetic),
@@ -161,16 +161,16 @@ def gradflow(targets: Sequence[str], out_dir: Path, overrides: Sequence[str] = (
 
 
 def draw_gradflow(curves: list[GradFlowCurve], batches: int) -> Figure:
-    """Gradient norm (log) against layer index, one line per target and state: plain nets in
-    reds, residual nets in blues (darker = deeper in the order given), dashed at init, solid at
-    the checkpoint."""
+    """Gradient norm (log) against layer index, one line per target and state: plain nets (VGG
+    too) in reds, residual nets in blues, a darker shade for each later target of a kind; dashed
+    at init, solid at the checkpoint."""
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.add_subplot()
     targets = list(dict.fromkeys((curve.target, curve.residual) for curve in curves))
     labels = [curve.label for curve in curves if curve.state == "init"]
     for curve in curves:
-        kin = [target for target in targets if target[1] == curve.residual]
-        shade = 0.55 + 0.4 * kin.index((curve.target, curve.residual)) / max(1, len(kin) - 1)
+        same_kind = [target for target in targets if target[1] == curve.residual]
+        shade = 0.55 + 0.4 * same_kind.index((curve.target, curve.residual)) / max(1, len(same_kind) - 1)
         colour = colormaps["Blues" if curve.residual else "Reds"](shade)
         name = curve.label if labels.count(curve.label) == 1 else f"{curve.label} ({Path(curve.target).name})"
         state = "init" if curve.state == "init" else f"trained, iter {curve.iteration}"
@@ -317,7 +317,7 @@ def draw_shattered(result: dict[str, Any]) -> Figure:
                         label=reference["label"])
         bottom.axhline(0.0, color="black", linewidth=0.5)
         bottom.set_ylim(-0.5, 1.05)
-        bottom.set_xlabel("lag (points)")
+        bottom.set_xlabel(f"lag (points, {4 / (result['points'] - 1):.3g} apart in x)")
         bottom.set_title(f"lag-1 autocorrelation {net['lag1_autocorrelation']:.2f}", fontsize="medium")
     axes[0, 0].set_ylabel("dy/dx")
     axes[1, 0].set_ylabel("autocorrelation of dy/dx")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
@@ -28,7 +29,7 @@ from resexp.errors import ResexpError
 from resexp.report.figures import save_figure
 
 Direction = list[torch.Tensor]  # one tensor per model.parameters() entry, same shapes
-CONTOUR_LEVELS = 20
+CONTOUR_LEVELS = 30
 
 
 def check_settings(grid: int, span: float, dims: int, limit: int | None) -> None:
@@ -112,8 +113,9 @@ def evaluate_grid(
 def landscape_settings(run: TrainedRun, grid: int, span: float, dims: int, limit: int | None,
                        seed: int) -> dict[str, Any]:
     """What a saved grid depends on: a saved grid is reused only when all of it matches (the run's
-    path and checkpoint iteration too, so a run trained further is evaluated afresh)."""
-    return {"run": str(run.path.resolve()), "iteration": run.iteration, "grid": grid, "span": span, "dims": dims,
+    path as given, so that committed grids replot in a fresh clone, and its checkpoint iteration,
+    so that a run trained further is evaluated afresh)."""
+    return {"run": str(run.path), "iteration": run.iteration, "grid": grid, "span": span, "dims": dims,
             "limit": limit, "seed": seed}
 
 
@@ -196,18 +198,22 @@ def landscape(
 def log_levels(losses: list[np.ndarray]) -> np.ndarray:
     """Contour levels spaced evenly in log loss over all runs, so that equal levels mean equal
     losses across the panels and the narrow basin at the centre gets as many lines as the walls."""
-    finite = np.concatenate([loss[np.isfinite(loss)] for loss in losses])
-    top = float(finite.max())
-    bottom = max(float(finite.min()), top * 1e-6)  # a loss of exactly 0 has no log
+    values = np.concatenate([loss.ravel() for loss in losses])
+    positive = values[np.isfinite(values) & (values > 0)]  # a loss of exactly 0 (or inf, nan) has no log
+    bottom, top = (float(positive.min()), float(positive.max())) if positive.size else (1.0, 1.0)
     return np.geomspace(bottom, top, CONTOUR_LEVELS) if top > bottom else np.array([bottom * 0.9, top * 1.1])
 
 
 def draw_surfaces(titles: list[str], results: list[dict[str, np.ndarray]]) -> Figure:
-    """Two-dimensional landscapes: contours (top) and 3-D surfaces (bottom), one column per run,
-    on shared levels and z range so that the columns compare."""
+    """Two-dimensional landscapes: contours (top) and 3-D surfaces of log10 loss (bottom), one
+    column per run, on shared levels and z range so that the columns compare. The surfaces are
+    in log10 because the walls rise by orders of magnitude: on a linear axis one spike flattens
+    every basin (and mplot3d has no log axis)."""
     levels = log_levels([r["loss"] for r in results])
     norm = LogNorm(levels[0], levels[-1])
-    fig = Figure(figsize=(4.2 * len(results), 8.4), layout="constrained")
+    log_range = (np.log10(levels[0]), np.log10(levels[-1]))
+    fig = Figure(figsize=(4.2 * len(results) + 1, 8.4), layout="constrained")
+    contour_axes = []
     for column, (title, result) in enumerate(zip(titles, results)):
         alpha, beta = np.meshgrid(*result["coords"], indexing="ij")
         loss = result["loss"]
@@ -216,9 +222,14 @@ def draw_surfaces(titles: list[str], results: list[dict[str, np.ndarray]]) -> Fi
         contour_ax.clabel(lines, lines.levels[::3], fontsize=6, fmt="%.3g")
         contour_ax.plot(0, 0, "r+", markersize=8)
         contour_ax.set(title=title, xlabel="α (direction 1)", ylabel="β (direction 2)", aspect="equal")
+        contour_axes.append(contour_ax)
         surface_ax = fig.add_subplot(2, len(results), len(results) + column + 1, projection="3d")
-        surface_ax.plot_surface(alpha, beta, loss, cmap="viridis", norm=norm, linewidth=0, antialiased=True)
-        surface_ax.set(xlabel="α", ylabel="β", zlabel="loss", zlim=(0, levels[-1]))
+        # Clipped at the lowest level: a loss of exactly 0 would be -inf.
+        surface_ax.plot_surface(alpha, beta, np.log10(np.maximum(loss, levels[0])), cmap="viridis",
+                                vmin=log_range[0], vmax=log_range[1], linewidth=0, antialiased=True)
+        surface_ax.set(xlabel="α", ylabel="β", zlabel="log10 loss", zlim=log_range)
+    fig.colorbar(lines, ax=contour_axes, label="test loss (shared levels)", ticks=LogLocator(),
+                 format=LogFormatterSciNotation())
     fig.suptitle("Loss along two filter-normalised random directions (Li et al. 2018)")
     return fig
 
