@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # tested with; set TORCH="torch torchvision" (or a CUDA wheel spec) to choose your own.
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test clean
+.PHONY: install demo analysis test clean
 
 install: $(BIN)/resexp
 
@@ -24,6 +24,15 @@ demo: install
 	$(BIN)/resexp figure $(DEMO) -o results/demo/figure6.png
 	$(BIN)/resexp table $(DEMO) -o results/demo
 	$(BIN)/python scripts/check_demo.py $(DEMO)
+
+# Why residuals work, measured on the demo's trained runs (results/analysis/README.md).
+analysis: install
+	$(BIN)/resexp responses $(DEMO) -o results/analysis
+	$(BIN)/resexp lesion $(DEMO) -o results/analysis --k 1,2,4,8 --draws 5 --limit 1000
+	$(BIN)/resexp landscape $(DEMO)/model=plain56 $(DEMO)/model=resnet56 -o results/analysis --grid 11 --limit 500
+	$(BIN)/resexp gradflow $(DEMO)/model=plain20 $(DEMO)/model=resnet20 $(DEMO)/model=plain56 $(DEMO)/model=resnet56 \
+		--shattered -o results/analysis
+	$(BIN)/resexp eval $(DEMO)/model=resnet56
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@ commands on real (tiny) trained runs, with their one-line refusals."""
 import copy
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -150,3 +151,33 @@ def test_analysis_refusals_are_one_line(trained, tmp_path):
         assert message in result.output and result.output.count("\n") == 1, result.output
     allowed = CliRunner().invoke(app, ["responses", str(unfinished), "--unfinished", "-o", str(tmp_path / "out")])
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_eval_landscape_and_gradflow_commands_take_sweep_run_directories(trained, tmp_path):
+    """A sweep's run directories are named key=value: they are runs, not overrides."""
+    run = tmp_path / "sweep" / "model=resnet20"
+    shutil.copytree(trained / "resnet20_synthetic_seed0", run)
+    summary = json.loads((run / "summary.json").read_text())
+    result = CliRunner().invoke(app, ["eval", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"error {summary['test_error']:.2f}%" in result.output and "iteration 4" in result.output
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["landscape", str(run), "--grid", "3", "--limit", "32", "--dims", "1",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "landscape_model=resnet20.json").read_text())
+    loaded = load_run(run)
+    assert saved["centre_loss"] == pytest.approx(error_and_loss(loaded.model, loaded.data, 32)[1], rel=1e-6)
+
+    result = CliRunner().invoke(app, ["gradflow", str(run), "plain20", "data=synthetic", "data.train_size=256",
+                                      "model.width=0.25", "--batches", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    curves = json.loads((out / "gradflow.json").read_text())["curves"]
+    assert [(c["label"], c["state"]) for c in curves] == [("ResNet-20", "init"), ("ResNet-20", "checkpoint"),
+                                                         ("plain-20", "init")]
+    for args, message in [(["eval"], "give one run directory"),
+                          (["eval", "--weights", str(tmp_path / "none.th"), "model=resnet20"], "no such file"),
+                          (["gradflow"], "give run directories or model names")]:
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and message in refused.output, refused.output
