@@ -181,3 +181,40 @@ def test_eval_landscape_and_gradflow_commands_take_sweep_run_directories(trained
                           (["gradflow"], "give run directories or model names")]:
         refused = CliRunner().invoke(app, args)
         assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def test_cnn_probes_equal_hand_computations():
+    from resexp.analysis.probes import block_grad_norms, stream_probes, supports_probes
+
+    model = tiny_net(14, residual=True).train()
+    images = torch.randn(6, 3, 32, 32)
+    assert supports_probes(model)
+    probes = stream_probes(model, images)
+    assert model.training  # the probe's eval-mode forward leaves the mode as it was
+    model.eval()
+    with torch.no_grad():
+        x = F.relu(model.stem(images))
+        block = model.stages[0][0]
+        branch = block.bn2(block.conv2(F.relu(block.bn1(block.conv1(x)))))
+        out = F.relu(branch + x)
+    assert probes["stream_norm"][0].item() == pytest.approx(out.flatten(1).norm(dim=1).mean().item(), rel=1e-5)
+    assert probes["rel_update"][0].item() == pytest.approx(
+        (branch.flatten(1).norm(dim=1).mean() / x.flatten(1).norm(dim=1).mean()).item(), rel=1e-5)
+    assert len(probes["stream_norm"]) == 6 and "rel_update" not in stream_probes(tiny_net(14, False), images)
+
+    model.train()
+    F.cross_entropy(model(images), torch.arange(6) % 10).backward()
+    expected = torch.cat([model.stages[1][0].conv1.weight.grad.flatten(), model.stages[1][0].conv2.weight.grad.flatten()])
+    assert block_grad_norms(model)[2].item() == pytest.approx(expected.norm().item(), rel=1e-5)
+
+
+def test_cnn_probes_leave_training_unchanged(tmp_path):
+    common = ["model=resnet20", *TINY, "trainer.precision=fp32", "trainer.deterministic=true", "trainer.max_iters=3"]
+    train(compose([*common, "trainer.probe_every=1", f"run.root={tmp_path}/a"]))
+    train(compose([*common, "trainer.probe_every=0", f"run.root={tmp_path}/b"]))
+    a, b = (torch.load(tmp_path / x / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
+            for x in ("a", "b"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    from resexp.report import read_series
+    tags = read_series(tmp_path / "a" / "resnet20_synthetic_seed0")
+    assert tags["probe/grad_norm/block_008"][0] == [0, 1, 2] and "probe/rel_update/block_000" in tags

@@ -371,13 +371,11 @@ def test_pre_ln_stream_grows_with_depth_post_ln_does_not() -> None:
     torch.testing.assert_close(post, torch.full((12,), math.sqrt(128)), rtol=1e-4, atol=0)
 
 
-def test_probes_need_transformer_blocks() -> None:
-    resnet = build_model(
-        {"arch": "cifar_resnet", "depth": 8, "residual": True, "shortcut": "A", "width": 0.25}
-    )
-    assert supports_probes(small_vit()) and not supports_probes(resnet)
-    with pytest.raises(ResexpError, match="no Transformer blocks to probe"):
-        stream_probes(resnet, torch.randn(1, 3, 32, 32))
-    with pytest.raises(ResexpError, match="no Transformer blocks to probe"):
-        block_grad_norms(resnet)
+def test_probes_need_blocks() -> None:
+    vgg = build_model({"arch": "vgg", "depth": 11, "width": 0.25})
+    assert supports_probes(small_vit()) and not supports_probes(vgg)
+    with pytest.raises(ResexpError, match="no blocks to probe"):
+        stream_probes(vgg, torch.randn(1, 3, 32, 32))
+    with pytest.raises(ResexpError, match="no blocks to probe"):
+        block_grad_norms(vgg)
     assert isinstance(small_vit().blocks[0], Block)
