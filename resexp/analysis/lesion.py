@@ -135,7 +135,7 @@ def lesion(paths: list[str | Path], out_dir: Path, ks: list[int], draws: int = 5
     runs = [load_run(run_dir, device, unfinished) for run_dir in expand_runs(paths)]
     for run in runs:  # every refusal before the first evaluation
         require_arch(run, "cifar_resnet", "resexp lesion")
-    with Progress(transient=True) as progress:  # gone when done: the command ends with what it wrote
+    with Progress() as progress:
         results = [lesion_study(run, ks, draws, limit, seed, progress) for run in runs]
     results.sort(key=lambda r: (r["residual"], r["depth"], r["run"]))
     out_dir.mkdir(parents=True, exist_ok=True)
