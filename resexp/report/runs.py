@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -248,17 +248,30 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
     The label is the model's name ("plain-20"); where several experiments share it (an lr
     sweep, two datasets) the config values that tell them apart are appended.
     """
-    groups: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: r.seed):
-        groups.setdefault(json.dumps(run.identity, sort_keys=True), []).append(run)
-    by_label: dict[str, list[list[Run]]] = {}
-    for members in groups.values():
-        by_label.setdefault(members[0].base_label, []).append(members)
+    return group_by_setting(sorted(runs, key=lambda r: r.seed), lambda r: r.identity)
+
+
+def group_by_setting(runs: Iterable[Run], setting: Callable[[Run], dict[str, Any]]) -> dict[str, list[Run]]:
+    """Runs grouped by setting(run) (runs with equal settings form one group), groups and their
+    runs in the order of `runs`, keyed by a unique label.
+
+    The label is the model's name (Run.base_label); where several groups share it, the values of
+    the (flattened) setting that tell them apart are appended: "vit_post (model.residual=False)".
+    group_runs groups by the whole experiment; the norms report by the experiment less depth and warmup.
+    """
+    groups: dict[str, tuple[dict[str, Any], list[Run]]] = {}
+    for run in runs:
+        values = setting(run)
+        key = json.dumps(values, sort_keys=True, default=str)
+        groups.setdefault(key, (flatten_keys(values), []))[1].append(run)
+    by_label: dict[str, list[tuple[dict[str, Any], list[Run]]]] = {}
+    for flat, members in groups.values():
+        by_label.setdefault(members[0].base_label, []).append((flat, members))
     labelled = {}
     for label, same_name in by_label.items():
-        flat = [flatten_keys(members[0].identity) for members in same_name]
-        differing = sorted(k for k in set().union(*flat) if len({repr(f.get(k)) for f in flat}) > 1)
-        for members, values in zip(same_name, flat):
-            suffix = ", ".join(f"{k}={values.get(k)}" for k in differing)
+        keys = set().union(*(flat for flat, _ in same_name))
+        differing = sorted(k for k in keys if len({repr(flat.get(k)) for flat, _ in same_name}) > 1)
+        for flat, members in same_name:
+            suffix = ", ".join(f"{k}={flat.get(k)}" for k in differing)
             labelled[f"{label} ({suffix})" if suffix else label] = members
     return labelled

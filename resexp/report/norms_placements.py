@@ -1,0 +1,56 @@
+"""Transformer norm placement: a norms sweep's runs, one group per placement.
+
+A norms sweep trains ViTs (model.arch: vit), one model.name per placement (vit_post, vit_pre,
+...), at several depths, with and without learning-rate warmup (optim.warmup_iters > 0).
+norms_table and norms_figure report on it one row (column) per placement group.
+
+Notebook use:
+    runs = find_runs("runs/norms")
+    placement_groups(runs)   # {"vit_post": [Run, ...], "vit_pre": [...], ...}
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from resexp.config import flatten_keys
+from resexp.errors import ResexpError
+from resexp.report.runs import Run, group_by_setting
+
+PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
+                   "rezero": "ReZero", "none": "no norm"}
+# What a norms sweep varies inside one placement's row; any other config difference makes its own row.
+VARIED_KEYS = ("model.depth", "optim.warmup_iters")
+
+
+def placement_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """The ViT runs, one group per placement row, keyed by model.name, in placement order.
+
+    A group holds runs equal in config up to depth, warmup and seed. Where two groups share a
+    name (residual=false of vit_post, two learning rates) the config values that tell them apart
+    are appended to the label, as group_runs does.
+    """
+    vit = [r for r in runs if r.config.model.get("arch") == "vit"]
+    if not vit:
+        raise ResexpError(f"no ViT runs (model.arch: vit) among the {len(runs)} runs found: "
+                          "--kind norms reports on norm-placement sweeps")
+    labelled = group_by_setting(
+        vit, lambda run: {k: v for k, v in flatten_keys(run.identity).items() if k not in VARIED_KEYS})
+    return dict(sorted(labelled.items(), key=lambda item: (*placement_order(item[1][0]), item[0])))
+
+
+def run_placement(run: Run) -> str:
+    """The run's model.norm_placement ("post", "pre", ...); "?" if its config has none."""
+    return str(run.config.model.get("norm_placement", "?"))
+
+
+def placement_order(run: Run) -> tuple[int, bool]:
+    """Sort key: the placement's place in PLACEMENT_NAMES (unknown ones last), residual runs first."""
+    order = list(PLACEMENT_NAMES)
+    placement = run_placement(run)
+    return (order.index(placement) if placement in order else len(order), not run.residual)
+
+
+def run_warmup(run: Run) -> int:
+    """The run's optim.warmup_iters; 0 if it has none."""
+    return int(OmegaConf.select(run.config, "optim.warmup_iters", default=0) or 0)

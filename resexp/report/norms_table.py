@@ -1,0 +1,209 @@
+"""The norm-placement table: one row per ViT run (norms_runs) and one per placement (norms_table),
+written as Markdown and CSV (write_norms_table) or printed on the terminal (print_norms_table).
+
+Notebook use:
+    runs = find_runs("runs/norms")
+    rows = norms_table(runs)                      # one row per placement
+    write_norms_table(rows, "runs/norms", norms_runs(runs))
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from resexp.report.norms_placements import placement_groups, run_placement, run_warmup
+from resexp.report.norms_probes import block_profile, probe_steps
+from resexp.report.runs import Run, UnreadableRun, print_unreadable, unreadable_lines
+
+# Keys of a norms_runs row, in order: the header of norms_runs.csv.
+RUN_COLUMNS = ("model", "placement", "residual", "depth", "warmup_iters", "seed", "status", "diverged_at",
+               "iterations", "eval_split", "train_error", "test_error", "train_loss", "probe_step",
+               "stream_growth", "min_rel_update", "path")
+
+
+def norms_runs(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per ViT run (keys RUN_COLUMNS): by placement, then depth, warmup, seed.
+
+    Errors and loss are summary.json's last values (for a diverged run: at divergence); the
+    probe columns are taken at the run's last probe step (probe_step).
+    """
+    rows = []
+    for label, members in placement_groups(runs).items():
+        for run in sorted(members, key=lambda r: (r.depth, run_warmup(r), r.seed)):
+            rows.append(_run_row(label, run))
+    return rows
+
+
+def norms_table(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per placement (see _note for the columns); d<D>* keys for every depth in the sweep."""
+    run_rows = norms_runs(runs)
+    depths = sorted({r["depth"] for r in run_rows})
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in run_rows:
+        by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, members in by_model.items():
+        first = members[0]
+        row = {
+            "model": model, "placement": first["placement"], "residual": first["residual"],
+            "runs": len(members), "eval_split": first["eval_split"],
+            "warmup_iters": ", ".join(str(w) for w in sorted({m["warmup_iters"] for m in members} - {0})),
+            "diverged_no_warmup": _diverged_depths([m for m in members if not m["warmup_iters"]]),
+            "diverged_warmup": _diverged_depths([m for m in members if m["warmup_iters"]]),
+        }
+        for depth in depths:
+            row.update(_depth_cells(depth, [m for m in members if m["depth"] == depth]))
+        row.update(_probe_cells(members))
+        rows.append(row)
+    return rows
+
+
+def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows: list[dict[str, Any]] | None = None,
+                      unreadable: Sequence[UnreadableRun] = ()) -> list[Path]:
+    """Write out_dir/norms_table.md (for reading; the unreadable runs listed at its end) and
+    norms_table.csv (full precision), and with run_rows (norms_runs) the long form out_dir/norms_runs.csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md_path, csv_path = out / "norms_table.md", out / "norms_table.csv"
+    headers = _headers(rows)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
+    md_path.write_text("\n".join([*lines, "", *(f"- {line}" for line in _note(rows)), *unreadable_lines(unreadable)])
+                       + "\n")
+    _write_csv(csv_path, rows, list(rows[0]) if rows else [])
+    paths = [md_path, csv_path]
+    if run_rows is not None:
+        paths.append(out / "norms_runs.csv")
+        _write_csv(paths[-1], run_rows, list(RUN_COLUMNS))
+    return paths
+
+
+def print_norms_table(rows: list[dict[str, Any]], console: Console | None = None,
+                      unreadable: Sequence[UnreadableRun] = ()) -> None:
+    """The table on the terminal, as in the Markdown file."""
+    table = Table(*_headers(rows), title="Transformer norm placement", caption="\n".join(_note(rows)),
+                  caption_justify="left")
+    table.columns[0].no_wrap = True  # the placement's name, whatever the terminal's width
+    for row in rows:
+        table.add_row(*_display(row))
+    console = console or Console()
+    console.print(table)
+    print_unreadable(unreadable, console)
+
+
+def _run_row(label: str, run: Run) -> dict[str, Any]:
+    summary, split = run.summary, run.eval_split
+    probe_step = growth = min_rel = None
+    if probe_steps(run, "stream_norm"):
+        probe_step = probe_steps(run, "stream_norm")[-1]
+        stream = block_profile(run, "stream_norm", "last")
+        growth = float(stream[-1] / stream[0])
+    if probe_steps(run, "rel_update"):
+        min_rel = float(block_profile(run, "rel_update", "last").min())
+    return {
+        "model": label, "placement": run_placement(run), "residual": run.residual, "depth": run.depth,
+        "warmup_iters": run_warmup(run), "seed": run.seed, "status": run.status,
+        "diverged_at": summary.get("iterations") if run.status == "diverged" else None,
+        "iterations": summary.get("iterations"), "eval_split": split,
+        "train_error": summary.get("train_error"), "test_error": summary.get(f"{split}_error"),
+        "train_loss": summary.get("train_loss"), "probe_step": probe_step,
+        "stream_growth": growth, "min_rel_update": min_rel, "path": str(run.path),
+    }
+
+
+def _diverged_depths(members: list[dict[str, Any]]) -> str:
+    if not members:
+        return "not run"
+    cells = []
+    for depth in sorted({m["depth"] for m in members}):
+        at = [m for m in members if m["depth"] == depth]
+        diverged = sum(m["status"] == "diverged" for m in at)
+        if diverged:
+            cells.append(str(depth) if diverged == len(at) else f"{depth} ({diverged} of {len(at)})")
+    return ", ".join(cells) or "none"
+
+
+def _depth_cells(depth: int, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean final errors over the finished seeds at one depth, without (d<D>_train/test) and with
+    warmup (_w), and the display cell d<D>: "12.3/20.1 (w: 11.0/19.5)", "div@340", "not run"."""
+    cells: dict[str, Any] = {}
+    texts = []
+    for warm, suffix in ((False, ""), (True, "_w")):
+        setting = [m for m in members if bool(m["warmup_iters"]) == warm]
+        finished = [m for m in setting if m["status"] == "finished"]
+        for key in ("train", "test"):
+            cells[f"d{depth}_{key}{suffix}"] = (
+                statistics.fmean(m[f"{key}_error"] for m in finished) if finished else None)
+        parts = [f"{cells[f'd{depth}_train{suffix}']:.1f}/{cells[f'd{depth}_test{suffix}']:.1f}"] if finished else []
+        parts += [f"div@{m['diverged_at']}" if m["status"] == "diverged" else m["status"]
+                  for m in setting if m["status"] != "finished"]
+        texts.append("; ".join(parts))
+    plain, warm = texts
+    cells[f"d{depth}"] = (f"{plain} (w: {warm})" if plain and warm else plain or (f"w: {warm}" if warm else "not run"))
+    return cells
+
+
+def _probe_cells(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stream growth and smallest relative update at the deepest depth with a finished, probed run,
+    mean over its finished runs there (seeds and warmup settings)."""
+    probed = [m for m in members if m["status"] == "finished" and m["stream_growth"] is not None]
+    if not probed:
+        return {"probe_depth": None, "stream_growth": None, "min_rel_update": None}
+    depth = max(m["depth"] for m in probed)
+    deepest = [m for m in probed if m["depth"] == depth]
+    rel = [m["min_rel_update"] for m in deepest if m["min_rel_update"] is not None]
+    return {"probe_depth": depth, "stream_growth": statistics.fmean(m["stream_growth"] for m in deepest),
+            "min_rel_update": statistics.fmean(rel) if rel else None}
+
+
+def _depths(rows: list[dict[str, Any]]) -> list[int]:
+    return [int(key[1:]) for key in (rows[0] if rows else {}) if key[0] == "d" and key[1:].isdigit()]
+
+
+def _headers(rows: list[dict[str, Any]]) -> list[str]:
+    split = "/".join(sorted({r["eval_split"] for r in rows})) or "test"
+    return ["model", "runs", "diverged w/o warmup (depths)", "diverged with warmup (depths)",
+            *(f"d={d} train/{split} err. (%)" for d in _depths(rows)),
+            "‖x‖ growth last/first block (deepest finished d)", "min rel. update (deepest finished d)"]
+
+
+def _display(row: dict[str, Any]) -> list[str]:
+    def at_depth(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3g} (d={row['probe_depth']})"
+
+    return [row["model"], str(row["runs"]), row["diverged_no_warmup"], row["diverged_warmup"],
+            *(row[f"d{d}"] for d in _depths([row])), at_depth(row["stream_growth"]), at_depth(row["min_rel_update"])]
+
+
+def _note(rows: list[dict[str, Any]]) -> list[str]:
+    """One definition per column."""
+    warmups = sorted({int(w) for r in rows for w in r["warmup_iters"].split(", ") if w})
+    warmup = f"optim.warmup_iters = {', '.join(map(str, warmups))}" if warmups else "optim.warmup_iters > 0"
+    return [
+        "model: model.name, one row per placement (residual=false runs are their own row); runs: run directories.",
+        "diverged w/o / with warmup: the depths at which runs diverged without warmup (optim.warmup_iters = 0) "
+        f"and with warmup ({warmup}); \"D (k of n)\": k of n seeds diverged; none: no run diverged; "
+        "not run: no runs of that setting.",
+        "d=D train/test err.: final training / test error (%) from summary.json at depth D, mean over finished "
+        "seeds, without warmup, then (w: ...) with warmup; div@N: diverged at iteration N; running, failed: "
+        "unfinished runs.",
+        "‖x‖ growth: probe/stream_norm (‖x_l‖ after block l) of the last block / of block 0 at the final probe "
+        "step, at the deepest depth d with a finished run, mean over its finished runs there (seeds and warmup "
+        "settings).",
+        "min rel. update: the smallest over blocks of probe/rel_update (‖G(x_l)‖/‖x_l‖) at the final probe "
+        "step, same runs. n/a: no finished run logged the probes.",
+    ]
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
