@@ -15,6 +15,7 @@ from rich.table import Table
 from resexp import __version__
 from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices
 from resexp.errors import EXIT_INPUT, ResexpError, explain
+from resexp.schema import PLACEMENTS
 
 app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
@@ -423,11 +424,12 @@ def gradflow(
              "a bar chart. Example: resexp block --placement post --x 1,2,3,4")
 @_error_boundary
 def block(
-    placement: str = typer.Option("pre", "--placement", help="pre, post, sandwich or deepnorm"),
+    placement: str = typer.Option("pre", "--placement", help=f"one of: {', '.join(PLACEMENTS)}"),
     dim: int = typer.Option(4, "--dim", help="size of the vector"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of W, b and x (default 42)", show_default=False),
     x: Optional[str] = typer.Option(None, "--x", help="the input vector instead of a random one, e.g. 1,2,3,4"),
-    blocks: int = typer.Option(1, "--blocks", help="N, the model's depth, in DeepNorm's α = (2N)^(1/4)"),
+    blocks: int = typer.Option(1, "--blocks", help="N, the model's depth: DeepNorm's α = (2N)^(1/4), and Mix-LN's "
+                               "Post-LN share floor(0.25 N) (the block shown is block 1)"),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="PNG path (default block_PLACEMENT.png)"),
 ) -> None:
     from resexp.report.block_view import block_steps, check_placement, draw_block, parse_vector, rule_text

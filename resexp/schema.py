@@ -26,8 +26,11 @@ from omegaconf.errors import OmegaConfBaseException
 from resexp.errors import ConfigError
 
 # A choice that code outside the schema checks too (the single-block view) is named once here.
-Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none"]
+Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none", "mix", "lns", "dyt", "peri"]
 PLACEMENTS = typing.get_args(Placement)
+# Defaults of the ViT's placement parameters, shared with the model and the single-block view.
+DEFAULT_MIX_RATIO = 0.25  # Mix-LN's alpha: the fraction of leading blocks that are Post-LN
+DEFAULT_DYT_ALPHA = 0.5  # DyT's initial alpha in gamma * tanh(alpha * x) + beta
 ZeroPad = Literal["end", "split"]  # where option A's zero channels go (resexp/models/cifar_resnet.py)
 IMAGE_SIZE = 32  # every dataset is served as 32x32 (Fashion-MNIST zero-padded)
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -96,6 +99,10 @@ class ViTModel:
     residual: bool
     norm: Literal["layernorm", "rmsnorm"]
     name: Optional[str] = None
+    # Runs written before these keys existed lack them and count as the defaults (resexp.config.run_identity).
+    mix_ratio: float = rule(lambda v: 0 <= v <= 1, "a number in [0, 1]", DEFAULT_MIX_RATIO)
+    dyt_alpha: float = rule(lambda v: v > 0, "a positive number", DEFAULT_DYT_ALPHA)
+    qk_norm: bool = False
 
     @staticmethod
     def relations(model: Mapping[str, Any]) -> list[str]:

@@ -62,6 +62,9 @@ FORMULAS: dict[str, Callable[..., torch.Tensor]] = {
     "rezero": lambda x, s, G, n_in, n_out, alpha, gate: s + gate * G(x),
     "none": lambda x, s, G, n_in, n_out, alpha, gate: s + G(x),
 }
+# At residual_step's defaults (block 1, no Post-LN blocks) mix, lns and dyt are the pre rule
+# (tests/test_vit_placements.py checks them per block); peri is sandwich by name.
+FORMULAS.update({"mix": FORMULAS["pre"], "lns": FORMULAS["pre"], "dyt": FORMULAS["pre"], "peri": FORMULAS["sandwich"]})
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -84,7 +87,7 @@ def test_residual_step_matches_the_rule(placement: str, residual: bool) -> None:
 
 
 def test_residual_step_rejects_unknown_placement() -> None:
-    with pytest.raises(ConfigError, match="one of post, pre, sandwich, deepnorm, rezero, none; got 'mid'"):
+    with pytest.raises(ConfigError, match="one of post, pre, sandwich, deepnorm, rezero, none, mix, lns, dyt, peri; got 'mid'"):
         residual_step(torch.zeros(1, DIM), nn.Identity(), "mid")
 
 
@@ -177,11 +180,12 @@ def test_rezero_without_residual_is_rejected() -> None:
 
 def expected_params(placement: str, pool: str, norm: str, depth: int = 2, dim: int = 16) -> int:
     hidden, tokens = 2 * dim, 16 + (pool == "cls")
-    norm_params = 2 * dim if norm == "layernorm" else dim
-    norms_per_block = {"post": 2, "pre": 2, "sandwich": 4, "deepnorm": 2, "rezero": 0, "none": 0}
+    norm_params = 2 * dim + 1 if placement == "dyt" else 2 * dim if norm == "layernorm" else dim
+    norms_per_block = {"post": 2, "pre": 2, "sandwich": 4, "deepnorm": 2, "rezero": 0, "none": 0,
+                       "mix": 2, "lns": 2, "dyt": 2, "peri": 4}  # fmt: skip
     block = 4 * (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
     block += norms_per_block[placement] * norm_params + (2 if placement == "rezero" else 0)
-    final_norm = norm_params if placement in ("pre", "sandwich") else 0
+    final_norm = norm_params if placement not in ("post", "deepnorm", "rezero", "none") else 0
     embedding = 3 * dim * 8 * 8 + dim + tokens * dim + (dim if pool == "cls" else 0)
     return embedding + depth * block + final_norm + dim * 10 + 10
 
@@ -193,7 +197,7 @@ def test_shapes_params_and_final_norm(placement: str, pool: str, norm: str) -> N
     model = small_vit(placement, pool=pool, norm=norm)
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     assert count_params(model) == expected_params(placement, pool, norm)
-    assert (model.final_norm is not None) == (placement in ("pre", "sandwich"))
+    assert (model.final_norm is not None) == (placement not in ("post", "deepnorm", "rezero", "none"))
     assert (model.cls_token is not None) == (pool == "cls")
     norm_type = nn.LayerNorm if norm == "layernorm" else nn.RMSNorm
     norms = [m for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]

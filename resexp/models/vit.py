@@ -10,24 +10,32 @@ for the residual stream x and a sublayer G (attention or MLP):
     deepnorm  x <- LN(alpha*x + G(x)),  alpha = (2N)^(1/4), N = number of blocks
     rezero    x <- x + a*G(x),  a a learnable scalar initialised to 0, no norm
     none      x <- x + G(x),  no norm
+    mix       Mix-LN: post in blocks l <= floor(mix_ratio * N), pre after (l is 1-based)
+    lns       LayerNorm Scaling: x <- x + G(LN(x) / sqrt(l)) in block l
+    dyt       pre with every LayerNorm, the final one too, replaced by
+              DyT(x) = gamma * tanh(alpha * x) + beta (alpha one learnable scalar)
+    peri      sandwich by another name: the same modules, so the same model for one seed
 
-residual=false drops the skip term (post becomes LN(G(x)), the plain twin).
+residual=false drops the skip term (post becomes LN(G(x)), the plain twin). qk_norm=true adds,
+under any placement, a norm (model.norm, DyT under dyt) on each head's queries and keys.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.schema import PLACEMENTS
+from resexp.schema import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, PLACEMENTS
 
-# Where each placement puts its norms: before G (norm_in) and after G or the sum (norm_out).
-NORM_IN_PLACEMENTS = ("pre", "sandwich")
-NORM_OUT_PLACEMENTS = ("post", "sandwich", "deepnorm")
-# Placements whose stream reaches the head un-normalised, so the head gets a final norm.
-FINAL_NORM_PLACEMENTS = ("pre", "sandwich")
+# Where each base rule (see base_rule) puts its norms: before G (norm_in) and after G or the sum (norm_out).
+NORM_IN_RULES = ("pre", "sandwich")
+NORM_OUT_RULES = ("post", "sandwich", "deepnorm")
+# Base rules whose stream reaches the head un-normalised, so the head gets a final norm.
+FINAL_NORM_RULES = ("pre", "sandwich")
 # Keys residual_step adds to `record` besides the named steps: the two terms of the sum.
 SKIP, UPDATE = "skip", "update"
 
@@ -40,6 +48,21 @@ def deepnorm_alpha(n: int) -> float:
 def deepnorm_beta(n: int) -> float:
     """DeepNet's encoder init gain for N layers: (8N)^(-1/4)."""
     return (8 * n) ** -0.25
+
+
+def mix_post_layers(mix_ratio: float, depth: int) -> int:
+    """How many leading blocks Mix-LN makes Post-LN: floor(mix_ratio * depth). The tolerance
+    keeps products such as 0.29 * 100 = 28.999999999999996 at the count the ratio means."""
+    return math.floor(mix_ratio * depth + 1e-9)
+
+
+def base_rule(placement: str, layer: int = 1, post_layers: int = 0) -> str:
+    """The rule among post, pre, sandwich, deepnorm, rezero and none that block `layer`
+    (1-based) follows: mix is post in blocks 1..post_layers and pre after; lns and dyt are pre
+    (residual_step adds lns's scale, the model's norms are dyt's DyT); peri is sandwich."""
+    if placement == "mix":
+        return "post" if layer <= post_layers else "pre"
+    return {"lns": "pre", "dyt": "pre", "peri": "sandwich"}.get(placement, placement)
 
 
 def mean_token_norm(x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +80,16 @@ def residual_step(
     alpha: float = 1.0,
     gate: torch.Tensor | None = None,
     record: dict[str, torch.Tensor] | None = None,
+    *,
+    layer: int = 1,
+    post_layers: int = 0,
 ) -> torch.Tensor:
     """Apply one sublayer to the stream x under a placement's rule (see the module docstring).
 
     norm_in is the norm before G (pre, sandwich); norm_out the one after G (sandwich) or after
     the sum (post, deepnorm). alpha scales the skip term (deepnorm); gate is ReZero's scalar a.
+    layer is the block's 1-based index (lns's 1/sqrt(layer)) and post_layers the number of
+    leading Post-LN blocks under mix (mix_post_layers); the other placements ignore both.
     When record is a dict it receives every intermediate, detached, named in computation
     order ("input x", "LN(x)", "G(...)", ...), plus SKIP and UPDATE: the two terms the sum adds.
     """
@@ -72,28 +100,32 @@ def residual_step(
         if record is not None:
             record[name] = value.detach()
 
+    rule = base_rule(placement, layer, post_layers)
     keep("input x", x)
     sublayer_input = x
-    if placement in NORM_IN_PLACEMENTS:
+    if rule in NORM_IN_RULES:
         sublayer_input = norm_in(x)
-        keep("LN(x)", sublayer_input)
+        keep("DyT(x)" if placement == "dyt" else "LN(x)", sublayer_input)
+        if placement == "lns":
+            sublayer_input = sublayer_input / math.sqrt(layer)
+            keep("LN(x)/√l", sublayer_input)
     update = sublayer(sublayer_input)
     keep("G(...)", update)
-    if placement == "sandwich":
+    if rule == "sandwich":
         update = norm_out(update)
         keep("LN_out(G)", update)
-    elif placement == "rezero":
+    elif rule == "rezero":
         update = gate * update
         keep("a·G(x)", update)
     if residual:
-        skip = alpha * x if placement == "deepnorm" else x
+        skip = alpha * x if rule == "deepnorm" else x
         out = skip + update
-        keep("α·x + G(x)" if placement == "deepnorm" else "sum", out)
+        keep("α·x + G(x)" if rule == "deepnorm" else "sum", out)
     else:
         # No skip term: the relative update is measured against the sublayer's input x.
         skip = x
         out = update
-    if placement in ("post", "deepnorm"):
+    if rule in ("post", "deepnorm"):
         out = norm_out(out)
         keep("LN(sum)" if residual else "LN(G)", out)
     keep(SKIP, skip)
@@ -101,21 +133,45 @@ def residual_step(
     return out
 
 
-def make_norm(norm: str, dim: int) -> nn.Module:
-    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)  # model.norm (resexp.schema.ViTModel)
+class DyT(nn.Module):
+    """Dynamic Tanh (Zhu et al. 2025), dyt's stand-in for LayerNorm: weight * tanh(alpha * x) + bias,
+    weight (gamma) and bias (beta) per channel, initialised to 1 and 0; alpha one learnable scalar."""
+
+    def __init__(self, dim: int, alpha: float = DEFAULT_DYT_ALPHA) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.tanh(self.alpha * x) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{len(self.weight)}, alpha_init={self.alpha.item():.4g}"
+
+
+def make_norm(norm: str, dim: int, dyt_alpha: float = DEFAULT_DYT_ALPHA) -> nn.Module:
+    """A norm over the last dim: model.norm (layernorm, rmsnorm; resexp.schema.ViTModel) or "dyt"."""
+    if norm == "dyt":
+        return DyT(dim, dyt_alpha)
+    return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with separate q, k, v and out projections (DeepNorm scales
-    v and out, not q and k, so they cannot share one fused matrix)."""
+    v and out, not q and k, so they cannot share one fused matrix). q_norm and k_norm, when
+    given, normalise each head's queries and keys over the head dim before the logits q·k."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, q_norm: nn.Module | None = None,
+                 k_norm: nn.Module | None = None) -> None:  # fmt: skip
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
+        self.q_norm = q_norm
+        self.k_norm = k_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -123,9 +179,10 @@ class Attention(nn.Module):
         def split_heads(z: torch.Tensor) -> torch.Tensor:
             return z.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
 
-        mixed = F.scaled_dot_product_attention(
-            split_heads(self.q(x)), split_heads(self.k(x)), split_heads(self.v(x))
-        )
+        queries, keys = split_heads(self.q(x)), split_heads(self.k(x))
+        if self.q_norm is not None:
+            queries, keys = self.q_norm(queries), self.k_norm(keys)
+        mixed = F.scaled_dot_product_attention(queries, keys, split_heads(self.v(x)))
         return self.out(mixed.transpose(1, 2).reshape(batch, tokens, dim))
 
     def matmul_macs(self, output: torch.Tensor) -> int:
@@ -149,7 +206,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention then MLP, each applied by residual_step under the block's placement.
+    """Attention then MLP, each applied by residual_step under the block's placement; `layer`
+    is its 1-based index in the model and post_layers Mix-LN's count of Post-LN blocks.
 
     With `recording` True, forward stores in `records` the detached mean per-token norms the
     probes need: "output" (the block's output stream) and, per sublayer ("attn", "mlp"),
@@ -167,20 +225,31 @@ class Block(nn.Module):
         residual: bool,
         norm: str,
         depth: int,
+        layer: int = 1,
+        post_layers: int = 0,
+        dyt_alpha: float = DEFAULT_DYT_ALPHA,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.placement = placement
         self.residual = residual
+        self.layer = layer
+        self.post_layers = post_layers
+        self.rule = base_rule(placement, layer, post_layers)
         self.alpha = deepnorm_alpha(depth) if placement == "deepnorm" else 1.0
-        self.attn = Attention(dim, heads)
+        norm = "dyt" if placement == "dyt" else norm
+        head_dim = dim // heads
+        self.attn = Attention(dim, heads, *(
+            (make_norm(norm, head_dim, dyt_alpha), make_norm(norm, head_dim, dyt_alpha)) if qk_norm else ()
+        ))  # fmt: skip
         self.mlp = MLP(dim, mlp_hidden)
         self.norms_in = nn.ModuleDict(
-            {name: make_norm(norm, dim) for name in self.SUBLAYERS}
-            if placement in NORM_IN_PLACEMENTS else {}
+            {name: make_norm(norm, dim, dyt_alpha) for name in self.SUBLAYERS}
+            if self.rule in NORM_IN_RULES else {}
         )  # fmt: skip
         self.norms_out = nn.ModuleDict(
-            {name: make_norm(norm, dim) for name in self.SUBLAYERS}
-            if placement in NORM_OUT_PLACEMENTS else {}
+            {name: make_norm(norm, dim, dyt_alpha) for name in self.SUBLAYERS}
+            if self.rule in NORM_OUT_RULES else {}
         )  # fmt: skip
         self.gates = nn.ParameterDict(
             {name: nn.Parameter(torch.zeros(())) for name in self.SUBLAYERS}
@@ -203,6 +272,8 @@ class Block(nn.Module):
                 alpha=self.alpha,
                 gate=self.gates[name] if name in self.gates else None,
                 record=step_record,
+                layer=self.layer,
+                post_layers=self.post_layers,
             )
             if step_record is not None:
                 records[f"{name}.update"] = mean_token_norm(step_record[UPDATE])
@@ -219,12 +290,13 @@ class Block(nn.Module):
                 mlp.fc1.weight, mlp.fc2.weight]  # fmt: skip
 
     def extra_repr(self) -> str:
-        return f"placement={self.placement}, residual={self.residual}, alpha={self.alpha:.4g}"
+        rule = f", rule={self.rule}" if self.rule != self.placement else ""
+        return f"placement={self.placement}{rule}, residual={self.residual}, alpha={self.alpha:.4g}"
 
 
 class ViT(nn.Module):
-    """Patch embedding, position embedding, `depth` Blocks, a final norm for pre/sandwich,
-    cls-token or mean pooling, Linear head. No dropout."""
+    """Patch embedding, position embedding, `depth` Blocks, a final norm when any block's base
+    rule is pre or sandwich, cls-token or mean pooling, Linear head. No dropout."""
 
     def __init__(
         self,
@@ -237,6 +309,9 @@ class ViT(nn.Module):
         norm_placement: str,
         residual: bool,
         norm: str,
+        mix_ratio: float = DEFAULT_MIX_RATIO,
+        dyt_alpha: float = DEFAULT_DYT_ALPHA,
+        qk_norm: bool = False,
         in_channels: int = 3,
         num_classes: int = 10,
         image_size: int = 32,
@@ -249,10 +324,16 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, dim))
         mlp_hidden = round(mlp_ratio * dim)
+        post_layers = mix_post_layers(mix_ratio, depth)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_hidden, norm_placement, residual, norm, depth) for _ in range(depth)
-        )
-        self.final_norm = make_norm(norm, dim) if norm_placement in FINAL_NORM_PLACEMENTS else None
+            Block(dim, heads, mlp_hidden, norm_placement, residual, norm, depth, layer, post_layers, dyt_alpha, qk_norm)
+            for layer in range(1, depth + 1)
+        )  # fmt: skip
+        # Pre-LN blocks leave the stream un-normalised, so the head gets a final norm when any
+        # block is pre or sandwich: under mix, unless all blocks are Post-LN (each ends in an LN).
+        needs_final_norm = any(block.rule in FINAL_NORM_RULES for block in self.blocks)
+        final_norm = "dyt" if norm_placement == "dyt" else norm
+        self.final_norm = make_norm(final_norm, dim, dyt_alpha) if needs_final_norm else None
         self.head = nn.Linear(dim, num_classes)
         self._init_weights()
 

@@ -1,8 +1,10 @@
 """One Transformer block on one small vector, step by step (`resexp block`).
 
-The sublayer is linear, G(x) = W x + b, and the norms are fresh LayerNorms (weight 1, bias 0),
-so every step can be checked by hand. The steps come from the model's own rule function,
-resexp.models.vit.residual_step, so the view shows exactly what the ViT computes.
+The sublayer is linear, G(x) = W x + b, and the norms are fresh LayerNorms (weight 1, bias 0;
+under dyt fresh DyTs, gamma 1, beta 0, alpha the model's default), so every step can be checked
+by hand. The steps come from the model's own rule function, resexp.models.vit.residual_step, so
+the view shows exactly what the ViT computes. The block is the first of a model of `blocks`
+blocks: lns's scale 1/sqrt(l) is 1, and mix's block is Post-LN when floor(mix_ratio * blocks) >= 1.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.models.vit import SKIP, UPDATE, deepnorm_alpha, residual_step
+from resexp.models.vit import SKIP, UPDATE, base_rule, deepnorm_alpha, make_norm, mix_post_layers, residual_step
+from resexp.schema import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO
 
-BLOCK_PLACEMENTS = ("pre", "post", "sandwich", "deepnorm")
+BLOCK_PLACEMENTS = ("pre", "post", "sandwich", "deepnorm", "mix", "lns", "dyt", "peri")
 RULES = {
     "pre": "x + G(LN(x))",
     "post": "LN(x + G(x))",
     "sandwich": "x + LN_out(G(LN_in(x)))",
     "deepnorm": "LN(α·x + G(x))",
+    "lns": "x + G(LN(x)/√l), l = 1",
+    "dyt": f"x + G(DyT(x)), DyT(x) = γ·tanh(α·x) + β, α = {DEFAULT_DYT_ALPHA}",
+    "peri": "x + LN_out(G(LN_in(x)))",
 }
 MAX_DIM = 32  # beyond this the table and the bar chart stop being readable
 
@@ -78,22 +84,28 @@ def block_steps(
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.shape != (dim,):
         raise ConfigError(f"x must have {dim} values (--dim); got shape {tuple(x.shape)}")
+    norm = "dyt" if placement == "dyt" else "layernorm"
     record: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         residual_step(
             x,
             sublayer,
             placement,
-            norm_in=nn.LayerNorm(dim),
-            norm_out=nn.LayerNorm(dim),
+            norm_in=make_norm(norm, dim),
+            norm_out=make_norm(norm, dim),
             alpha=deepnorm_alpha(blocks),
             record=record,
+            post_layers=mix_post_layers(DEFAULT_MIX_RATIO, blocks),
         )
     return [(name, value) for name, value in record.items() if name not in (SKIP, UPDATE)]
 
 
 def rule_text(placement: str, blocks: int = 1) -> str:
-    """The placement's update rule, with DeepNorm's α for N = blocks."""
+    """The placement's update rule, with DeepNorm's α and Mix-LN's rule for N = blocks."""
+    if placement == "mix":
+        post_layers = mix_post_layers(DEFAULT_MIX_RATIO, blocks)
+        return (f"{RULES[base_rule('mix', 1, post_layers)]} (Mix-LN block 1 of {blocks}: "
+                f"Post-LN in the first ⌊{DEFAULT_MIX_RATIO}·{blocks}⌋ = {post_layers})")
     rule = RULES[placement]
     if placement == "deepnorm":
         rule += f", α = (2·{blocks})^(1/4) = {deepnorm_alpha(blocks):.4f}"
