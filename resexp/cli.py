@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from resexp import __version__
@@ -54,7 +55,8 @@ def _groups_help() -> str:
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> None:
-    Console(stderr=True).print(f"resexp: [bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is text, not markup: a path or 'resexp[app]' keeps its brackets.
+    Console(stderr=True).print(f"resexp: [bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -445,6 +447,44 @@ def block(
         table.add_row(name, *(f"{v:+.4f}" for v in values.tolist()), f"{values.norm():.4f}")
     Console().print(table)
     print(f"wrote {draw_block(steps, placement, out or f'block_{placement}.png', blocks)}")
+
+
+@app.command(name="app", help="A Streamlit page in the browser: the single-block view (resexp block, with "
+             "sliders) and a run browser (Figure 6 / Table 6 or the norm-placement report of a sweep directory). "
+             "Needs pip install 'resexp[app]'. Example: resexp app --port 8501")
+@_error_boundary
+def app_command(
+    port: int = typer.Option(8501, "--port", help="the port the page is served on (http://localhost:PORT)"),
+) -> None:
+    import importlib.util
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    if importlib.util.find_spec("streamlit") is None:
+        # \[ : _fail prints with rich markup, which would swallow a bare [app]
+        raise ResexpError("resexp app needs Streamlit: pip install 'resexp[app]'")
+    script = Path(__file__).with_name("app.py")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+               "--server.port", str(port)]
+    print(f"resexp: serving {script} on http://localhost:{port} (Ctrl-C stops it)", file=sys.stderr)
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        # From a terminal the server got the same SIGINT; otherwise pass it on. Then let it shut down.
+        try:
+            code = process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            try:
+                code = process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        raise typer.Exit(130) from None
+    if code:
+        raise typer.Exit(code)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Stage the torchvision datasets (CIFAR-10, CIFAR-100, "

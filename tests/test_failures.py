@@ -337,3 +337,10 @@ def test_sweep_lists_are_values_not_sweeps(tmp_path):
     config = (tmp_path / "sweeps" / "l" / "seed=0" / "config.yaml").read_text()
     assert "- 0.3\n  - 0.6" in config
     assert "2 runs: 2 finished" in result.stdout
+
+
+def test_error_lines_keep_brackets(tmp_path):
+    """The error line is text, not rich markup: a run directory named with [...] is printed whole."""
+    odd = tmp_path / "runs[old]" / "x"
+    result = CliRunner().invoke(app, ["status", str(odd)])
+    assert result.exit_code == 2 and f"{odd} is not a directory" in result.output

@@ -1,0 +1,165 @@
+"""The Streamlit page (resexp/app.py) through Streamlit's own AppTest, and `resexp app` without Streamlit."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from typer.testing import CliRunner
+
+from resexp.cli import app as cli_app
+from resexp.report.block_view import block_steps
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "resexp" / "app.py")
+TIMEOUT = 60  # the first run imports torch and matplotlib
+MAX_ITERS = 500
+STEPS = list(range(100, MAX_ITERS + 1, 100))
+RUNS = [("plain20", 20, False, 0), ("plain20", 20, False, 1), ("resnet20", 20, True, 0)]
+
+
+def write_run(root, name, depth, residual, seed):
+    """A finished CIFAR run directory as train.py writes it (config, summary, TensorBoard events)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run_dir = root / f"{name}_cifar10_seed{seed}"
+    run_dir.mkdir(parents=True)
+    cfg = {"seed": seed, "run": {"dir": str(run_dir)},
+           "model": {"arch": "cifar_resnet", "name": name, "depth": depth, "residual": residual,
+                     "shortcut": "A", "width": 1.0},
+           "data": {"name": "cifar10", "root": "/somewhere", "val_size": 0},
+           "optim": {"name": "sgd", "lr": 0.1},
+           "trainer": {"max_iters": MAX_ITERS, "batch_size": 128, "device": "cpu", "eval_every": 100}}
+    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
+    decay = 10 * np.exp(-np.arange(len(STEPS)) / 4)
+    train = [float(np.float32(v)) for v in 5 + decay]
+    test = [float(np.float32(v)) for v in 8 + decay]
+    with SummaryWriter(str(run_dir / "tb")) as writer:
+        for step, tr, te in zip(STEPS, train, test):
+            writer.add_scalar("train/error", tr, step)
+            writer.add_scalar("test/error", te, step)
+    summary = {"status": "finished", "model": name, "data": "cifar10", "seed": seed, "params": 269_722,
+               "eval_split": "test", "max_iters": MAX_ITERS, "iterations": STEPS[-1],
+               "train_error": train[-1], "test_error": test[-1], "best_test_error": min(test)}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    for run in RUNS:
+        write_run(root, *run)
+    return root
+
+
+def started():
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def images(at):
+    """st.image / st.pyplot elements ("imgs" in older Streamlit versions)."""
+    return [*at.get("image"), *at.get("imgs")]
+
+
+def table_values(at):
+    frame = at.dataframe[0].value
+    return list(frame.index), frame
+
+
+def assert_steps_shown(at, placement, dim, seed=42, x=None, blocks=1):
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    names, frame = table_values(at)
+    expected = block_steps(placement, dim, seed, x, blocks)
+    assert names == [name for name, _ in expected]
+    assert list(frame.columns) == [*(f"x[{i}]" for i in range(dim)), "norm"]
+    for name, vector in expected:
+        np.testing.assert_allclose(frame.loc[name, [f"x[{i}]" for i in range(dim)]].to_numpy(dtype=float),
+                                   vector.numpy(), rtol=1e-6, atol=1e-6)
+        assert frame.loc[name, "norm"] == pytest.approx(float(vector.norm()), rel=1e-6)
+
+
+def test_block_view_defaults_and_widgets():
+    at = started()
+    assert_steps_shown(at, "pre", 4)
+    assert len(images(at)) == 1  # the bar chart
+
+    at.slider(key="dim").set_value(6)
+    at.selectbox(key="placement").select("deepnorm")
+    at.number_input(key="blocks").set_value(8)
+    at.number_input(key="seed").set_value(3)
+    at.run()
+    assert_steps_shown(at, "deepnorm", 6, seed=3, blocks=8)
+    assert "α = (2·8)^(1/4)" in at.markdown[-1].value
+
+    at.selectbox(key="placement").select("mix").run()
+    assert_steps_shown(at, "mix", 6, seed=3, blocks=8)
+
+
+def test_block_view_x_by_hand():
+    at = started()
+    at.slider(key="dim").set_value(3)
+    at.selectbox(key="placement").select("post")
+    at.checkbox(key="by_hand").check().run()
+    x = [1.0, -1.0, 1.0]  # the sliders' starting values
+    assert_steps_shown(at, "post", 3, x=x)
+    at.slider(key="x1").set_value(2.5).run()
+    x[1] = 2.5
+    assert_steps_shown(at, "post", 3, x=x)
+
+
+def test_every_placement_is_offered():
+    from resexp.report.block_view import BLOCK_PLACEMENTS
+    from resexp.schema import PLACEMENTS
+
+    at = started()
+    assert tuple(at.selectbox(key="placement").options) == PLACEMENTS
+    for placement in PLACEMENTS:
+        at.selectbox(key="placement").select(placement).run()
+        assert not at.exception, at.exception
+        if placement in BLOCK_PLACEMENTS:
+            assert_steps_shown(at, placement, 4)
+        else:  # rezero, none: no norm to show; one line, as `resexp block` says
+            assert len(at.error) == 1 and "placement must be one of" in at.error[0].value
+
+
+def browse(path):
+    at = started()
+    at.sidebar.radio(key="view").set_value("Run browser").run()
+    at.text_input(key="sweep_dir").input(str(path)).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_run_browser_shows_figure6_and_table6(sweep):
+    at = browse(sweep)
+    assert not at.error, [e.value for e in at.error]
+    assert len(images(at)) == 1  # Figure 6
+    frame = at.dataframe[0].value
+    assert sorted(frame["model"]) == ["ResNet-20", "plain-20"]
+    assert sorted(frame["seeds"]) == [1, 2]
+
+
+@pytest.mark.parametrize("bad", ["does/not/exist", "empty"])
+def test_run_browser_bad_directory_is_one_error(tmp_path, bad):
+    target = tmp_path / bad
+    if bad == "empty":
+        target.mkdir()
+    at = browse(target)
+    assert len(at.error) == 1
+    assert "\n" not in at.error[0].value and str(target) in at.error[0].value
+    assert not at.dataframe and not images(at)
+
+
+def test_cli_app_without_streamlit(monkeypatch):
+    monkeypatch.setitem(sys.modules, "streamlit", None)  # `import streamlit` fails, find_spec says None
+    result = CliRunner().invoke(cli_app, ["app"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert "resexp app needs Streamlit: pip install 'resexp[app]'" in lines[0]
