@@ -202,10 +202,56 @@ def test_cnn_probes_equal_hand_computations():
         (branch.flatten(1).norm(dim=1).mean() / x.flatten(1).norm(dim=1).mean()).item(), rel=1e-5)
     assert len(probes["stream_norm"]) == 6 and "rel_update" not in stream_probes(tiny_net(14, False), images)
 
+    def angle(a, b):  # arccos(cos_sim) / pi per image, flattened, averaged
+        cos = F.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1).clamp(-1, 1)
+        return (torch.arccos(cos) / torch.pi).mean().item()
+
+    with torch.no_grad():
+        x1 = model.stages[0](x)  # stage 1's input
+        down = model.stages[1][0]
+        out1 = down(x1)
+        assert down.shortcut.zero_pad == "end"  # option A: stride-2 subsampling, zero channels appended
+        carried = F.pad(x1[:, :, ::2, ::2], (0, 0, 0, 0, 0, out1.shape[1] - x1.shape[1]))
+    assert probes["angular_distance"][0].item() == pytest.approx(angle(x, out), rel=1e-4)
+    assert probes["angular_distance"][2].item() == pytest.approx(angle(carried, out1), rel=1e-4)
+    assert 0 < angle(x, out) < 0.5
+    identity = copy.deepcopy(model)
+    identity.stages[0][1].bn2.weight.data.zero_(), identity.stages[0][1].bn2.bias.data.zero_()  # F(x) = 0
+    assert stream_probes(identity, images)["angular_distance"][1].item() == 0
+
     model.train()
     F.cross_entropy(model(images), torch.arange(6) % 10).backward()
     expected = torch.cat([model.stages[1][0].conv1.weight.grad.flatten(), model.stages[1][0].conv2.weight.grad.flatten()])
     assert block_grad_norms(model)[2].item() == pytest.approx(expected.norm().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_cnn_skip_loss_delta_equals_hand_built_models(residual):
+    from resexp.analysis.probes import skip_loss_delta
+
+    model = tiny_net(14, residual).train()
+    images, labels = torch.randn(6, 3, 32, 32), torch.arange(6) % 10
+
+    class Identity(nn.Module):  # a skipped stride-1 block: relu(x) (x >= 0 already)
+        def forward(self, x):
+            return F.relu(x)
+
+    class SubsamplePad(nn.Module):  # a skipped downsampling block: option A, then the ReLU
+        def forward(self, x):
+            return F.relu(F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 0, x.shape[1])))
+
+    def loss(m):
+        with torch.no_grad():
+            return F.cross_entropy(m.eval()(images), labels).item()
+
+    delta = skip_loss_delta(model, images, labels)
+    assert delta.shape == (6,) and model.training and all(isinstance(b, nn.Module) for b in model.stages[0])
+    for (stage, index), position, hand in [((0, 1), 1, Identity()), ((1, 0), 2, SubsamplePad())]:
+        skipped = copy.deepcopy(model)
+        skipped.stages[stage][index] = hand
+        expected = loss(skipped) - loss(copy.deepcopy(model))
+        assert abs(expected) > 1e-5
+        assert delta[position].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
 def test_cnn_probes_leave_training_unchanged(tmp_path):
@@ -218,3 +264,6 @@ def test_cnn_probes_leave_training_unchanged(tmp_path):
     from resexp.report import read_series
     tags = read_series(tmp_path / "a" / "resnet20_synthetic_seed0")
     assert tags["probe/grad_norm/block_008"][0] == [0, 1, 2] and "probe/rel_update/block_000" in tags
+    for probe in ("angular_distance", "stream_norm"):
+        assert tags[f"probe/{probe}/block_000"][0] == [0, 1, 2], probe
+    assert tags["probe/skip_loss_delta/block_000"][0] == [0, 1, 2, 3]  # and at the end, after the last eval

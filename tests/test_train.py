@@ -154,10 +154,12 @@ def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
     assert cfg.optim.name == "adamw"  # a ViT config selects AdamW
     train(cfg)
     series = scalars(tmp_path / "vit_pre_synthetic_seed0")
-    for probe in ("grad_norm", "stream_norm", "rel_update"):
+    for probe in ("grad_norm", "stream_norm", "rel_update", "angular_distance", "skip_loss_delta"):
         for block in range(3):
             points = series[f"probe/{probe}/block_{block:03d}"]
-            assert [step for step, _ in points] == [0, 3] and all(v > 0 for _, v in points)
+            # every probe_every steps from 0, and skip_loss_delta also at the end, after the last eval
+            assert [step for step, _ in points] == ([0, 3, 6] if probe == "skip_loss_delta" else [0, 3]), probe
+            assert probe == "skip_loss_delta" or all(v > 0 for _, v in points)
     # Step 0 is the gradient at initialisation: the same model, seed and first batch give it again.
     data = build_data(cfg.data, torch.device("cpu"), 16, 0)
     torch.manual_seed(0)
@@ -167,6 +169,21 @@ def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
     expected = block_grad_norms(model).tolist()
     logged = [series[f"probe/grad_norm/block_{b:03d}"][0][1] for b in range(3)]
     assert logged == pytest.approx(expected, rel=1e-5)
+
+
+def test_vit_probes_leave_training_unchanged(tmp_path):
+    for name, every in (("a", 1), ("b", 0)):
+        train(compose([*VIT, "trainer.max_iters=3", "trainer.eval_every=2", "trainer.log_every=1",
+                       f"trainer.probe_every={every}", f"run.root={tmp_path}/{name}"]))
+    a, b = (torch.load(tmp_path / x / "vit_pre_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
+            for x in ("a", "b"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    series_a, series_b = (scalars(tmp_path / x / "vit_pre_synthetic_seed0") for x in ("a", "b"))
+    assert all(series_a[tag] == series_b[tag] for tag in TAGS)  # losses, errors, lr: the same values
+    assert not any(tag.startswith("probe/") for tag in series_b)
+    for probe, steps in (("angular_distance", [0, 1, 2]), ("skip_loss_delta", [0, 1, 2, 3])):
+        for block in range(3):
+            assert [step for step, _ in series_a[f"probe/{probe}/block_{block:03d}"]] == steps
 
 
 def test_a_diverged_run_is_marked_and_the_sweep_goes_on(tmp_path):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp.analysis import block_grad_norms, stream_probes, supports_probes
+from resexp.analysis import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.config import compose
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, count_macs, count_params
@@ -171,6 +171,8 @@ def test_rezero_block_is_the_identity_at_init() -> None:
     probes = stream_probes(model, torch.randn(2, 3, 32, 32))
     assert torch.all(probes["rel_update"] == 0)
     assert torch.all(probes["stream_norm"] == probes["stream_norm"][0])
+    assert torch.all(probes["angular_distance"] == 0)  # output == input: exactly no angle
+    assert torch.all(skip_loss_delta(model, torch.randn(2, 3, 32, 32), torch.tensor([1, 7])) == 0)
 
 
 def test_rezero_without_residual_is_rejected() -> None:
@@ -289,7 +291,7 @@ def token_norm(x: torch.Tensor) -> torch.Tensor:
 def test_stream_probes_shapes_and_device() -> None:
     model = small_vit(depth=3)
     probes = stream_probes(model, torch.randn(2, 3, 32, 32))
-    assert set(probes) == {"stream_norm", "rel_update"}
+    assert set(probes) == {"stream_norm", "rel_update", "angular_distance"}
     for values in probes.values():
         assert values.shape == (3,) and values.dtype == torch.float32 and values.device.type == "cpu"
 
@@ -335,6 +337,48 @@ def test_rel_update_without_residual_divides_by_the_input() -> None:
         mlp_ratio = token_norm(mlp_update) / token_norm(attn_update)
         expected = (attn_ratio + mlp_ratio) / 2
     torch.testing.assert_close(stream_probes(model, images)["rel_update"], expected.reshape(1))
+
+
+def hand_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """arccos(cos_sim) / pi per vector (last dim), averaged; in float64."""
+    cos = F.cosine_similarity(a.double(), b.double(), dim=-1).clamp(-1, 1)
+    return (torch.arccos(cos) / math.pi).mean().item()
+
+
+def test_angular_distance_matches_hand_computation() -> None:
+    torch.manual_seed(0)
+    model = small_vit("pre", depth=2).train()
+    images = torch.randn(2, 3, 32, 32)
+    expected = []
+    with torch.no_grad():
+        x = embedded_tokens(model, images)
+        for block in model.blocks:
+            y = x + block.attn(F.layer_norm(x, (16,)))
+            y = y + block.mlp(F.layer_norm(y, (16,)))
+            expected.append(hand_angle(x, y))
+            x = y
+    probes = stream_probes(model, images)
+    assert probes["angular_distance"].tolist() == pytest.approx(expected, rel=1e-4)
+    assert all(0 < a < 0.5 for a in expected)
+    assert model.training
+
+
+def test_skip_loss_delta_matches_a_hand_built_model() -> None:
+    torch.manual_seed(0)
+    model = small_vit("pre", depth=3).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    blocks = list(model.blocks)
+    with torch.no_grad():
+        def loss(kept: list[Block]) -> float:
+            x = embedded_tokens(model, images)
+            for block in kept:
+                x = block(x)
+            return F.cross_entropy(model.head(model.final_norm(x)[:, 0]), labels).item()
+        expected = [loss(blocks[:i] + blocks[i + 1:]) - loss(blocks) for i in range(3)]
+    delta = skip_loss_delta(model, images, labels)
+    assert delta.shape == (3,) and delta.tolist() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert all(abs(d) > 1e-5 for d in expected)
+    assert list(model.blocks) == blocks and all(m.training for m in model.modules())  # restored
 
 
 @pytest.mark.parametrize("training", [True, False])

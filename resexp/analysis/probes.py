@@ -8,11 +8,14 @@ to the host once.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ResexpError
-from resexp.models.cifar_resnet import BasicBlock
+from resexp.models.cifar_resnet import BasicBlock, ZeroPadShortcut
 from resexp.models.vit import Block
 
 
@@ -38,20 +41,46 @@ def _blocks(model: nn.Module) -> list[Block]:
     return list(model.blocks)
 
 
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over the vectors along the last dim of arccos(cos_sim(a, b)) / pi, in [0, 1]: 0 for
+    the same direction, 1/2 for orthogonal vectors (or a zero vector), 1 for opposite ones.
+
+    Computed as 2 atan2(‖u - v‖, ‖u + v‖) / pi with u, v the unit vectors (the same angle,
+    Kahan's form): exact where arccos of a rounded cosine is not, so a block whose output equals
+    its input gives exactly 0. A detached float scalar.
+    """
+    a, b = a.detach().float(), b.detach().float()
+    tiny = torch.finfo(torch.float32).tiny
+    u = a / torch.linalg.vector_norm(a, dim=-1, keepdim=True).clamp_min(tiny)
+    v = b / torch.linalg.vector_norm(b, dim=-1, keepdim=True).clamp_min(tiny)
+    angle = 2 * torch.atan2(torch.linalg.vector_norm(u - v, dim=-1), torch.linalg.vector_norm(u + v, dim=-1))
+    return (angle / math.pi).mean()
+
+
 def stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Residual-stream probes per block, from one no-grad eval-mode forward of `images`.
 
     stream_norm: mean over batch and tokens of the per-token L2 norm of each block's output.
     rel_update: per block, the mean over its two sublayers of ‖update‖/‖skip term‖, each the
     mean per-token norm (see Block and residual_step for what the terms are per placement).
-    Both are float tensors of shape (depth,) on the model's device.
+    angular_distance: per block, the mean over batch and tokens of the angle between the
+    block's input and output token vectors, arccos(cos_sim) / pi (see angular_distance).
+    All are float tensors of shape (depth,) on the model's device.
     """
     if cnn_blocks(model):
         return cnn_stream_probes(model, images)
     blocks = _blocks(model)
+    angles: dict[int, torch.Tensor] = {}
+
+    def record_angle(index: int):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            angles[index] = angular_distance(inputs[0], output)
+        return hook
+
     # Per-module modes, so a model with some submodules in another mode comes back unchanged.
     modes = {module: module.training for module in model.modules()}
     model.eval()
+    handles = [block.register_forward_hook(record_angle(i)) for i, block in enumerate(blocks)]
     for block in blocks:
         block.recording = True
     try:
@@ -59,6 +88,8 @@ def stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
             model(images)
         records = [block.records for block in blocks]
     finally:
+        for handle in handles:
+            handle.remove()
         for block in blocks:
             block.recording = False
             block.records = {}
@@ -71,13 +102,18 @@ def stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
     return {
         "stream_norm": torch.stack([r["output"] for r in records]),
         "rel_update": torch.stack(rel_updates),
+        "angular_distance": torch.stack([angles[i] for i in range(len(blocks))]),
     }
 
 
 def cnn_stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """The CNN form of stream_probes, from one no-grad eval-mode forward: stream_norm, the mean
-    per-image L2 norm of each block's output; for residual nets also rel_update, per block the
-    mean per-image ‖F(x)‖ / ‖shortcut(x)‖ (the residual branch against what it is added to)."""
+    per-image L2 norm of each block's output; angular_distance, per block the mean per-image
+    arccos(cos_sim(x, block(x))) / pi of the flattened input and output (at a downsampling block
+    the input is first carried to the output's shape by option A's parameter-free subsampling and
+    zero channels, which leave the cosine of what remains unchanged); for residual nets also
+    rel_update, per block the mean per-image ‖F(x)‖ / ‖shortcut(x)‖ (the residual branch against
+    what it is added to)."""
     blocks = cnn_blocks(model)
     residual = all(block.shortcut is not None for block in blocks)
     norms: dict[tuple[int, str], torch.Tensor] = {}
@@ -87,9 +123,19 @@ def cnn_stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch
             norms[index, what] = torch.linalg.vector_norm(output.flatten(1).float(), dim=1).mean()
         return hook
 
+    def record_angle(index: int):
+        def hook(module: BasicBlock, inputs, output: torch.Tensor) -> None:
+            x = inputs[0]
+            if x.shape != output.shape:
+                carry = module.shortcut if isinstance(module.shortcut, ZeroPadShortcut) else \
+                    ZeroPadShortcut(module.conv2.out_channels, module.conv1.stride[0])
+                x = carry(x)
+            norms[index, "angle"] = angular_distance(x.flatten(1), output.flatten(1))
+        return hook
+
     handles = []
     for i, block in enumerate(blocks):
-        handles.append(block.register_forward_hook(record(i, "output")))
+        handles += [block.register_forward_hook(record(i, "output")), block.register_forward_hook(record_angle(i))]
         if residual:
             handles += [block.bn2.register_forward_hook(record(i, "update")),
                         block.shortcut.register_forward_hook(record(i, "skip"))]
@@ -103,10 +149,49 @@ def cnn_stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch
             handle.remove()
         for module, training in modes.items():
             module.training = training
-    probes = {"stream_norm": torch.stack([norms[i, "output"] for i in range(len(blocks))])}
+    probes = {"stream_norm": torch.stack([norms[i, "output"] for i in range(len(blocks))]),
+              "angular_distance": torch.stack([norms[i, "angle"] for i in range(len(blocks))])}
     if residual:
         probes["rel_update"] = torch.stack([norms[i, "update"] / norms[i, "skip"] for i in range(len(blocks))])
     return probes
+
+
+def skip_loss_delta(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per block, the mean cross-entropy of `images` with that block skipped minus the mean
+    cross-entropy with nothing skipped: shape (depth,), on the model's device.
+
+    Skipped: a Transformer block becomes the identity; a CNN block becomes its shortcut alone,
+    resexp.analysis.lesion's ShortcutOnly (identity, or at a downsampling block the option-A
+    subsampling and zero channels, or option B's projection; a plain net gets the parameter-free
+    path). depth + 1 no-grad eval-mode forwards; the model's blocks and modes are restored.
+    """
+    from resexp.analysis.lesion import blocks_of, lesioned  # here: lesion brings matplotlib and the report code
+
+    def loss() -> torch.Tensor:
+        return F.cross_entropy(model(images).float(), labels)
+
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            base = loss()
+            skipped = []
+            if cnn_blocks(model):
+                for block in blocks_of(model):
+                    with lesioned(model, deleted=[block]):
+                        skipped.append(loss())
+            else:
+                blocks = model.blocks
+                for i, block in enumerate(_blocks(model)):
+                    blocks[i] = nn.Identity()
+                    try:
+                        skipped.append(loss())
+                    finally:
+                        blocks[i] = block
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return torch.stack(skipped) - base
 
 
 def block_grad_norms(model: nn.Module) -> torch.Tensor:

@@ -71,6 +71,6 @@ class LockstepStep(Step):
         self.optimizer.zero_grad(set_to_none=True)
         losses.view(self.runs, self.batch).mean(1).sum().backward()  # disjoint parameters per run
         if inspect is not None:
-            inspect(images)
+            inspect(images, labels)
         self.optimizer.step()
         self.errors.add_((logits.detach().argmax(-1) != labels).sum(1))

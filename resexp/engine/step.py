@@ -33,7 +33,7 @@ OPTIMIZER_FLAGS = ("fused", "foreach", "capturable", "differentiable")
 # Eager steps before capture: cuDNN picks its algorithms, the optimizer creates its state, a
 # compiled forward compiles. They are ordinary training steps, run on a side stream as capture wants.
 EAGER_STEPS_BEFORE_CAPTURE = 3
-Inspect = Callable[[torch.Tensor], None]  # called with the batch between backward and update (probes)
+Inspect = Callable[[torch.Tensor, torch.Tensor], None]  # called with images, labels between backward and update
 
 
 class Step:
@@ -141,7 +141,7 @@ class TrainStep(Step):
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if inspect is not None:
-            inspect(images)
+            inspect(images, labels)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         wrong = (logits.detach().argmax(1) != labels).sum()

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from resexp import __version__
-from resexp.analysis import block_grad_norms, stream_probes, supports_probes
+from resexp.analysis import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.data import Data, build_data
 from resexp.config import run_identity
 from resexp.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
@@ -96,6 +96,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
 
     start, start_iteration, wall_before = time.perf_counter(), state.iteration, state.wall_time
     lr, train_error, diverged = learning_rate(cfg.optim, state.iteration, max_iters, state.in_warmup), 100.0, None
+    probe_batch: list[torch.Tensor] = []  # the latest probe step's images and labels, for the final probes
     model.train()
     with StopSignal() as stop, _failed_on_error(run_dir, summary), explain_compile_errors(), closing(progress), \
             closing(writer):
@@ -103,7 +104,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
             lr = learning_rate(cfg.optim, state.iteration, max_iters, state.in_warmup)
             step.set_lr(lr)
             probing = probe_every and state.iteration % probe_every == 0  # iteration 0: at initialisation
-            step(partial(log_probes, writer, step, state.iteration) if probing else None)
+            step(partial(log_probes, writer, step, state.iteration, probe_batch) if probing else None)
             state.iteration += 1
             iteration = state.iteration
 
@@ -131,6 +132,8 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
                     writer.add_scalar(tag, value, iteration)
                 summary.update({f"{split}_error": eval_error, f"{split}_loss": eval_loss,
                                 f"best_{split}_error": state.best_eval_error})
+                if iteration == max_iters and probe_batch and not diverged:  # the trained model's probes
+                    log_final_probes(writer, model, iteration, *probe_batch)
             if iteration % t.log_every == 0 or at_eval or diverged:  # progress for `resexp status`, cheap
                 write_json(run_dir / "summary.json", summary)
             if diverged:
@@ -169,13 +172,30 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
     return summary
 
 
-def log_probes(writer, step: TrainStep, iteration: int, images: torch.Tensor) -> None:
-    """Per-block gradient norm, residual-stream norm and relative update, at this iteration's
-    weights (step 0 = initialisation), between the step's backward and its update. A host
-    sync and an eager step, so only every trainer.probe_every steps."""
+def log_probes(writer, step: TrainStep, iteration: int, probe_batch: list[torch.Tensor], images: torch.Tensor,
+               labels: torch.Tensor) -> None:
+    """Per-block gradient norm, the stream probes (residual-stream norm, relative update,
+    angular distance) and the loss change when the block is skipped, at this iteration's weights
+    (step 0 = initialisation), between the step's backward and its update. A host sync, an
+    eager step and depth + 2 forwards, so only every trainer.probe_every steps. A copy of the
+    batch is kept in `probe_batch` for the final probes (the batcher's buffers are reused)."""
     if step.scaler.is_enabled():
         step.scaler.unscale_(step.optimizer)  # fp16: measure the true gradients, not the scaled ones
-    probes = {"grad_norm": block_grad_norms(step.model), **stream_probes(step.model, images)}
+    probe_batch[:] = [images.clone(), labels.clone()]
+    probes = {"grad_norm": block_grad_norms(step.model), **stream_probes(step.model, images),
+              "skip_loss_delta": skip_loss_delta(step.model, images, labels)}
+    _write_probes(writer, probes, iteration)
+
+
+def log_final_probes(writer, model: torch.nn.Module, iteration: int, images: torch.Tensor,
+                     labels: torch.Tensor) -> None:
+    """At the end of the run, after its last evaluation: skip_loss_delta of the trained model on
+    the latest probe step's batch. Only it: the other probes stay at probe steps, which the
+    norms report reads as "the last probe step"."""
+    _write_probes(writer, {"skip_loss_delta": skip_loss_delta(model, images, labels)}, iteration)
+
+
+def _write_probes(writer, probes: dict[str, torch.Tensor], iteration: int) -> None:
     for name, values in probes.items():
         for block, value in enumerate(values.tolist()):
             writer.add_scalar(f"probe/{name}/block_{block:03d}", value, iteration)
