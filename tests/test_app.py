@@ -1,14 +1,13 @@
 """The Streamlit page (resexp/app.py) through Streamlit's own AppTest, and `resexp app` without Streamlit."""
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
+from fake_runs import write_run
 from resexp.cli import app as cli_app
 from resexp.report.block_view import block_steps
 
@@ -16,42 +15,14 @@ AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "resexp" / "app.py")
 TIMEOUT = 60  # the first run imports torch and matplotlib
-MAX_ITERS = 500
-STEPS = list(range(100, MAX_ITERS + 1, 100))
 RUNS = [("plain20", 20, False, 0), ("plain20", 20, False, 1), ("resnet20", 20, True, 0)]
-
-
-def write_run(root, name, depth, residual, seed):
-    """A finished CIFAR run directory as train.py writes it (config, summary, TensorBoard events)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    run_dir = root / f"{name}_cifar10_seed{seed}"
-    run_dir.mkdir(parents=True)
-    cfg = {"seed": seed, "run": {"dir": str(run_dir)},
-           "model": {"arch": "cifar_resnet", "name": name, "depth": depth, "residual": residual,
-                     "shortcut": "A", "width": 1.0},
-           "data": {"name": "cifar10", "root": "/somewhere", "val_size": 0},
-           "optim": {"name": "sgd", "lr": 0.1},
-           "trainer": {"max_iters": MAX_ITERS, "batch_size": 128, "device": "cpu", "eval_every": 100}}
-    OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
-    decay = 10 * np.exp(-np.arange(len(STEPS)) / 4)
-    train = [float(np.float32(v)) for v in 5 + decay]
-    test = [float(np.float32(v)) for v in 8 + decay]
-    with SummaryWriter(str(run_dir / "tb")) as writer:
-        for step, tr, te in zip(STEPS, train, test):
-            writer.add_scalar("train/error", tr, step)
-            writer.add_scalar("test/error", te, step)
-    summary = {"status": "finished", "model": name, "data": "cifar10", "seed": seed, "params": 269_722,
-               "eval_split": "test", "max_iters": MAX_ITERS, "iterations": STEPS[-1],
-               "train_error": train[-1], "test_error": test[-1], "best_test_error": min(test)}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     for run in RUNS:
-        write_run(root, *run)
+        write_run(root, *run, "finished")
     return root
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
-import pickle
 import shutil
 import struct
 import tarfile
@@ -18,75 +16,21 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.datasets import CIFAR10, FashionMNIST
 from typer.testing import CliRunner
 
-from resexp.config import compose
+from cifar_files import TRAIN_BATCHES, md5, write_cifar10
 from resexp.cli import app
+from resexp.config import compose
 from resexp.data.sources import RawData, check_dataset, load_source
 from resexp.data.staging import REAL_COUNTS
 from resexp.data.synthetic import KNOBS, class_balance, make_synthetic
 from resexp.errors import ConfigError, DataError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 PER_BATCH = 4  # 5 batches -> 20 training images
 TEST_SIZE = 10
 
 
-class _Python2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 str opcodes, as the CIFAR files (pickled by Python 2) hold them.
-
-    torchvision unpickles with encoding="latin1", which turns exactly these into str keys
-    ("data", "labels") and feeds numpy the raw pixel string the way it reads the real files.
-    """
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def _save_python2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_python2_str
-
-
-def _pickle(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        _Python2Pickler(f, protocol=2).dump(obj)
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _write_cifar10(
-    root: Path, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, tuple[np.ndarray, list[int]]]:
-    """cifar-10-batches-py/ with random batches; torchvision's md5 lists patched to match them."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in [*TRAIN_BATCHES, "test_batch"]:
-        n = TEST_SIZE if name == "test_batch" else PER_BATCH
-        # One row per image: 1024 red, then 1024 green, then 1024 blue values, each row-major.
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).tolist()
-        _pickle(folder / name, {
-            b"batch_label": f"{name} of 5".encode(),
-            b"labels": labels,
-            b"data": data,
-            b"filenames": [f"img_{name}_{i}.png".encode() for i in range(n)],
-        })
-        written[name] = (data, labels)
-    names = [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer",
-                                 "dog", "frog", "horse", "ship", "truck")]
-    _pickle(folder / "batches.meta", {b"num_cases_per_batch": PER_BATCH, b"label_names": names,
-                                      b"num_vis": 3072})
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, _md5(folder / n)] for n in TRAIN_BATCHES])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
-    return written
+def _write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[np.ndarray, list[int]]]:
+    return write_cifar10(root, monkeypatch, PER_BATCH, TEST_SIZE)
 
 
 def _assert_dtypes(raw: RawData) -> None:
@@ -158,11 +102,11 @@ def test_corrupt_cifar_file_is_named(tmp_path, monkeypatch):
     assert str(path) in str(info.value)
 
 
-def test_unparsable_cifar_file_with_matching_md5(tmp_path, monkeypatch):
+def test_unparsable_cifar_file_with_matchingmd5(tmp_path, monkeypatch):
     _write_cifar10(tmp_path, monkeypatch)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     path.write_bytes(b"not a pickle")
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(path)]])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(path)]])
     with pytest.raises(DataError, match="could not be parsed"):
         load_source(_cifar_cfg(tmp_path))
 
@@ -296,7 +240,7 @@ def test_cifar_tar_gz_is_extracted_on_first_use(tmp_path, monkeypatch):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:  # as the distribution packs it: the folder at the top
         tar.add(tmp_path / "staged" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(CIFAR10, "tgz_md5", _md5(archive))
+    monkeypatch.setattr(CIFAR10, "tgz_md5", md5(archive))
     raw = load_source(_cifar_cfg(tmp_path))  # download=false: the archive is enough
     assert torch.equal(raw.test_images, torch.from_numpy(written["test_batch"][0]).view(-1, 3, 32, 32))
     assert (tmp_path / "cifar-10-batches-py" / "data_batch_5").is_file()
@@ -318,7 +262,7 @@ def test_fashion_mnist_gz_files_are_extracted_on_first_use(tmp_path, monkeypatch
         gz = path.with_name(path.name + ".gz")
         gz.write_bytes(gzip.compress(path.read_bytes()))
         path.unlink()
-        resources.append((gz.name, _md5(gz)))
+        resources.append((gz.name, md5(gz)))
     monkeypatch.setattr(FashionMNIST, "resources", resources)
     raw = load_source(_fashion_cfg(tmp_path))
     assert raw.test_labels.tolist() == arrays["t10k-labels"].tolist()

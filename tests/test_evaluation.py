@@ -4,20 +4,16 @@ option A padded on both sides, ImageNet normalisation) and saved in their file f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pickle
-import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.datasets import CIFAR10
 
+from cifar_files import write_cifar10
 from resexp.analysis.evaluation import eval_run, eval_weights
 from resexp.config import compose, load_model_config
 from resexp.data import normalise
@@ -237,53 +233,12 @@ def test_eval_run_matches_the_runs_own_test_error(tmp_path):
 
 # ---- eval_weights: CIFAR-10 files in their on-disk format ----
 
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
-PER_BATCH = 4
 TEST_SIZE = 40
 
 
-class Python2Pickler(pickle._Pickler):
-    """Writes bytes as Python 2 str opcodes, as the real CIFAR files (pickled by Python 2) hold them
-    (the pattern of tests/test_data_sources.py)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_python2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_python2_str
-
-
-def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """cifar-10-batches-py/ with random batches, torchvision's md5 lists patched to match; returns
-    the test images (N, 3, 32, 32) and labels."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    md5 = {}
-    for name in [*TRAIN_BATCHES, "test_batch", "batches.meta"]:
-        if name == "batches.meta":
-            contents = {b"num_cases_per_batch": PER_BATCH, b"label_names": [b"class%d" % i for i in range(10)]}
-        else:
-            n = TEST_SIZE if name == "test_batch" else PER_BATCH
-            # One row per image: 1024 red, then 1024 green, then 1024 blue values, each row-major.
-            data, labels = rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n).tolist()
-            contents = {b"batch_label": name.encode(), b"labels": labels, b"data": data}
-        with open(folder / name, "wb") as f:
-            Python2Pickler(f, protocol=2).dump(contents)
-        md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
-    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5[n]] for n in TRAIN_BATCHES])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
-    return torch.from_numpy(data).view(-1, 3, 32, 32), torch.tensor(labels)
-
-
 def test_eval_weights_on_cifar10_matches_their_net(tmp_path, monkeypatch):
-    images, labels = write_cifar10(tmp_path / "data", monkeypatch)
+    data, labels = write_cifar10(tmp_path / "data", monkeypatch, per_batch=4, test_size=TEST_SIZE)["test_batch"]
+    images, labels = torch.from_numpy(data).view(-1, 3, 32, 32), torch.tensor(labels)
     theirs = their_net(20, seed=3)
     path = save_theirs(theirs, tmp_path / "resnet20.th")
     result = eval_weights(path, "akamaster", ["model=resnet20", f"data.root={tmp_path / 'data'}",
