@@ -219,3 +219,16 @@ def test_recomputing_activations_keeps_the_maths_and_saves_memory():
     with pytest.raises(ConfigError, match="applies to the cifar_resnet models"):
         build_step(compose([*[o for o in CFG if not o.startswith("model")], "model=vit_pre", "model.depth=2",
                             "model.dim=16", "model.heads=2", "model.patch_size=8", "trainer.recompute_blocks=2"]))
+
+
+def test_a_cuda_device_without_an_index_gets_the_current_one(monkeypatch):
+    """torch.cuda.set_device, streams and graphs refuse a bare "cuda" (seen on the first GPU run)."""
+    from resexp.engine.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:2: only 2 CUDA device\(s\) visible"):
+        resolve_device("cuda:2")

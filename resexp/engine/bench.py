@@ -60,7 +60,13 @@ class Pipeline:
     resident_bytes: int = 0  # CUDA memory held by its data, model and optimizer
     rounds_s: list[float] = field(default_factory=list)
     peak_bytes: int = 0
-    memory_estimate: dict[str, float] | None = None  # GiB a training step keeps, from memory_estimate()
+    # what the process's caching allocator held at its peak (a captured graph's private pool
+    # included, which `peak_bytes` cannot see); process-wide, so earlier pipelines' memory too
+    peak_reserved_bytes: int = 0
+    # GiB a training step keeps: memory_estimate(), called by `bench` after the timed rounds (its
+    # eager forward on the default stream must not run before the step is captured)
+    estimate_memory: Callable[[], dict[str, float]] | None = None
+    memory_estimate: dict[str, float] | None = None
 
 
 def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: bool,
@@ -80,6 +86,9 @@ def bench(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: boo
     if reference:
         builders.append(partial(_reference_pipeline, cfg, raw, device, batch))
     pipelines = time_pipelines(builders, device, iters, warmup, repeats)
+    for pipeline in pipelines:
+        if pipeline.estimate_memory is not None:
+            pipeline.memory_estimate = pipeline.estimate_memory()
     rows = [_row(p, batch, iters, device, default.precision) for p in pipelines]
     report = {
         "model": cfg.model.name, "batch_size": batch, "iters": iters, "warmup_iters": warmup, "repeats": repeats,
@@ -168,12 +177,13 @@ def markdown(report: dict[str, Any]) -> str:
         "a lower bound on an uncompiled step's GPU peak",
         "",
         "| pipeline | precision | layout | execution | ms/step (rounds) | images/s | vs reference | "
-        f"peak GPU memory | step memory (estimate) | projected {PAPER_ITERS // 1000}k iters |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        f"peak GPU memory | reserved by the process | step memory (estimate) | projected {PAPER_ITERS // 1000}k iters |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         ratio = f"{row['speedup_vs_reference']:.2f}×" if "speedup_vs_reference" in row else "-"
         memory = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f} GiB"
+        reserved = "-" if row.get("peak_reserved_gib") is None else f"{row['peak_reserved_gib']:.2f} GiB"
         estimate = row.get("step_memory_estimate_gib")
         estimate = "-" if estimate is None else (
             f"{estimate['total']:.2f} GiB ({' + '.join(f'{v:.2f}' for k, v in estimate.items() if k != 'total')})")
@@ -181,7 +191,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {row['pipeline']}{' (training default)' if row.get('training_default') else ''} | "
             f"{row['precision']} | {row['layout']} | {row['execution']} | {row['ms_per_step']:.1f} "
-            f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {estimate} | "
+            f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {reserved} | {estimate} | "
             f"{row['projected_64k_min']:.1f} min |"
         )
     return "\n".join([*lines, ""])
@@ -206,9 +216,8 @@ def resexp_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime) -> Pipeline
                        runtime.memory_format)
     step = TrainStep.build(cfg, data, runtime)
     step.set_lr(float(cfg.optim.lr))
-    estimate = memory_estimate(step.model, step.optimizer, data, runtime.autocast())
     return Pipeline("resexp (the trainer's step)", runtime.precision, runtime.layout, runtime.execution, step,
-                    memory_estimate=estimate)
+                    estimate_memory=partial(memory_estimate, step.model, step.optimizer, data, runtime.autocast()))
 
 
 def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, autocast) -> dict[str, float]:
@@ -257,16 +266,24 @@ def saved_activation_bytes(model: torch.nn.Module, images: torch.Tensor, autocas
     counted; tensors sharing storage (an in-place ReLU's input and output) count once."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # held until the count ends, so no storage is freed and reused meanwhile
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def pack(tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
             saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        alive.append(tensor)
+        # The graph keeps nothing: a node that saved its own output would hold itself (a cycle
+        # no one frees), and the leaked graph's AccumulateGrad nodes, made on this stream, break
+        # a later CUDA-graph capture of the training step (seen on an H100).
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+    with torch.autograd.graph.saved_tensors_hooks(pack, _no_backward), autocast:
         model(images)
     return sum(saved.values())
+
+
+def _no_backward(_) -> torch.Tensor:
+    raise RuntimeError("saved_activation_bytes counts a forward's saved tensors; its graph has no backward")
 
 
 def _reference_pipeline(cfg, raw, device, batch) -> Pipeline:
@@ -330,6 +347,7 @@ def _time_round(pipeline: Pipeline, iters: int, device: torch.device) -> None:
     if device.type == "cuda":  # what this pipeline needs alone: its resident memory plus its peak
         transient = torch.cuda.max_memory_allocated(device) - before
         pipeline.peak_bytes = max(pipeline.peak_bytes, pipeline.resident_bytes + transient)
+        pipeline.peak_reserved_bytes = max(pipeline.peak_reserved_bytes, torch.cuda.max_memory_reserved(device))
 
 
 def _allocated(device: torch.device) -> int:
@@ -361,6 +379,7 @@ def _row(pipeline: Pipeline, batch: int, iters: int, device: torch.device, defau
         "execution": pipeline.step.execution if isinstance(pipeline.step, Step) else pipeline.execution,
         "device_type": device.type, **stats,
         "projected_64k_min": round(PAPER_ITERS * stats["ms_per_step"] / 60_000, 2),
+        "peak_reserved_gib": round(pipeline.peak_reserved_bytes / 2**30, 3) if device.type == "cuda" else None,
     }
     if pipeline.name.startswith("resexp"):
         row["training_default"] = pipeline.precision == default_precision

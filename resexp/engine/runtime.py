@@ -89,13 +89,18 @@ def cpu_model() -> str:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown trainer.device '{name}'; choose from: auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device asks for CUDA but no CUDA device is visible; use trainer.device=cpu")
+    if device.type == "cuda" and device.index is None:  # streams, set_device and graphs want an index
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) visible "
+                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 

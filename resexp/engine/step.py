@@ -82,6 +82,7 @@ class Step:
         """Record `compute` as one CUDA graph (nothing runs while recording); eager from now on
         if that fails, with one line saying why, unless trainer.graph=always asked for it."""
         graph = torch.cuda.CUDAGraph()
+        states = [batcher.generator.get_state() for batcher in self.batchers]
         for batcher in self.batchers:  # crops and flips replay fresh random numbers each step
             graph.register_generator_state(batcher.generator)
         try:
@@ -91,6 +92,11 @@ class Step:
             reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
             if self.runtime.graph_required:
                 raise ConfigError(f"trainer.graph=always: capturing the step failed: {reason}") from None
+            for batcher, state in zip(self.batchers, states):
+                # a generator registered with a failed capture refuses eager draws: a fresh one
+                # goes on from the same state (nothing of the capture ran)
+                batcher.generator = torch.Generator(self.runtime.device)
+                batcher.generator.set_state(state)
             self.capture = False
             self.notify(f"eager step: capturing it as a CUDA graph failed ({reason})")
             return
