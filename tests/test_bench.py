@@ -202,3 +202,26 @@ def test_report_names_say_what_was_benched(tmp_path):
         ([], 1), (["trainer.compile=true"], 1), (["trainer.graph=never", "trainer.recompute_blocks=10"], 1), ([], 3))]
     assert names == ["resnet20_cpu_b16", "resnet20_cpu_b16_compiled", "resnet20_cpu_b16_graph-never_recompute10",
                      "resnet20_cpu_b16_runs3"]
+
+
+def test_counting_saved_activations_leaves_no_autograd_graph_behind():
+    """A node that saves its own output (sigmoid) held through the hooks would keep its graph
+    alive for good, and with it AccumulateGrad nodes that broke the CUDA-graph capture of the
+    next step on an H100."""
+    import weakref
+
+    from resexp.engine.bench import saved_activation_bytes
+
+    class SavesItsOutput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = torch.sigmoid(self.linear(x))
+            self.output = weakref.ref(y)
+            return y
+
+    model = SavesItsOutput()
+    assert saved_activation_bytes(model, torch.randn(2, 4), nullcontext()) == 2 * 4 * 4 * 2  # x and y, fp32
+    assert model.output() is None

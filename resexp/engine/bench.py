@@ -265,21 +265,20 @@ def saved_activation_bytes(model: torch.nn.Module, images: torch.Tensor, autocas
     """Bytes autograd keeps from one forward for the backward, the parameters themselves not
     counted; tensors sharing storage (an in-place ReLU's input and output) count once."""
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
-    alive: list[torch.Tensor] = []  # held until the count ends, so no storage is freed and reused meanwhile
+    # storages, not tensors, are kept (so none is freed and its address reused while counting):
+    # autograd keeps these hooks with the graph, and a tensor held here would hold its own graph
+    # (a cycle no one frees), whose AccumulateGrad nodes, made on this stream, broke a later
+    # CUDA-graph capture of the training step (seen on an H100)
+    saved: dict[int, torch.UntypedStorage] = {}
 
     def pack(tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
-        alive.append(tensor)
-        # The graph keeps nothing: a node that saved its own output would hold itself (a cycle
-        # no one frees), and the leaked graph's AccumulateGrad nodes, made on this stream, break
-        # a later CUDA-graph capture of the training step (seen on an H100).
+            saved[storage.data_ptr()] = storage
 
     with torch.autograd.graph.saved_tensors_hooks(pack, _no_backward), autocast:
         model(images)
-    return sum(saved.values())
+    return sum(storage.nbytes() for storage in saved.values())
 
 
 def _no_backward(_) -> torch.Tensor:
