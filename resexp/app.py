@@ -78,7 +78,8 @@ def _kind(runs, choice: str) -> str:
 
 def run_browser() -> None:
     from resexp.report import (
-        draw_figure6, draw_norms_figure, figure6_series, norms_runs, norms_table, scan_runs, table6,
+        draw_figure6, draw_lr_figure, draw_norms_figure, figure6_series, lr_rows, norms_runs, norms_table,
+        scan_runs, table6, varies_lr,
     )
 
     st.subheader("Run browser")
@@ -91,8 +92,12 @@ def run_browser() -> None:
     try:
         runs, unreadable = scan_runs(sweep_dir)
         kind = _kind(runs, choice)
+        lr_figure = lr_table = None
         if kind == "norms":
             figure, rows, extra = draw_norms_figure(runs), norms_table(runs), norms_runs(runs)
+            vit = [r for r in runs if r.config.model.get("arch") == "vit"]
+            if varies_lr(vit):  # a learning-rate sweep: final loss against lr, as resexp figure/table write it
+                lr_figure, lr_table = draw_lr_figure(vit), lr_rows(vit)
         else:
             figure, rows, extra = draw_figure6(figure6_series(runs)), table6(runs), None
     except ResexpError as error:
@@ -105,6 +110,10 @@ def run_browser() -> None:
     st.pyplot(figure)
     st.markdown("**Norm placements**" if kind == "norms" else "**Table 6**")
     st.dataframe(pd.DataFrame(rows))
+    if lr_figure is not None:
+        st.markdown("**Learning-rate sensitivity**: final training loss per placement, depth and lr")
+        st.pyplot(lr_figure)
+        st.dataframe(pd.DataFrame(lr_table))
     if extra is not None:
         with st.expander("every run"):
             st.dataframe(pd.DataFrame(extra))

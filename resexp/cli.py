@@ -152,7 +152,8 @@ def sweep(
 
 @app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
              "--kind norms, the norm-placement figure (per placement: training loss, gradient norm per block "
-             "at init, residual-stream norm per block) from a sweep directory's TensorBoard logs. "
+             "at init, residual-stream norm per block; for a sweep over optim.lr also norms_lr.png, final "
+             "loss against lr per depth) from a sweep directory's TensorBoard logs. "
              "Writes PNG and PDF.")
 @_error_boundary
 def figure(
@@ -166,7 +167,9 @@ def figure(
                                        "curves end inside it)", show_default=False),
     log_y: bool = typer.Option(False, "--log-y", help="Figure 6's error on a log scale"),
 ) -> None:
-    from resexp.report import figure6, norms_figure
+    from pathlib import Path
+
+    from resexp.report import figure6, lr_figure, norms_figure, varies_lr
 
     _check_kind(kind)
     limits = _parse_ylim(ylim) if ylim is not None else None
@@ -176,14 +179,20 @@ def figure(
     if kind == "fig6":
         paths = figure6(runs, out or f"{sweep_dir}/figure6.png", limits, log_y)
     else:
-        paths = norms_figure(runs, out or f"{sweep_dir}/norms.png")
+        target = Path(out or f"{sweep_dir}/norms.png")
+        paths = norms_figure(runs, target)
+        vit = [r for r in runs if r.config.model.get("arch") == "vit"]
+        if varies_lr(vit):  # a learning-rate sweep: final loss against lr beside it
+            paths += lr_figure(vit, target.with_name(f"{target.stem}_lr{target.suffix}"))
     print("wrote " + ", ".join(map(str, paths)))
 
 
 @app.command(help="Table 6 from a sweep directory: model, depth, params, test error (best, mean ± std "
              "over seeds), final training error, and the paper's numbers on CIFAR-10. Writes .md and .csv. "
              "With --kind norms: one row per norm placement (diverged depths with and without warmup, "
-             "errors per depth, residual-stream growth, smallest relative update), plus norms_runs.csv.")
+             "errors per depth, residual-stream growth, smallest relative update, angular distance, "
+             "skip-loss change), plus norms_runs.csv, and for a sweep over optim.lr norms_lr.md/.csv "
+             "(final loss per placement, depth and lr).")
 @_error_boundary
 def table(
     sweep_dir: str = typer.Argument(..., help="a sweep directory (or any folder of run directories)"),
@@ -193,7 +202,8 @@ def table(
                              "or Transformer norm placements"),
 ) -> None:
     from resexp.report import (
-        norms_runs, norms_table, print_norms_table, print_table, table6, write_norms_table, write_table,
+        lr_rows, norms_runs, norms_table, print_norms_table, print_table, table6, varies_lr, write_norms_table,
+        write_table,
     )
 
     _check_kind(kind)
@@ -201,7 +211,9 @@ def table(
     if kind == "norms":
         rows = norms_table(runs)
         print_norms_table(rows, unreadable=unreadable)
-        paths = write_norms_table(rows, out_dir or sweep_dir, norms_runs(runs), unreadable)
+        vit = [r for r in runs if r.config.model.get("arch") == "vit"]
+        lrs = lr_rows(vit) if varies_lr(vit) else None
+        paths = write_norms_table(rows, out_dir or sweep_dir, norms_runs(runs), unreadable, lrs)
     else:
         rows = table6(runs)
         print_table(rows, unreadable=unreadable)

@@ -116,6 +116,21 @@ def test_run_browser_shows_figure6_and_table6(sweep):
     assert sorted(frame["seeds"]) == [1, 2]
 
 
+def test_run_browser_on_an_lr_sweep_adds_loss_against_lr(tmp_path):
+    from test_report_norms import LR_RUNS, write_vit_run
+
+    logged = {(n, d, lr): write_vit_run(tmp_path, n, p, True, d, 0, 0, st, lr=lr, loss_scale=k)
+              for n, p, d, lr, k, st in LR_RUNS}
+    at = browse(tmp_path)
+    assert not at.error, [e.value for e in at.error]
+    assert len(images(at)) == 2  # the norms figure and final loss against lr
+    placements, lrs = at.dataframe[0].value, at.dataframe[1].value
+    assert list(placements["model"]) == ["vit_post", "vit_pre"]
+    assert list(zip(lrs["model"], lrs["depth"], lrs["best_lr"])) == [("vit_post", 6, 3e-4), ("vit_pre", 6, 1e-3),
+                                                                      ("vit_pre", 24, 1e-3)]
+    assert lrs["lr_0.0003"][0] == logged["vit_post", 6, 3e-4]["summary"]["train_loss"]
+
+
 @pytest.mark.parametrize("bad", ["does/not/exist", "empty"])
 def test_run_browser_bad_directory_is_one_error(tmp_path, bad):
     target = tmp_path / bad

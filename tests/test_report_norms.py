@@ -15,16 +15,18 @@ from typer.testing import CliRunner
 from resexp.cli import app
 from resexp.errors import ResexpError
 from resexp.report import (
+    at_best_lr, draw_lr_figure, lr_rows, varies_lr,
     block_profile, draw_norms_figure, find_runs, loss_curves, norms_figure, norms_runs, norms_table,
     placement_groups, print_norms_table, probe_steps, scan_runs, write_norms_table,
 )
+from resexp.report.norms_lr import lr_markdown
 
 MAX_ITERS = 1000
 EVAL_STEPS = list(range(100, MAX_ITERS + 1, 100))
 PROBE_STEPS = [0, 500, 1000]
 DIVERGED_AT = 340
 BLOWN_UP_LOSS = 5e3
-PROBES = ("grad_norm", "stream_norm", "rel_update")
+PROBES = ("grad_norm", "stream_norm", "rel_update", "angular_distance", "skip_loss_delta")
 # (name, norm_placement, residual, depth, warmup_iters, seed, status): vit_post at depth 24
 # diverges without warmup; two seeds of vit_post depth 6 without warmup; vit_plain is the
 # residual=false twin (own row); vit_rezero has zero gradient at init.
@@ -45,16 +47,17 @@ def f32(values):
     return [float(np.float32(v)) for v in values]
 
 
-def write_vit_run(root, name, placement, residual, depth, warmup, seed, status, probes=True):
+def write_vit_run(root, name, placement, residual, depth, warmup, seed, status, probes=True, lr=1e-3,
+                  loss_scale=1.0):
     """A ViT run directory as train.py writes it; returns what was logged: scalars {tag: (steps,
     values)}, probes {probe: {step: per-block values}} and the summary."""
-    run_dir = root / f"{name}_d{depth}_w{warmup}_seed{seed}"
+    run_dir = root / (f"{name}_d{depth}_w{warmup}_seed{seed}" + ("" if lr == 1e-3 else f"_lr{lr:g}"))
     run_dir.mkdir(parents=True)
     cfg = {"seed": seed, "run": {"dir": str(run_dir)},
            "model": {"arch": "vit", "name": name, "depth": depth, "dim": 192, "heads": 3,
                      "norm_placement": placement, "residual": residual, "norm": "layernorm"},
            "data": {"name": "cifar10", "root": "/somewhere", "val_size": 0},
-           "optim": {"name": "adamw", "lr": 1e-3, "warmup_iters": warmup, "schedule": "cosine"},
+           "optim": {"name": "adamw", "lr": lr, "warmup_iters": warmup, "schedule": "cosine"},
            "trainer": {"max_iters": MAX_ITERS, "batch_size": 128, "device": "cpu", "probe_every": 500}}
     OmegaConf.save(OmegaConf.create(cfg), run_dir / "config.yaml")
     key = [NAMES.index(name), depth, seed]
@@ -65,7 +68,8 @@ def write_vit_run(root, name, placement, residual, depth, warmup, seed, status, 
         probe_at = [0]
     else:
         steps, probe_at = EVAL_STEPS, PROBE_STEPS
-        loss = f32(2.3 * np.exp(-np.arange(len(steps)) / 5) + depth / 100 + rng.uniform(0, 0.05, len(steps)))
+        loss = f32(loss_scale * (2.3 * np.exp(-np.arange(len(steps)) / 5) + depth / 100
+                                 + rng.uniform(0, 0.05, len(steps))))
     train, test = f32(rng.uniform(5, 40, len(steps))), f32(rng.uniform(15, 50, len(steps)))
     scalars = {"train/loss": (steps, loss), "train/error": (steps, train), "test/error": (steps, test),
                "lr": (steps, f32([1e-3] * len(steps)))}
@@ -77,6 +81,8 @@ def write_vit_run(root, name, placement, residual, depth, warmup, seed, status, 
         logged_probes["grad_norm"][step] = f32(grad)
         logged_probes["stream_norm"][step] = f32(np.cumsum(prng.uniform(1, 3, depth)))
         logged_probes["rel_update"][step] = f32(prng.uniform(0.01, 1, depth))
+        logged_probes["angular_distance"][step] = f32(prng.uniform(0, 0.5, depth))
+        logged_probes["skip_loss_delta"][step] = f32(prng.uniform(-0.01, 2, depth))
     with SummaryWriter(str(run_dir / "tb")) as writer:
         for tag, (tag_steps, values) in scalars.items():
             for step, value in zip(tag_steps, values):
@@ -168,6 +174,9 @@ def test_norms_runs_one_row_per_run(sweep):
         assert row["probe_step"] == last
         assert row["stream_growth"] == probes["stream_norm"][last][-1] / probes["stream_norm"][last][0]
         assert row["min_rel_update"] == min(probes["rel_update"][last])
+        assert row["angular_distance"] == pytest.approx(statistics.fmean(probes["angular_distance"][last]), rel=1e-6)
+        assert row["skip_step"] == last and row["skip_loss_delta_max"] == max(probes["skip_loss_delta"][last])
+        assert row["lr"] == 1e-3 and row["best_lr_of_depth"] is True
     diverged = [r for r in rows if r["status"] == "diverged"]
     assert [(r["model"], r["depth"], r["diverged_at"]) for r in diverged] == [("vit_post", 24, DIVERGED_AT)]
     assert all(r["diverged_at"] is None for r in rows if r["status"] != "diverged")
@@ -238,7 +247,8 @@ def test_markdown_and_csv_files_hold_the_rows(sweep, tmp_path):
     md = paths[0].read_text()
     table_lines = [line for line in md.splitlines() if line.startswith("|")]
     header = [c.strip() for c in table_lines[0].strip("|").split("|")]
-    assert header[:4] == ["model", "runs", "diverged w/o warmup (depths)", "diverged with warmup (depths)"]
+    assert header[:5] == ["model", "runs", "lr", "diverged w/o warmup (depths)", "diverged with warmup (depths)"]
+    assert header[-2:] == ["mean angular distance (deepest finished d)", "max skip-loss Δ (deepest finished d)"]
     assert "d=6 train/test err. (%)" in header and "d=24 train/test err. (%)" in header
     cells = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in table_lines[2:]]
     assert [c["model"] for c in cells] == [r["model"] for r in rows]
@@ -368,3 +378,88 @@ def test_running_and_unreadable_runs_in_the_norms_table(tmp_path):
     with (tmp_path / "norms_runs.csv").open() as f:
         back = {line["seed"]: line for line in csv.DictReader(f)}
     assert (back["1"]["status"], back["1"]["test_error"], back["1"]["train_loss"]) == ("running", "", "")
+
+
+# A learning-rate sweep (norms_lr): (name, placement, depth, lr, loss_scale, status). At depth 6
+# vit_pre is best at 1e-3 with 3e-3 within 10% of it; vit_post diverges at 3e-3 and is best at 3e-4.
+LR_RUNS = [
+    ("vit_pre", "pre", 6, 3e-4, 1.5, "finished"), ("vit_pre", "pre", 6, 1e-3, 1.0, "finished"),
+    ("vit_pre", "pre", 6, 3e-3, 1.05, "finished"), ("vit_pre", "pre", 24, 1e-3, 1.0, "finished"),
+    ("vit_post", "post", 6, 3e-4, 0.9, "finished"), ("vit_post", "post", 6, 1e-3, 1.2, "finished"),
+    ("vit_post", "post", 6, 3e-3, 1.0, "diverged"),
+]
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("norms_lr")
+    logged = {(n, d, lr): write_vit_run(root, n, p, True, d, 0, 0, st, lr=lr, loss_scale=k)
+              for n, p, d, lr, k, st in LR_RUNS}
+    return root, logged
+
+
+def test_lr_sweep_final_loss_per_placement_depth_and_lr(lr_sweep):
+    root, logged = lr_sweep
+    runs = find_runs(root)
+    assert varies_lr(runs) and not varies_lr([r for r in runs if r.config.optim.lr == 1e-3])
+    rows = {(r["model"], r["depth"]): r for r in lr_rows(runs)}
+    assert list(rows) == [("vit_post", 6), ("vit_pre", 6), ("vit_pre", 24)]  # placement order, then depth
+
+    def loss(name, depth, lr):
+        return logged[name, depth, lr]["summary"]["train_loss"]
+
+    pre = rows["vit_pre", 6]
+    assert [pre[f"lr_{lr:g}"] for lr in (3e-4, 1e-3, 3e-3)] == [loss("vit_pre", 6, lr) for lr in (3e-4, 1e-3, 3e-3)]
+    assert pre["best_lr"] == 1e-3 and (pre["lrs_near_best"], pre["lr_range"]) == (2, "0.001–0.003")
+    post = rows["vit_post", 6]
+    assert post["lr_0.003"] is None and post["lr_0.003_status"] == "1 div" and post["lr_0.0003_status"] == ""
+    assert post["best_lr"] == 3e-4 and post["lrs_near_best"] == 1
+    deep = rows["vit_pre", 24]
+    assert "lr_0.0003" not in deep and deep["best_lr"] == 1e-3 and deep["lr_range"] == "0.001–0.001"
+    md = lr_markdown(list(rows.values()))
+    assert f"| vit_post | 6 | {loss('vit_post', 6, 3e-4):.3f} | {loss('vit_post', 6, 1e-3):.3f} | – (1 div) | " \
+           "0.0003 | 1 (0.0003–0.0003) |" in md
+    assert "| vit_pre | 24 | not run | " in md
+
+
+def test_an_lr_sweep_is_one_row_per_placement_read_at_its_best_lr(lr_sweep, tmp_path):
+    root, logged = lr_sweep
+    runs = find_runs(root)
+    rows = {r["model"]: r for r in norms_table(runs)}
+    assert list(rows) == ["vit_post", "vit_pre"] and rows["vit_pre"]["runs"] == 4
+    assert rows["vit_pre"]["lr"] == "best: 0.001 (d=6), 0.001 (d=24)" and rows["vit_post"]["lr"] == "best: 0.0003 (d=6)"
+    best = logged["vit_post", 6, 3e-4]["summary"]
+    assert (rows["vit_post"]["d6_train"], rows["vit_post"]["d6_test"]) == (best["train_error"], best["test_error"])
+    assert rows["vit_post"]["diverged_no_warmup"] == "none"  # the diverged lr is not its best
+    flags = {(r["model"], r["depth"], r["lr"]): r["best_lr_of_depth"] for r in norms_runs(runs)}
+    assert [k for k, best in flags.items() if best] == [("vit_post", 6, 3e-4), ("vit_pre", 6, 1e-3),
+                                                        ("vit_pre", 24, 1e-3)]
+    # the figure's columns hold the same runs: vit_post's loss curve at depth 6 is the 3e-4 run's
+    post_curves = loss_curves(at_best_lr([r for r in runs if r.config.model.name == "vit_post"]))
+    assert len(post_curves) == 1 and list(post_curves[0].band.mean) == logged["vit_post", 6, 3e-4]["scalars"]["train/loss"][1]
+
+
+def test_lr_figure_and_cli_files(lr_sweep, tmp_path):
+    root, logged = lr_sweep
+    fig = draw_lr_figure(find_runs(root))
+    ax6, ax24 = fig.axes[:2]
+    assert (ax6.get_title(), ax24.get_title(), ax6.get_xscale()) == ("depth 6", "depth 24", "log")
+    curves = [list(line.get_ydata()) for line in ax6.lines if line.get_marker() == "o"]
+    post_y = [logged["vit_post", 6, lr]["summary"]["train_loss"] for lr in (3e-4, 1e-3)]
+    assert any(c[:2] == post_y and np.isnan(c[2]) for c in curves)
+    diverged = [line for line in ax6.lines if line.get_marker() == "x" and len(line.get_xdata())]
+    assert len(diverged) == 1 and list(diverged[0].get_xdata()) == [3e-3]
+    assert diverged[0].get_ydata()[0] == ax6.get_ylim()[1]  # on the top edge
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["figure", str(root), "--kind", "norms", "-o", str(tmp_path / "n.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "n.png").is_file() and (tmp_path / "n_lr.png").is_file() and (tmp_path / "n_lr.pdf").is_file()
+    result = runner.invoke(app, ["table", str(root), "--kind", "norms", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "best lr" in (tmp_path / "norms_lr.md").read_text()
+    with (tmp_path / "norms_lr.csv").open() as f:
+        back = list(csv.DictReader(f))
+    assert [(b["model"], b["depth"], b["best_lr"]) for b in back] == [
+        ("vit_post", "6", "0.0003"), ("vit_pre", "6", "0.001"), ("vit_pre", "24", "0.001")]
+    assert back[0]["lr_0.003_status"] == "1 div" and back[2]["lr_0.0003"] == ""

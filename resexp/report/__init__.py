@@ -3,6 +3,7 @@ Transformer norm-placement report (norms)."""
 
 from resexp.report.figures import Band, Curve, draw_figure6, figure6, figure6_series, make_figure
 from resexp.report.norms_figure import LossCurve, draw_norms_figure, loss_curves, norms_figure
+from resexp.report.norms_lr import at_best_lr, draw_lr_figure, lr_figure, lr_rows, varies_lr
 from resexp.report.norms_placements import placement_groups
 from resexp.report.norms_probes import block_profile, probe_steps
 from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
@@ -15,4 +16,5 @@ __all__ = [
     "UnreadableRun", "write_table",
     "LossCurve", "block_profile", "draw_norms_figure", "loss_curves", "norms_figure", "norms_runs", "norms_table",
     "placement_groups", "print_norms_table", "probe_steps", "write_norms_table",
+    "at_best_lr", "draw_lr_figure", "lr_figure", "lr_rows", "varies_lr",
 ]

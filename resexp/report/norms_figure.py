@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from resexp.report.figures import UNFINISHED_MARKERS, Band, seed_band, save_figure
+from resexp.report.norms_lr import at_best_lr, varies_lr
 from resexp.report.norms_placements import (
     PLACEMENT_NAMES, placement_groups, placement_order, run_placement, run_warmup,
 )
@@ -61,8 +62,11 @@ def loss_curves(runs: list[Run]) -> list[LossCurve]:
 
 def draw_norms_figure(runs: list[Run]) -> Figure:
     """Columns: placements. Rows: training loss against iterations; gradient norm per block at
-    init; residual-stream norm per block at the last probe step. Colour = depth."""
-    columns = _figure_columns(placement_groups(runs))
+    init; residual-stream norm per block at the last probe step. Colour = depth. A sweep over
+    learning rates is drawn at each placement's best lr per depth (norms_lr has the rest)."""
+    groups = placement_groups(runs)
+    several_lrs = any(varies_lr(group) for group in groups.values())
+    columns = _figure_columns({label: at_best_lr(group) for label, group in groups.items()})
     members = [r for _, group in columns for r in group]
     depths = sorted({r.depth for r in members})
     colours = dict(zip(depths, colormaps["viridis"](np.linspace(0, 0.85, len(depths)))))
@@ -101,7 +105,8 @@ def draw_norms_figure(runs: list[Run]) -> Figure:
                        label=f"{status}: last logged point") for status in unfinished]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=8)
     bands = "; shaded: min-max over seeds" if any(len(c.seeds) > 1 for col in curves for c in col) else ""
-    fig.suptitle(f"Transformer norm placement: one column per placement, colour = depth{bands}", fontsize=10)
+    lrs = "; at each depth the placement's best learning rate" if several_lrs else ""
+    fig.suptitle(f"Transformer norm placement: one column per placement, colour = depth{bands}{lrs}", fontsize=10)
     return fig
 
 

@@ -1,7 +1,8 @@
 """Transformer norm placement: a norms sweep's runs, one group per placement.
 
 A norms sweep trains ViTs (model.arch: vit), one model.name per placement (vit_post, vit_pre,
-...), at several depths, with and without learning-rate warmup (optim.warmup_iters > 0).
+...), at several depths, with and without learning-rate warmup (optim.warmup_iters > 0), at one
+or several learning rates (resexp.report.norms_lr).
 norms_table and norms_figure report on it one row (column) per placement group.
 
 Notebook use:
@@ -21,15 +22,15 @@ PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN"
                    "rezero": "ReZero", "none": "no norm", "mix": "Mix-LN", "lns": "LayerNorm Scaling",
                    "dyt": "DyT", "peri": "Peri-LN"}
 # What a norms sweep varies inside one placement's row; any other config difference makes its own row.
-VARIED_KEYS = ("model.depth", "optim.warmup_iters")
+VARIED_KEYS = ("model.depth", "optim.warmup_iters", "optim.lr")
 
 
 def placement_groups(runs: list[Run]) -> dict[str, list[Run]]:
     """The ViT runs, one group per placement row, keyed by model.name, in placement order.
 
-    A group holds runs equal in config up to depth, warmup and seed. Where two groups share a
-    name (residual=false of vit_post, two learning rates) the config values that tell them apart
-    are appended to the label, as group_runs does.
+    A group holds runs equal in config up to depth, warmup, learning rate and seed. Where two
+    groups share a name (residual=false of vit_post, two weight decays) the config values that
+    tell them apart are appended to the label, as group_runs does.
     """
     vit = [r for r in runs if r.config.model.get("arch") == "vit"]
     if not vit:

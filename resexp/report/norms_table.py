@@ -18,26 +18,32 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from resexp.report.norms_lr import at_best_lr, lr_columns, lr_markdown, run_lr
 from resexp.report.norms_placements import placement_groups, run_placement, run_warmup
 from resexp.report.norms_probes import block_profile, probe_steps
 from resexp.report.runs import Run, UnreadableRun, print_unreadable, unreadable_lines
 
 # Keys of a norms_runs row, in order: the header of norms_runs.csv.
-RUN_COLUMNS = ("model", "placement", "residual", "depth", "warmup_iters", "seed", "status", "diverged_at",
+RUN_COLUMNS = ("model", "placement", "residual", "depth", "warmup_iters", "lr", "seed", "status", "diverged_at",
                "iterations", "eval_split", "train_error", "test_error", "train_loss", "probe_step",
-               "stream_growth", "min_rel_update", "path")
+               "stream_growth", "min_rel_update", "angular_distance", "skip_step", "skip_loss_delta_max",
+               "best_lr_of_depth", "path")
 
 
 def norms_runs(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per ViT run (keys RUN_COLUMNS): by placement, then depth, warmup, seed.
 
     Errors and loss are summary.json's last values (for a diverged run: at divergence); the
-    probe columns are taken at the run's last probe step (probe_step).
+    stream probes are taken at the run's last probe step (probe_step), skip_loss_delta at the
+    last step that logged it (skip_step: the final iteration of a finished run).
+    best_lr_of_depth: the run is at its placement's best lr at its depth (what the table's
+    depth cells and probe columns read; always true where the sweep has one lr).
     """
     rows = []
     for label, members in placement_groups(runs).items():
-        for run in sorted(members, key=lambda r: (r.depth, run_warmup(r), r.seed)):
-            rows.append(_run_row(label, run))
+        best = {id(r) for r in at_best_lr(members)}
+        for run in sorted(members, key=lambda r: (r.depth, run_warmup(r), run_lr(r), r.seed)):
+            rows.append({**_run_row(label, run), "best_lr_of_depth": id(run) in best})
     return rows
 
 
@@ -49,11 +55,12 @@ def norms_table(runs: list[Run]) -> list[dict[str, Any]]:
     for r in run_rows:
         by_model.setdefault(r["model"], []).append(r)
     rows = []
-    for model, members in by_model.items():
-        first = members[0]
+    for model, every in by_model.items():
+        first = every[0]
+        members = [m for m in every if m["best_lr_of_depth"]]  # one lr per depth: its best
         row = {
             "model": model, "placement": first["placement"], "residual": first["residual"],
-            "runs": len(members), "eval_split": first["eval_split"],
+            "runs": len(every), "eval_split": first["eval_split"], "lr": _lr_cell(members, every),
             "warmup_iters": ", ".join(str(w) for w in sorted({m["warmup_iters"] for m in members} - {0})),
             "diverged_no_warmup": _diverged_depths([m for m in members if not m["warmup_iters"]]),
             "diverged_warmup": _diverged_depths([m for m in members if m["warmup_iters"]]),
@@ -66,9 +73,10 @@ def norms_table(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows: list[dict[str, Any]] | None = None,
-                      unreadable: Sequence[UnreadableRun] = ()) -> list[Path]:
+                      unreadable: Sequence[UnreadableRun] = (), lr_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write out_dir/norms_table.md (for reading; the unreadable runs listed at its end) and
-    norms_table.csv (full precision), and with run_rows (norms_runs) the long form out_dir/norms_runs.csv."""
+    norms_table.csv (full precision), with run_rows (norms_runs) the long form out_dir/norms_runs.csv,
+    and with lr_rows (resexp.report.norms_lr.lr_rows) the lr-sensitivity table norms_lr.md/.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / "norms_table.md", out / "norms_table.csv"
@@ -82,6 +90,12 @@ def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows:
     if run_rows is not None:
         paths.append(out / "norms_runs.csv")
         _write_csv(paths[-1], run_rows, list(RUN_COLUMNS))
+    if lr_rows:
+        paths += [out / "norms_lr.md", out / "norms_lr.csv"]
+        paths[-2].write_text(lr_markdown(lr_rows))
+        columns = ["model", "depth", *(c for lr in lr_columns(lr_rows) for c in (lr, f"{lr}_status")),
+                   "best_lr", "lr_range", "lrs_near_best"]
+        _write_csv(paths[-1], lr_rows, columns)
     return paths
 
 
@@ -107,15 +121,27 @@ def _run_row(label: str, run: Run) -> dict[str, Any]:
         growth = float(stream[-1] / stream[0])
     if probe_steps(run, "rel_update"):
         min_rel = float(block_profile(run, "rel_update", "last").min())
+    angle = float(block_profile(run, "angular_distance", "last").mean()) if probe_steps(run, "angular_distance") else None
+    skip_steps = probe_steps(run, "skip_loss_delta")
+    skip = float(block_profile(run, "skip_loss_delta", "last").max()) if skip_steps else None
     return {
         "model": label, "placement": run_placement(run), "residual": run.residual, "depth": run.depth,
-        "warmup_iters": run_warmup(run), "seed": run.seed, "status": run.status,
+        "warmup_iters": run_warmup(run), "lr": run_lr(run), "seed": run.seed, "status": run.status,
         "diverged_at": summary.get("iterations") if run.status == "diverged" else None,
         "iterations": summary.get("iterations"), "eval_split": split,
         "train_error": summary.get("train_error"), "test_error": summary.get(f"{split}_error"),
         "train_loss": summary.get("train_loss"), "probe_step": probe_step,
-        "stream_growth": growth, "min_rel_update": min_rel, "path": str(run.path),
+        "stream_growth": growth, "min_rel_update": min_rel, "angular_distance": angle,
+        "skip_step": skip_steps[-1] if skip_steps else None, "skip_loss_delta_max": skip, "path": str(run.path),
     }
+
+
+def _lr_cell(members: list[dict[str, Any]], every: list[dict[str, Any]]) -> str:
+    """The placement's lr, or with several in the sweep the best one at each depth."""
+    if len({m["lr"] for m in every}) == 1:
+        return f"{every[0]['lr']:g}"
+    best = {m["depth"]: m["lr"] for m in members}
+    return "best: " + ", ".join(f"{lr:g} (d={depth})" for depth, lr in sorted(best.items()))
 
 
 def _diverged_depths(members: list[dict[str, Any]]) -> str:
@@ -151,16 +177,20 @@ def _depth_cells(depth: int, members: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _probe_cells(members: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stream growth and smallest relative update at the deepest depth with a finished, probed run,
-    mean over its finished runs there (seeds and warmup settings)."""
+    """Stream growth, smallest relative update, mean angular distance and the largest loss change
+    of skipping one block, at the deepest depth with a finished, probed run, mean over its
+    finished runs there (seeds and warmup settings)."""
     probed = [m for m in members if m["status"] == "finished" and m["stream_growth"] is not None]
+    keys = ("stream_growth", "min_rel_update", "angular_distance", "skip_loss_delta_max")
     if not probed:
-        return {"probe_depth": None, "stream_growth": None, "min_rel_update": None}
+        return {"probe_depth": None, **dict.fromkeys(keys)}
     depth = max(m["depth"] for m in probed)
     deepest = [m for m in probed if m["depth"] == depth]
-    rel = [m["min_rel_update"] for m in deepest if m["min_rel_update"] is not None]
-    return {"probe_depth": depth, "stream_growth": statistics.fmean(m["stream_growth"] for m in deepest),
-            "min_rel_update": statistics.fmean(rel) if rel else None}
+    cells: dict[str, Any] = {"probe_depth": depth}
+    for key in keys:
+        values = [m[key] for m in deepest if m[key] is not None]
+        cells[key] = statistics.fmean(values) if values else None
+    return cells
 
 
 def _depths(rows: list[dict[str, Any]]) -> list[int]:
@@ -169,17 +199,19 @@ def _depths(rows: list[dict[str, Any]]) -> list[int]:
 
 def _headers(rows: list[dict[str, Any]]) -> list[str]:
     split = "/".join(sorted({r["eval_split"] for r in rows})) or "test"
-    return ["model", "runs", "diverged w/o warmup (depths)", "diverged with warmup (depths)",
+    return ["model", "runs", "lr", "diverged w/o warmup (depths)", "diverged with warmup (depths)",
             *(f"d={d} train/{split} err. (%)" for d in _depths(rows)),
-            "‖x‖ growth last/first block (deepest finished d)", "min rel. update (deepest finished d)"]
+            "‖x‖ growth last/first block (deepest finished d)", "min rel. update (deepest finished d)",
+            "mean angular distance (deepest finished d)", "max skip-loss Δ (deepest finished d)"]
 
 
 def _display(row: dict[str, Any]) -> list[str]:
     def at_depth(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3g} (d={row['probe_depth']})"
 
-    return [row["model"], str(row["runs"]), row["diverged_no_warmup"], row["diverged_warmup"],
-            *(row[f"d{d}"] for d in _depths([row])), at_depth(row["stream_growth"]), at_depth(row["min_rel_update"])]
+    return [row["model"], str(row["runs"]), row["lr"], row["diverged_no_warmup"], row["diverged_warmup"],
+            *(row[f"d{d}"] for d in _depths([row])), at_depth(row["stream_growth"]), at_depth(row["min_rel_update"]),
+            at_depth(row["angular_distance"]), at_depth(row["skip_loss_delta_max"])]
 
 
 def _note(rows: list[dict[str, Any]]) -> list[str]:
@@ -188,6 +220,8 @@ def _note(rows: list[dict[str, Any]]) -> list[str]:
     warmup = f"optim.warmup_iters = {', '.join(map(str, warmups))}" if warmups else "optim.warmup_iters > 0"
     return [
         "model: model.name, one row per placement (residual=false runs are their own row); runs: run directories.",
+        "lr: optim.lr; where the sweep has several, the best at each depth (lowest mean final training loss): "
+        "the depth and probe columns read the runs at that lr (norms_lr.md has every lr).",
         "diverged w/o / with warmup: the depths at which runs diverged without warmup (optim.warmup_iters = 0) "
         f"and with warmup ({warmup}); \"D (k of n)\": k of n seeds diverged; none: no run diverged; "
         "not run: no runs of that setting.",
@@ -198,7 +232,13 @@ def _note(rows: list[dict[str, Any]]) -> list[str]:
         "step, at the deepest depth d with a finished run, mean over its finished runs there (seeds and warmup "
         "settings).",
         "min rel. update: the smallest over blocks of probe/rel_update (‖G(x_l)‖/‖x_l‖) at the final probe "
-        "step, same runs. n/a: no finished run logged the probes.",
+        "step, same runs.",
+        "mean angular distance: probe/angular_distance (arccos of the cosine between a block's input and "
+        "output, / π: 0 = the block leaves the direction alone) averaged over blocks at the final probe step, "
+        "same runs.",
+        "max skip-loss Δ: the largest over blocks of probe/skip_loss_delta (training-batch loss with the block "
+        "skipped minus without) at the run's last iteration, same runs: what the most needed block is worth. "
+        "n/a: no finished run logged the probes.",
     ]
 
 
