@@ -444,7 +444,8 @@ def test_lr_figure_and_cli_files(lr_sweep, tmp_path):
     fig = draw_lr_figure(find_runs(root))
     ax6, ax24 = fig.axes[:2]
     assert (ax6.get_title(), ax24.get_title(), ax6.get_xscale()) == ("depth 6", "depth 24", "log")
-    curves = [list(line.get_ydata()) for line in ax6.lines if line.get_marker() == "o"]
+    assert [t.get_text() for t in ax6.get_xticklabels()] == ["0.0003", "0.001", "0.003"]
+    curves = [list(line.get_ydata()) for line in ax6.lines if line.get_marker() != "x"]
     post_y = [logged["vit_post", 6, lr]["summary"]["train_loss"] for lr in (3e-4, 1e-3)]
     assert any(c[:2] == post_y and np.isnan(c[2]) for c in curves)
     diverged = [line for line in ax6.lines if line.get_marker() == "x" and len(line.get_xdata())]

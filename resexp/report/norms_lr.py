@@ -30,6 +30,7 @@ from resexp.report.figures import save_figure
 from resexp.report.norms_placements import placement_groups
 from resexp.report.runs import Run
 
+MARKERS, DASHES = ("o", "s", "^", "D", "v", "P", "X", "*"), ("-", "--", ":")
 # Within this factor of the best final loss, a learning rate counts as "works" (the lr range column).
 NEAR_BEST = 1.1
 
@@ -152,6 +153,9 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
     per_group = {label: lr_points(group) for label, group in groups.items()}
     depths = sorted({d for points in per_group.values() for d in points})
     colours = dict(zip(groups, colormaps["tab10"](np.arange(len(groups)) % 10)))
+    # placements can end on the same points (two that fail alike): markers and dashes tell them apart
+    styles = {label: (MARKERS[i % len(MARKERS)], DASHES[i // len(MARKERS) % len(DASHES)]) for i, label in enumerate(groups)}
+    grid = sorted({p.lr for points in per_group.values() for ps in points.values() for p in ps})
     finite = [p.loss for points in per_group.values() for ps in points.values() for p in ps if p.loss is not None]
     top = 1.1 * max(finite) if finite else 1.0
     fig = Figure(figsize=(4.2 * len(depths) + 0.6, 4.4), layout="constrained")
@@ -161,20 +165,25 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
             ps = points.get(depth, [])
             if not ps:
                 continue
-            ax.plot([p.lr for p in ps], [np.nan if p.loss is None else p.loss for p in ps], marker="o", ms=4,
-                    color=colours[label], label=label)
+            marker, dashes = styles[label]
+            ax.plot([p.lr for p in ps], [np.nan if p.loss is None else p.loss for p in ps], marker=marker, ms=5,
+                    ls=dashes, color=colours[label], label=label, alpha=0.85)
             failed = [p.lr for p in ps if p.loss is None and p.diverged]
             if failed:  # (an empty line would break the log axis' limits)
                 ax.plot(failed, [top] * len(failed), ls="none", marker="x", ms=9, mew=2, color=colours[label],
                         clip_on=False)
         ax.set_xscale("log")
+        ax.set_xticks(grid, [f"{lr:g}" for lr in grid])  # the grid's learning rates, not log decades
+        ax.minorticks_off()
         ax.set_title(f"depth {depth}", fontsize=10)
         ax.set_xlabel("learning rate (optim.lr)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylim(0, top)
     axes[0].set_ylabel("final training loss")
-    handles = [Line2D([], [], color=colours[label], marker="o", label=label) for label in groups]
-    handles.append(Line2D([], [], color="0.3", ls="none", marker="x", mew=2, label="every seed diverged"))
+    handles = [Line2D([], [], color=colours[label], marker=styles[label][0], ls=styles[label][1], label=label)
+               for label in groups]
+    if any(p.loss is None and p.diverged for points in per_group.values() for ps in points.values() for p in ps):
+        handles.append(Line2D([], [], color="0.3", ls="none", marker="x", mew=2, label="every seed diverged"))
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle("Learning-rate sensitivity: final training loss against lr, per depth", fontsize=10)
     return fig
