@@ -152,8 +152,8 @@ def sweep(
 
 @app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
              "--kind norms, the norm-placement figure (per placement: training loss, gradient norm per block "
-             "at init, residual-stream norm per block; for a sweep over optim.lr also norms_lr.png, final "
-             "loss against lr per depth) from a sweep directory's TensorBoard logs. "
+             "at init, residual-stream norm per block; for a sweep over optim.lr also norms_lr.png, or "
+             "<stem>_lr.png beside -o, final loss against lr per depth) from a sweep directory's TensorBoard logs. "
              "Writes PNG and PDF.")
 @_error_boundary
 def figure(

@@ -464,3 +464,37 @@ def test_lr_figure_and_cli_files(lr_sweep, tmp_path):
     assert [(b["model"], b["depth"], b["best_lr"]) for b in back] == [
         ("vit_post", "6", "0.0003"), ("vit_pre", "6", "0.001"), ("vit_pre", "24", "0.001")]
     assert back[0]["lr_0.003_status"] == "1 div" and back[2]["lr_0.0003"] == ""
+
+
+def test_lr_best_skips_an_lr_where_a_seed_diverged_and_a_depth_without_finished_runs(tmp_path):
+    """lr 3e-3: one seed has the lowest loss of all, the other diverged: not the best. At depth 12
+    no lr finished: there is no best, and the table says so."""
+    for seed, status in ((0, "finished"), (1, "diverged")):
+        write_vit_run(tmp_path, "vit_pre", "pre", True, 6, 0, seed, status, lr=3e-3, loss_scale=0.5)
+    for seed in (0, 1):
+        write_vit_run(tmp_path, "vit_pre", "pre", True, 6, 0, seed, "finished", lr=1e-3)
+    for lr in (1e-3, 3e-3):
+        write_vit_run(tmp_path, "vit_pre", "pre", True, 12, 0, 0, "diverged", lr=lr)
+    runs = find_runs(tmp_path)
+    six, twelve = lr_rows(runs)
+    assert (six["best_lr"], six["lr_0.003_status"], six["lrs_near_best"]) == (1e-3, "1 div", 1)
+    assert twelve["best_lr"] is None and twelve["lrs_near_best"] == 0
+    (row,) = norms_table(runs)
+    assert row["lr"] == "best: 0.001 (d=6), none finished (d=12)"
+    fig = draw_lr_figure(runs)
+    assert [list(line.get_xdata()) for line in fig.axes[1].lines if line.get_marker() == "x"] == [[1e-3, 3e-3]]
+    assert not [line for line in fig.axes[0].lines if line.get_marker() == "x"]  # 3e-3: one seed finished
+
+
+def test_a_run_without_optim_lr_is_left_out_of_the_lr_report(tmp_path):
+    write_vit_run(tmp_path, "vit_pre", "pre", True, 6, 0, 0, "finished", lr=1e-3)
+    write_vit_run(tmp_path, "vit_pre", "pre", True, 6, 0, 1, "finished", lr=3e-3)
+    bare = write_vit_run(tmp_path, "vit_pre", "pre", True, 6, 0, 2, "finished", lr=3e-4)
+    config = tmp_path / "vit_pre_d6_w0_seed2_lr0.0003" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    del cfg.optim["lr"]
+    OmegaConf.save(cfg, config)
+    runs = find_runs(tmp_path)
+    assert varies_lr(runs) and bare
+    (row,) = lr_rows(runs)
+    assert "lr_0.0003" not in row and row["best_lr"] in (1e-3, 3e-3)

@@ -223,8 +223,7 @@ def resexp_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime) -> Pipeline
 def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, autocast) -> dict[str, float]:
     """GiB an eager training step keeps on its device, the same on CPU and GPU: the activations
     saved for the backward of one batch and the data splits, counted tensor by tensor, and the
-    weights with their gradients and optimizer state, from the parameter sizes (the state does
-    not exist before the first step). A lower bound on an uncompiled step's GPU peak: the
+    weights with their gradients and optimizer state, from the parameter sizes. A lower bound on an uncompiled step's GPU peak: the
     allocator's caching and cuDNN workspaces come on top; a compiled step may save less."""
     weights = [p for p in model.parameters() if p.requires_grad]
     weight_bytes = sum(p.numel() * p.element_size() for p in weights)

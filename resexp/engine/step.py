@@ -85,11 +85,14 @@ class Step:
         states = [batcher.generator.get_state() for batcher in self.batchers]
         for batcher in self.batchers:  # crops and flips replay fresh random numbers each step
             graph.register_generator_state(batcher.generator)
+        stream = torch.cuda.current_stream(self.runtime.device)
         try:
             with torch.cuda.graph(graph):
                 self.compute()
         except Exception as e:
-            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            torch.cuda.set_stream(stream)  # a failed end of capture leaves the capture stream current
+            cause = e.__context__ or e  # the end of a broken capture raises on top of what broke it
+            reason = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
             if self.runtime.graph_required:
                 raise ConfigError(f"trainer.graph=always: capturing the step failed: {reason}") from None
             for batcher, state in zip(self.batchers, states):

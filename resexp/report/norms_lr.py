@@ -35,12 +35,14 @@ MARKERS, DASHES = ("o", "s", "^", "D", "v", "P", "X", "*"), ("-", "--", ":")
 NEAR_BEST = 1.1
 
 
-def run_lr(run: Run) -> float:
-    return float(OmegaConf.select(run.config, "optim.lr"))
+def run_lr(run: Run) -> float | None:
+    """The run's optim.lr; None if its config has none (it is then left out of the lr report)."""
+    lr = OmegaConf.select(run.config, "optim.lr", default=None)
+    return None if lr is None else float(lr)
 
 
 def varies_lr(runs: list[Run]) -> bool:
-    return len({run_lr(r) for r in runs}) > 1
+    return len({run_lr(r) for r in runs} - {None}) > 1
 
 
 @dataclass
@@ -57,6 +59,7 @@ class LrPoint:
 def lr_points(runs: list[Run]) -> dict[int, list[LrPoint]]:
     """Per depth, one point per learning rate (ascending), for one placement's runs."""
     points: dict[int, list[LrPoint]] = {}
+    runs = [r for r in runs if run_lr(r) is not None]
     for depth in sorted({r.depth for r in runs}):
         at_depth = [r for r in runs if r.depth == depth]
         for lr in sorted({run_lr(r) for r in at_depth}):
@@ -72,9 +75,10 @@ def lr_points(runs: list[Run]) -> dict[int, list[LrPoint]]:
 
 
 def best_lr(points: list[LrPoint]) -> float | None:
-    """The lr of the lowest mean final loss; None if no lr has a finished run."""
+    """The lr of the lowest mean final loss among those where no seed diverged (failing that, the
+    fewest diverged); None if no lr has a finished run."""
     scored = [p for p in points if p.loss is not None]
-    return min(scored, key=lambda p: p.loss).lr if scored else None
+    return min(scored, key=lambda p: (p.diverged / p.runs, p.loss)).lr if scored else None
 
 
 def at_best_lr(runs: list[Run]) -> list[Run]:
@@ -102,8 +106,8 @@ def lr_rows(runs: list[Run]) -> list[dict[str, Any]]:
             best = best_lr(points)
             row["best_lr"] = best
             if best is not None:
-                floor = min(p.loss for p in points if p.loss is not None)
-                near = [p.lr for p in points if p.loss is not None and p.loss <= NEAR_BEST * floor]
+                floor = next(p.loss for p in points if p.lr == best)
+                near = [p.lr for p in points if p.loss is not None and not p.diverged and p.loss <= NEAR_BEST * floor]
                 row["lr_range"] = f"{min(near):g}–{max(near):g}"
                 row["lrs_near_best"] = len(near)
             else:
@@ -134,8 +138,9 @@ def lr_markdown(rows: list[dict[str, Any]]) -> str:
     note = ["- lr X: final training loss (the running mean of the last log_every steps, summary.json's train_loss) at "
             "optim.lr = X, mean over finished seeds; (k div): k seeds diverged; (k unfinished): still running, "
             "stopped or failed; –: no finished seed.",
-            f"- best lr: the lowest mean final loss; lrs within {NEAR_BEST:g}× of best: how many grid "
-            "learning rates reach a final loss at most that factor above the best (lowest–highest): "
+            f"- best lr: the lowest mean final loss among the lrs where no seed diverged; lrs within {NEAR_BEST:g}× of best: how many grid "
+            "learning rates reach a final loss at most that factor above the best's, no seed diverging "
+            "(lowest–highest): "
             "the wider, the less sensitive the placement is to its lr."]
     return "\n".join([*lines, "", *note]) + "\n"
 
@@ -168,7 +173,7 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
             marker, dashes = styles[label]
             ax.plot([p.lr for p in ps], [np.nan if p.loss is None else p.loss for p in ps], marker=marker, ms=5,
                     ls=dashes, color=colours[label], label=label, alpha=0.85)
-            failed = [p.lr for p in ps if p.loss is None and p.diverged]
+            failed = [p.lr for p in ps if p.diverged == p.runs]
             if failed:  # (an empty line would break the log axis' limits)
                 ax.plot(failed, [top] * len(failed), ls="none", marker="x", ms=9, mew=2, color=colours[label],
                         clip_on=False)
@@ -182,7 +187,7 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
     axes[0].set_ylabel("final training loss")
     handles = [Line2D([], [], color=colours[label], marker=styles[label][0], ls=styles[label][1], label=label)
                for label in groups]
-    if any(p.loss is None and p.diverged for points in per_group.values() for ps in points.values() for p in ps):
+    if any(p.diverged == p.runs for points in per_group.values() for ps in points.values() for p in ps):
         handles.append(Line2D([], [], color="0.3", ls="none", marker="x", mew=2, label="every seed diverged"))
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle("Learning-rate sensitivity: final training loss against lr, per depth", fontsize=10)

@@ -139,9 +139,12 @@ def _run_row(label: str, run: Run) -> dict[str, Any]:
 def _lr_cell(members: list[dict[str, Any]], every: list[dict[str, Any]]) -> str:
     """The placement's lr, or with several in the sweep the best one at each depth."""
     if len({m["lr"] for m in every}) == 1:
-        return f"{every[0]['lr']:g}"
-    best = {m["depth"]: m["lr"] for m in members}
-    return "best: " + ", ".join(f"{lr:g} (d={depth})" for depth, lr in sorted(best.items()))
+        return "not set" if every[0]["lr"] is None else f"{every[0]['lr']:g}"
+    lrs: dict[int, set] = {}
+    for m in members:  # at a depth where no lr finished, every lr's runs stay: there is no best
+        lrs.setdefault(m["depth"], set()).add(m["lr"])
+    return "best: " + ", ".join(f"{next(iter(lr)):g} (d={depth})" if len(lr) == 1 else f"none finished (d={depth})"
+                                for depth, lr in sorted(lrs.items()))
 
 
 def _diverged_depths(members: list[dict[str, Any]]) -> str:
