@@ -95,9 +95,8 @@ def run_browser() -> None:
         lr_figure = lr_table = None
         if kind == "norms":
             figure, rows, extra = draw_norms_figure(runs), norms_table(runs), norms_runs(runs)
-            vit = [r for r in runs if r.config.model.get("arch") == "vit"]
-            if varies_lr(vit):  # a learning-rate sweep: final loss against lr, as resexp figure/table write it
-                lr_figure, lr_table = draw_lr_figure(vit), lr_rows(vit)
+            if varies_lr(runs):  # a learning-rate sweep: final loss against lr, as resexp figure/table write it
+                lr_figure, lr_table = draw_lr_figure(runs), lr_rows(runs)
         else:
             figure, rows, extra = draw_figure6(figure6_series(runs)), table6(runs), None
     except ResexpError as error:

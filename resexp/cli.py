@@ -181,9 +181,8 @@ def figure(
     else:
         target = Path(out or f"{sweep_dir}/norms.png")
         paths = norms_figure(runs, target)
-        vit = [r for r in runs if r.config.model.get("arch") == "vit"]
-        if varies_lr(vit):  # a learning-rate sweep: final loss against lr beside it
-            paths += lr_figure(vit, target.with_name(f"{target.stem}_lr{target.suffix}"))
+        if varies_lr(runs):  # a learning-rate sweep: final loss against lr beside it
+            paths += lr_figure(runs, target.with_name(f"{target.stem}_lr{target.suffix}"))
     print("wrote " + ", ".join(map(str, paths)))
 
 
@@ -211,8 +210,7 @@ def table(
     if kind == "norms":
         rows = norms_table(runs)
         print_norms_table(rows, unreadable=unreadable)
-        vit = [r for r in runs if r.config.model.get("arch") == "vit"]
-        lrs = lr_rows(vit) if varies_lr(vit) else None
+        lrs = lr_rows(runs) if varies_lr(runs) else None
         paths = write_norms_table(rows, out_dir or sweep_dir, norms_runs(runs), unreadable, lrs)
     else:
         rows = table6(runs)

@@ -177,7 +177,8 @@ def markdown(report: dict[str, Any]) -> str:
         "a lower bound on an uncompiled step's GPU peak",
         "",
         "| pipeline | precision | layout | execution | ms/step (rounds) | images/s | vs reference | "
-        f"peak GPU memory | reserved by the process | step memory (estimate) | projected {PAPER_ITERS // 1000}k iters |",
+        "peak GPU memory | reserved by the process | step memory (estimate) | "
+        f"projected {PAPER_ITERS // 1000}k iters |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
@@ -223,8 +224,9 @@ def resexp_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime) -> Pipeline
 def memory_estimate(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data, autocast) -> dict[str, float]:
     """GiB an eager training step keeps on its device, the same on CPU and GPU: the activations
     saved for the backward of one batch and the data splits, counted tensor by tensor, and the
-    weights with their gradients and optimizer state, from the parameter sizes. A lower bound on an uncompiled step's GPU peak: the
-    allocator's caching and cuDNN workspaces come on top; a compiled step may save less."""
+    weights with their gradients and optimizer state, from the parameter sizes. A lower bound on
+    an uncompiled step's GPU peak: the allocator's caching and cuDNN workspaces come on top; a
+    compiled step may save less."""
     weights = [p for p in model.parameters() if p.requires_grad]
     weight_bytes = sum(p.numel() * p.element_size() for p in weights)
     # state tensors per weight: SGD keeps a momentum buffer, Adam(W) two moments

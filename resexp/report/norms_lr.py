@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from omegaconf import OmegaConf
 
 from resexp.report.figures import save_figure
-from resexp.report.norms_placements import placement_groups
+from resexp.report.norms_placements import placement_groups, vit_runs
 from resexp.report.runs import Run
 
 MARKERS, DASHES = ("o", "s", "^", "D", "v", "P", "X", "*"), ("-", "--", ":")
@@ -42,7 +42,8 @@ def run_lr(run: Run) -> float | None:
 
 
 def varies_lr(runs: list[Run]) -> bool:
-    return len({run_lr(r) for r in runs} - {None}) > 1
+    """Whether the ViT runs among `runs` were trained at more than one optim.lr."""
+    return len({run_lr(r) for r in vit_runs(runs)} - {None}) > 1
 
 
 @dataclass
@@ -107,7 +108,8 @@ def lr_rows(runs: list[Run]) -> list[dict[str, Any]]:
             row["best_lr"] = best
             if best is not None:
                 floor = next(p.loss for p in points if p.lr == best)
-                near = [p.lr for p in points if p.loss is not None and not p.diverged and p.loss <= NEAR_BEST * floor]
+                near = [p.lr for p in points
+                        if p.loss is not None and not p.diverged and p.loss <= NEAR_BEST * floor]
                 row["lr_range"] = f"{min(near):g}–{max(near):g}"
                 row["lrs_near_best"] = len(near)
             else:
@@ -138,7 +140,8 @@ def lr_markdown(rows: list[dict[str, Any]]) -> str:
     note = ["- lr X: final training loss (the running mean of the last log_every steps, summary.json's train_loss) at "
             "optim.lr = X, mean over finished seeds; (k div): k seeds diverged; (k unfinished): still running, "
             "stopped or failed; –: no finished seed.",
-            f"- best lr: the lowest mean final loss among the lrs where no seed diverged; lrs within {NEAR_BEST:g}× of best: how many grid "
+            "- best lr: the lowest mean final loss among the lrs where no seed diverged; "
+            f"lrs within {NEAR_BEST:g}× of best: how many grid "
             "learning rates reach a final loss at most that factor above the best's, no seed diverging "
             "(lowest–highest): "
             "the wider, the less sensitive the placement is to its lr."]
@@ -156,12 +159,14 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
     an lr whose every seed diverged is an x on the panel's top edge."""
     groups = placement_groups(runs)
     per_group = {label: lr_points(group) for label, group in groups.items()}
+    every = [p for points in per_group.values() for ps in points.values() for p in ps]
     depths = sorted({d for points in per_group.values() for d in points})
     colours = dict(zip(groups, colormaps["tab10"](np.arange(len(groups)) % 10)))
     # placements can end on the same points (two that fail alike): markers and dashes tell them apart
-    styles = {label: (MARKERS[i % len(MARKERS)], DASHES[i // len(MARKERS) % len(DASHES)]) for i, label in enumerate(groups)}
-    grid = sorted({p.lr for points in per_group.values() for ps in points.values() for p in ps})
-    finite = [p.loss for points in per_group.values() for ps in points.values() for p in ps if p.loss is not None]
+    styles = {label: (MARKERS[i % len(MARKERS)], DASHES[i // len(MARKERS) % len(DASHES)])
+              for i, label in enumerate(groups)}
+    grid = sorted({p.lr for p in every})
+    finite = [p.loss for p in every if p.loss is not None]
     top = 1.1 * max(finite) if finite else 1.0
     fig = Figure(figsize=(4.2 * len(depths) + 0.6, 4.4), layout="constrained")
     axes = fig.subplots(1, len(depths), squeeze=False, sharey=True)[0]
@@ -187,7 +192,7 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
     axes[0].set_ylabel("final training loss")
     handles = [Line2D([], [], color=colours[label], marker=styles[label][0], ls=styles[label][1], label=label)
                for label in groups]
-    if any(p.diverged == p.runs for points in per_group.values() for ps in points.values() for p in ps):
+    if any(p.diverged == p.runs for p in every):
         handles.append(Line2D([], [], color="0.3", ls="none", marker="x", mew=2, label="every seed diverged"))
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle("Learning-rate sensitivity: final training loss against lr, per depth", fontsize=10)

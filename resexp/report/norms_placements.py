@@ -32,13 +32,18 @@ def placement_groups(runs: list[Run]) -> dict[str, list[Run]]:
     groups share a name (residual=false of vit_post, two weight decays) the config values that
     tell them apart are appended to the label, as group_runs does.
     """
-    vit = [r for r in runs if r.config.model.get("arch") == "vit"]
+    vit = vit_runs(runs)
     if not vit:
         raise ResexpError(f"no ViT runs (model.arch: vit) among the {len(runs)} runs found: "
                           "--kind norms reports on norm-placement sweeps")
     labelled = group_by_setting(
         vit, lambda run: {k: v for k, v in flatten_keys(run.identity).items() if k not in VARIED_KEYS})
     return dict(sorted(labelled.items(), key=lambda item: (*placement_order(item[1][0]), item[0])))
+
+
+def vit_runs(runs: list[Run]) -> list[Run]:
+    """The runs a norms report reads: the ViTs (model.arch: vit)."""
+    return [r for r in runs if r.config.model.get("arch") == "vit"]
 
 
 def run_placement(run: Run) -> str:

@@ -42,7 +42,7 @@ def norms_runs(runs: list[Run]) -> list[dict[str, Any]]:
     rows = []
     for label, members in placement_groups(runs).items():
         best = {id(r) for r in at_best_lr(members)}
-        for run in sorted(members, key=lambda r: (r.depth, run_warmup(r), run_lr(r), r.seed)):
+        for run in sorted(members, key=lambda r: (r.depth, run_warmup(r), run_lr(r) or 0.0, r.seed)):
             rows.append({**_run_row(label, run), "best_lr_of_depth": id(run) in best})
     return rows
 
@@ -73,7 +73,8 @@ def norms_table(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows: list[dict[str, Any]] | None = None,
-                      unreadable: Sequence[UnreadableRun] = (), lr_rows: list[dict[str, Any]] | None = None) -> list[Path]:
+                      unreadable: Sequence[UnreadableRun] = (),
+                      lr_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write out_dir/norms_table.md (for reading; the unreadable runs listed at its end) and
     norms_table.csv (full precision), with run_rows (norms_runs) the long form out_dir/norms_runs.csv,
     and with lr_rows (resexp.report.norms_lr.lr_rows) the lr-sensitivity table norms_lr.md/.csv."""
@@ -121,7 +122,8 @@ def _run_row(label: str, run: Run) -> dict[str, Any]:
         growth = float(stream[-1] / stream[0])
     if probe_steps(run, "rel_update"):
         min_rel = float(block_profile(run, "rel_update", "last").min())
-    angle = float(block_profile(run, "angular_distance", "last").mean()) if probe_steps(run, "angular_distance") else None
+    angles = probe_steps(run, "angular_distance")
+    angle = float(block_profile(run, "angular_distance", "last").mean()) if angles else None
     skip_steps = probe_steps(run, "skip_loss_delta")
     skip = float(block_profile(run, "skip_loss_delta", "last").max()) if skip_steps else None
     return {
