@@ -39,7 +39,7 @@ def explain(error: BaseException) -> tuple[int, str]:
     if isinstance(error, ResexpError):
         return EXIT_INPUT, one_line(error)
     if isinstance(error, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "interrupted; the last checkpoint is kept: run the same command to resume"
+        return EXIT_INTERRUPTED, one_line(error) if str(error) else "interrupted"
     if isinstance(error, OSError) and error.errno is not None:
         problem = OS_PROBLEMS.get(error.errno, error.strerror or type(error).__name__)
         where = ", ".join(str(f) for f in (error.filename, error.filename2) if f is not None)

@@ -16,7 +16,7 @@ from resexp.engine import train as train_module
 from resexp.engine.tracking import write_json
 from resexp.engine.train import train
 from resexp.report.status import run_statuses, status_text
-from resexp.sweep import dry_run, prepare_sweep
+from resexp.sweep.plan import dry_run, prepare_sweep
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
         "trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=1", "trainer.checkpoint_every=2",
@@ -63,7 +63,10 @@ def test_dry_run_lists_skip_resume_and_start_and_creates_nothing(sweep_dir):
     assert lines[3].startswith("every run: data=synthetic data.train_size=256")
     assert "model=" not in lines[3]  # the swept key names each run; it is not common
     assert lines[4] == "launcher basic: one run after another, in this process"
-    assert lines[5] == "3 runs: 1 skip, 1 resume, 1 start; nothing launched (--dry-run)"
+    assert lines[5] == "3 runs: 1 start, 1 resume, 1 skip; nothing launched (--dry-run)"
+    # launch order: the most work left first (plain-56 from 0, ResNet-20 from 3, plain-20 done)
+    assert [line.split()[-1].rsplit("/", 1)[1] for line in lines[:3]] == [
+        "model=plain56", "model=resnet20", "model=plain20"]
 
 
 def test_dry_run_shows_the_launcher_settings(sweep_dir):

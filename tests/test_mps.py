@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resexp.engine import mps
+from resexp.sweep import mps
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_the_client_check_reports_why_cuda_fails():
 
 
 def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):
-    from resexp import sweep
+    from resexp.sweep import launch, plan
 
     asked = []
 
@@ -89,12 +89,13 @@ def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):
         asked.append((runs_at_once, gpus))
         yield False
 
-    monkeypatch.setattr(sweep, "cuda_mps", record)
-    monkeypatch.setattr(sweep, "main", lambda: None)
-    monkeypatch.setattr(sweep, "count_outcomes", lambda jobs: {})  # no run trained
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 1)
-    sweep.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 6 per GPU
-    sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.runs_per_gpu=5"])
-    sweep.run_sweep(["sweep=figure6", "data=synthetic", "launcher.mps=false"])
-    sweep.run_sweep(["sweep=figure6", "data=synthetic", "hydra/launcher=basic"])  # one at a time
+    monkeypatch.setattr(launch, "cuda_mps", record)
+    monkeypatch.setattr(launch, "launch", lambda plan, jobs: None)
+    monkeypatch.setattr(launch, "count_outcomes", lambda jobs, stopped: {})  # no run trained
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(plan, "visible_gpus", lambda: 1)
+    launch.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 6 per GPU
+    launch.run_sweep(["sweep=figure6", "data=synthetic", "launcher.runs_per_gpu=5"])
+    launch.run_sweep(["sweep=figure6", "data=synthetic", "launcher.mps=false"])
+    launch.run_sweep(["sweep=figure6", "data=synthetic", "hydra/launcher=basic"])  # one at a time
     assert asked == [(6, 1), (5, 1), (1, 1), (1, 1)]

@@ -98,17 +98,17 @@ def test_keys_of_a_swept_group_apply_to_every_choice_and_presets_accept_override
 
 
 def test_figure6_preset_runs_processes_by_default_and_the_command_line_still_wins(tmp_path, monkeypatch):
-    from resexp import sweep
     from resexp.config import compose
+    from resexp.sweep import plan as sweep
 
     overrides = ["sweep=figure6"]
     preset = sweep._preset_config(overrides)
     assert sweep._preset_launcher(preset) == "joblib"
     cfg = compose(overrides)
     assert cfg.launcher.runs_per_gpu == 6
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 2)
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: 2)
     assert "hydra.launcher.n_jobs=12" in sweep.launcher_overrides(overrides, cfg, "joblib")  # 6 per GPU
-    monkeypatch.setattr(sweep, "_visible_gpus", lambda: 0)
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: 0)
     assert "hydra.launcher.n_jobs=1" in sweep.launcher_overrides(overrides, cfg, "joblib")  # cpu_runs
     basic = sweep.launcher_overrides([*overrides, "hydra/launcher=basic"], cfg, "joblib")
     assert not any("n_jobs" in o for o in basic)

@@ -187,7 +187,7 @@ def test_vit_probes_leave_training_unchanged(tmp_path):
 
 
 def test_a_diverged_run_is_marked_and_the_sweep_goes_on(tmp_path):
-    from resexp.sweep import run_sweep
+    from resexp.sweep.launch import run_sweep
 
     # lr 1e5 blows the weights up at once; lr 1e-3 trains. Divergence is checked at every log.
     run_sweep([*VIT, "optim=sgd", "optim.lr=100000,0.001", "trainer.max_iters=8", "trainer.log_every=2",

@@ -3,10 +3,12 @@ written atomically and read back with weights_only: a checkpoint is data, never 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ class TrainState:
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
         """Refuses (one line, nothing loaded) a checkpoint of another run or not from resexp."""
         self._check(state, path)
+        wrong = self._wrong_values(state)
+        if wrong:
+            raise ResexpError(f"{path} holds values no run can have ({wrong}); {MOVE_IT_AWAY}")
         try:
             self.step.load_state_dict(state)
             self.iteration, self.wall_time = int(state["iteration"]), float(state["wall_time"])
@@ -66,6 +71,52 @@ class TrainState:
                               f"{mine['model_name']}; {MOVE_IT_AWAY}")
 
 
+    def _wrong_values(self, state: dict[str, Any]) -> str | None:
+        """What in a checkpoint of the right run and shapes is still impossible: counters out of
+        range, optimizer or batcher state that does not fit this model and data. Checked before
+        anything is loaded or written, so a damaged checkpoint changes nothing."""
+        iteration, wall_time = state.get("iteration"), state.get("wall_time")
+        if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
+            return f"iteration={iteration!r}"
+        if not isinstance(wall_time, (int, float)) or not 0 <= wall_time < math.inf:
+            return f"wall_time={wall_time!r}"
+        best = state.get("best_eval_error")
+        if not isinstance(best, (int, float)) or not (0 <= best <= 100 or best == math.inf):
+            return f"best_eval_error={best!r}"
+        count = state.get("window_count")
+        if not isinstance(count, int) or count < 0:
+            return f"window_count={count!r}"
+        return self._wrong_optimizer(state.get("optimizer")) or self._wrong_batcher(state.get("batcher"))
+
+    def _wrong_optimizer(self, saved: Any) -> str | None:
+        shapes = [p.shape for group in self.step.optimizer.param_groups for p in group["params"]]
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+            return "no optimizer state"
+        for index, entry in saved["state"].items():
+            if not isinstance(index, int) or not 0 <= index < len(shapes) or not isinstance(entry, dict):
+                return f"optimizer state for parameter {index!r} of {len(shapes)}"
+            for key, value in entry.items():  # momentum, Adam's moments: the parameter's shape
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != shapes[index]:
+                    return f"optimizer {key} of parameter {index} has shape {list(value.shape)}, " \
+                           f"not {list(shapes[index])}"
+        return None
+
+    def _wrong_batcher(self, saved: Any) -> str | None:
+        mine = self.step.batcher.state_dict()
+        if not isinstance(saved, dict) or saved.keys() != mine.keys():
+            return "no batcher state"
+        order, n = saved["order"], len(mine["order"])
+        if not isinstance(order, torch.Tensor) or order.shape != mine["order"].shape \
+                or not torch.equal(order.sort().values.cpu(), torch.arange(n, dtype=order.dtype)):
+            return f"the batch order is not a permutation of the {n} training images"
+        position, epoch = saved["position"], saved["epoch"]
+        if not isinstance(position, int) or not 0 <= position <= n:
+            return f"batcher position={position!r}"
+        if not isinstance(epoch, int) or epoch < 0:
+            return f"batcher epoch={epoch!r}"
+        return None
+
+
 MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
 
 
@@ -80,12 +131,34 @@ def param_shapes_of(state: dict[str, Any]) -> str:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """A killed process leaves either the old checkpoint or the new one, never half a file."""
+    """A killed process leaves either the old checkpoint or the new one, never half a file. A
+    full disk is a one-line ResexpError that says so: torch reports it as a RuntimeError of its
+    zip writer, so the free space is compared with what the checkpoint needs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+    except (OSError, RuntimeError) as error:
+        free, needed = shutil.disk_usage(path.parent).free, tensor_bytes(state)
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed:
+            kept = "the previous checkpoint is intact" if path.is_file() else "no checkpoint was saved"
+            raise ResexpError(f"no space left on device: {path} needs about {needed / 2**20:.1f} MiB, "
+                              f"{free / 2**20:.1f} MiB free; {kept}: free some space and run the same "
+                              "command to resume") from None
+        raise
+
+
+def tensor_bytes(tree: Any) -> int:
+    """The bytes of the tensors in a nested state dict: a checkpoint's size, near enough."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(value) for value in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(value) for value in tree)
+    return 0
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:

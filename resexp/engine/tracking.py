@@ -18,12 +18,16 @@ from torch.utils.tensorboard import SummaryWriter
 from resexp.errors import ResexpError
 
 
-def tensorboard_writer(run_dir: Path, resumed_at: int | None) -> SummaryWriter:
-    # purge_step drops events a killed run wrote after its last checkpoint, so resumed curves
-    # continue from the checkpoint instead of doubling back. Events at the checkpoint's own
-    # iteration were written before it was saved and stay.
-    purge = None if resumed_at is None else resumed_at + 1
-    return SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+def tensorboard_writer(run_dir: Path, checkpoint_iteration: int | None) -> SummaryWriter:
+    # purge_step drops events an interrupted run wrote after its last checkpoint (all of them when
+    # it left none), so the curves continue from where training resumes instead of doubling back.
+    # Events at the checkpoint's own iteration were written before it was saved and stay.
+    tb = run_dir / "tb"
+    if checkpoint_iteration is not None:
+        purge = checkpoint_iteration + 1
+    else:
+        purge = 0 if any(tb.glob("events.out.tfevents.*")) else None
+    return SummaryWriter(str(tb), purge_step=purge)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

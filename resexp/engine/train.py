@@ -13,11 +13,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,16 @@ from resexp.errors import ResexpError, one_line
 from resexp.models import count_macs, count_params
 from resexp.schema import validate
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+class StopSource(Protocol):
+    """Who else may stop a run (a sweep, for its worker processes): polled about once a second,
+    and told of a signal this process received, which is then not handed on."""
+
+    def stop_reason(self) -> str | None: ...
+
+    def signalled(self, name: str) -> None: ...
+
+
+def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, Any]:
     """Train one run in cfg.run.dir (resuming it if it has a checkpoint); returns its summary.
 
     Nothing is written before the config is valid, the data and model are built, this process
@@ -53,10 +63,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunDirLock(run_dir):
         done = check_run_dir(run_dir, cfg)  # again: another process may have trained it meanwhile
-        return done if done is not None else _train_locked(cfg, run_dir, runtime, data, step)
+        return done if done is not None else _train_locked(cfg, run_dir, runtime, data, step, stop_source)
 
 
-def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, step: TrainStep) -> dict[str, Any]:
+def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, step: TrainStep,
+                  stop_source: StopSource | None) -> dict[str, Any]:
     t, model = cfg.trainer, step.model
     max_iters, warmup_cfg = int(t.max_iters), cfg.optim.error_warmup
     state = TrainState(step, run_identity(cfg), in_warmup=warmup_cfg is not None)
@@ -77,7 +88,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
                "device": runtime.device_name, "precision": runtime.precision, "execution": runtime.execution,
                "torch": torch.__version__, "resexp": __version__, "host": platform.node(),
                "started": _now()}
-    writer = tensorboard_writer(run_dir, state.iteration or None)  # resumed after `iteration`
+    writer = tensorboard_writer(run_dir, state.iteration if checkpoint_path.is_file() else None)
     progress = ProgressReport(t.progress, run_dir.name, state.iteration, max_iters)
     step.notify = lambda text: progress.message(f"[{run_dir.name}] {text}")
     if state.iteration > 0:
@@ -98,7 +109,7 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
     lr, train_error, diverged = learning_rate(cfg.optim, state.iteration, max_iters, state.in_warmup), 100.0, None
     probe_batch: list[torch.Tensor] = []  # the latest probe step's images and labels, for the final probes
     model.train()
-    with StopSignal() as stop, _failed_on_error(run_dir, summary), explain_compile_errors(), closing(progress), \
+    with StopSignal(stop_source) as stop, _failed_on_error(run_dir, summary), explain_compile_errors(), closing(progress), \
             closing(writer):
         while state.iteration < max_iters:
             lr = learning_rate(cfg.optim, state.iteration, max_iters, state.in_warmup)
@@ -140,24 +151,26 @@ def _train_locked(cfg: DictConfig, run_dir: Path, runtime: Runtime, data: Data, 
                 writer.add_text("status", f"diverged at iteration {iteration}: {diverged}", iteration)
                 progress.message(f"[{run_dir.name}] diverged at iteration {iteration}: {diverged}")
                 break
-            if iteration % t.checkpoint_every == 0 or iteration == max_iters or stop.received:
+            stopping = stop.stopping
+            if iteration % t.checkpoint_every == 0 or iteration == max_iters or stopping:
                 writer.flush()
                 state.wall_time = wall_before + time.perf_counter() - start
-                save_checkpoint(state.state_dict(), checkpoint_path)
+                with stop.saving_checkpoint():
+                    save_checkpoint(state.state_dict(), checkpoint_path)
                 summary["checkpoint_iteration"] = iteration  # where the same command resumes
                 write_json(run_dir / "summary.json", summary)
-            if stop.received:
+            if stopping:
                 break
 
     elapsed = time.perf_counter() - start
     iteration = state.iteration
     summary["execution"] = segment["execution"] = step.execution  # less a capture that fell back to eager
     segment["end"] = iteration
-    if stop.received:  # checkpointed above: the same command (or submitit's requeue) resumes it
-        summary.update({"status": "stopped", "stopped_by": stop.name, "iterations": iteration,
+    if stop.reason:  # checkpointed above: the same command (or submitit's requeue) resumes it
+        summary.update({"status": "stopped", "stopped_by": stop.reason, "iterations": iteration,
                         "wall_time_s": round(wall_before + elapsed, 2), "updated": _now()})
         write_json(run_dir / "summary.json", summary)
-        print(f"{run_dir}: {stop.name} at iteration {iteration}; checkpoint saved, the same command resumes it",
+        print(f"{run_dir}: {stop.reason} at iteration {iteration}; checkpoint saved, the same command resumes it",
               file=sys.stderr)
         stop.forward()
         return summary
@@ -202,16 +215,23 @@ def _write_probes(writer, probes: dict[str, torch.Tensor], iteration: int) -> No
 
 
 class StopSignal:
-    """SIGTERM and SIGUSR2 (SLURM pre-emption or time limit, `kill`) and Ctrl-C end the step in
-    progress; the loop then checkpoints and stops, and `forward` hands the signal to the handler
-    that was there before: submitit's requeues the job, the default exits with 128 + signal,
-    Python's raises KeyboardInterrupt (exit 130). A second Ctrl-C interrupts at once."""
+    """SIGTERM, SIGUSR2 (SLURM pre-emption or time limit), SIGHUP, Ctrl-C, or a stop source that
+    says so, end the step in progress; the loop then checkpoints and stops. `forward` hands a signal
+    to the handler that was there before: submitit's requeues the job, the default exits with
+    128 + signal, Python's raises KeyboardInterrupt (exit 130); with a stop source it is told
+    instead. A second signal while the checkpoint is being saved waits for the save; at any other
+    time it interrupts at once, and the run says where its last checkpoint is."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
+    POLL_S = 1.0  # how often the stop source is asked: a stat or two, off the step's critical path
 
-    def __init__(self) -> None:
-        self.received: int | None = None
+    def __init__(self, source: StopSource | None = None) -> None:
+        self.source = source
+        self.received: int | None = None  # the signal this process received
+        self.reason: str | None = None  # why the run stops: a signal's name or the source's reason
         self.previous: dict[int, Any] = {}
+        self.saving = False
+        self.next_poll = 0.0
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():  # handlers only install there
@@ -223,15 +243,31 @@ class StopSignal:
             signal.signal(number, handler)
 
     def _handle(self, number: int, frame) -> None:
-        self.received = number
-        if number == signal.SIGINT:
-            signal.signal(number, self.previous[number])
+        if self.received is None:
+            self.received, self.reason = number, signal.Signals(number).name
+            if self.source is not None:
+                self.source.signalled(self.reason)
+        elif not self.saving:  # a second signal cuts the wait short, never a save
+            raise KeyboardInterrupt
 
     @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name
+    def stopping(self) -> bool:
+        if self.reason is None and self.source is not None and time.monotonic() >= self.next_poll:
+            self.next_poll = time.monotonic() + self.POLL_S
+            self.reason = self.source.stop_reason()
+        return self.reason is not None
+
+    @contextmanager
+    def saving_checkpoint(self) -> Iterator[None]:
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
 
     def forward(self) -> None:
+        if self.received is None or self.source is not None:
+            return
         handler = self.previous.get(self.received, signal.SIG_DFL)
         if callable(handler):
             handler(self.received, None)
@@ -245,11 +281,18 @@ def _failed_on_error(run_dir: Path, summary: dict[str, Any]):
     checkpoint stays. If even that cannot be written (a full disk), the original error wins."""
     try:
         yield
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            summary.update({"status": "stopped", "stopped_by": "SIGINT"})
-        else:
-            summary.update({"status": "failed", "error": f"{type(e).__name__}: {one_line(e)}"})
+    except KeyboardInterrupt:  # a second signal: say exactly what is on disk
+        summary.update({"status": "stopped", "stopped_by": "SIGINT"})
+        with suppress(OSError):
+            write_json(run_dir / "summary.json", summary)
+        kept = summary.get("checkpoint_iteration")
+        raise KeyboardInterrupt(
+            f"{run_dir}: interrupted at iteration {summary['iterations']} before its checkpoint; "
+            + (f"the last checkpoint is at iteration {kept}: the same command resumes from there" if kept else
+               "no checkpoint was saved: the same command starts the run again")) from None
+    except BaseException as e:  # a ResexpError's line says it all; anything else is named
+        error = one_line(e) if isinstance(e, ResexpError) else f"{type(e).__name__}: {one_line(e)}"
+        summary.update({"status": "failed", "error": error})
         with suppress(OSError):
             write_json(run_dir / "summary.json", summary)
         raise

@@ -1,73 +1,36 @@
-"""Sweeps: Hydra's multirun drives the task below through a launcher plugin.
-
-`resexp sweep` calls `main` in multirun mode, so basic (sequential), joblib (local processes)
-and submitit (SLURM or local) launchers all run the same importable task function; submitit
-pickles it, and on pre-emption or time-out re-queues it, and train() resumes from the run's
-last checkpoint. Finished runs are skipped, unfinished ones resumed.
+"""Planning a sweep before anything runs: every job composed (Hydra's own override grammar and
+sweep expansion), validated and its run directory checked, in the order it will be launched,
+with the launcher's settings; `resexp sweep --dry-run` prints the plan.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import sys
-import traceback
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import yaml
-from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
-from resexp.config import GROUPS, config_dir, explain_missing
-from resexp.engine.mps import cuda_mps
+from resexp.config import GROUPS, compose_with_hydra, config_dir, refuse_repeated_keys, unreadable_override
 from resexp.engine.rundir import check_run_dir, checkpoint_iteration
 from resexp.engine.tracking import read_json
-from resexp.errors import ConfigError, ResexpError, explain, one_line
+from resexp.errors import ConfigError, ResexpError, one_line
+from resexp.models import build_model, count_macs
 from resexp.schema import validate
 
 
-def _visible_gpus() -> int:
+def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> str:
-    """One run of a sweep, in the run directory Hydra assigned to this job."""
-    from resexp.engine.train import train
-
-    hydra_cfg = HydraConfig.get()
-    with open_dict(cfg):
-        cfg.run.dir = hydra_cfg.runtime.output_dir
-        gpus = _visible_gpus()
-        if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
-            cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
-    parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
-    if parallel > 1 and cfg.trainer.progress == "auto":  # bars of parallel runs would overwrite each other
-        with open_dict(cfg):
-            cfg.trainer.progress = "lines"
-    if gpus == 0 and parallel > 1:  # share the CPU cores instead of fighting over them
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
-    try:
-        summary = train(cfg)
-    except Exception as error:  # one bad run must not stop the rest: it is counted at the end
-        if os.environ.get("RESEXP_DEBUG", "") not in ("", "0"):
-            traceback.print_exc()
-        print(f"resexp: error: {cfg.run.dir}: {explain(error)[1]}", file=sys.stderr)
-        return "failed"
-    return summary["status"]
 
 
 def parse_overrides(overrides: list[str]) -> list[Override]:
@@ -75,8 +38,8 @@ def parse_overrides(overrides: list[str]) -> list[Override]:
     try:
         return OverridesParser.create().parse_overrides(overrides)
     except HydraException as error:
-        raise ConfigError(f"{one_line(error)} (overrides look like key=value, a sweep like key=a,b or "
-                          "key=range(3), a list like key=[1,2])") from None
+        raise ConfigError(unreadable_override(overrides, sweep=True) or f"{one_line(error)} (overrides look like "
+                          "key=value, a sweep like key=a,b or key=range(3), a list like key=[1,2])") from None
 
 
 def _swept_keys(overrides: list[str]) -> set[str]:
@@ -128,6 +91,7 @@ def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job
     is launched or written, and the launcher's settings (hydra.launcher, resolved). Expands the sweeps as Hydra's BasicSweeper does (preset params
     first, the command line's value of a key replacing the preset's). A job whose directory
     holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
+    refuse_repeated_keys(overrides)  # only the command line's: it may replace a preset's sweep once
     choices: dict[str, list[str]] = {}
     for override in parse_overrides([*preset_sweeps, *overrides]):
         key = override.get_key_element()
@@ -162,15 +126,6 @@ def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job
     return jobs, settings
 
 
-def compose_with_hydra(overrides: list[str]) -> DictConfig:
-    try:
-        return hydra_compose(config_name="train", overrides=overrides, return_hydra_config=True)
-    except MissingConfigException as error:
-        raise ConfigError(explain_missing(str(error))) from None
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(one_line(error)) from None
-
-
 def chosen_launcher(overrides: list[str], preset_launcher: str | None = None) -> str:
     """The launcher a sweep runs with: the command line's, else the preset's, else basic."""
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")),
@@ -193,13 +148,29 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: s
     extra = [dirname_override(overrides)]
     if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
         # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike.
-        gpus = _visible_gpus()
+        gpus = visible_gpus()
         n_jobs = gpus * cfg.launcher.runs_per_gpu if gpus else cfg.launcher.cpu_runs
         extra.append(f"hydra.launcher.n_jobs={n_jobs}")
     if launcher == "submitit_local" and "hydra.launcher.gpus_per_node" not in given:
         # submitit_local sets CUDA_VISIBLE_DEVICES from gpus_per_node: give each run one GPU if any.
-        extra.append(f"hydra.launcher.gpus_per_node={min(1, _visible_gpus())}")
+        extra.append(f"hydra.launcher.gpus_per_node={min(1, visible_gpus())}")
     return extra
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """The launch order: the most work still to do (MACs per image x iterations left) first, so
+    that the longest run does not start last and leave the other slots idle at the end."""
+    macs: dict[str, int] = {}
+
+    def work(job: Job) -> int:
+        if job.done:
+            return 0
+        key = json.dumps(OmegaConf.to_container(job.cfg.model, resolve=True), sort_keys=True)
+        if key not in macs:
+            macs[key] = count_macs(build_model(job.cfg.model))
+        return macs[key] * (int(job.cfg.trainer.max_iters) - (checkpoint_iteration(job.run_dir) or 0))
+
+    return sorted(jobs, key=work, reverse=True)  # stable: equal work keeps Hydra's order
 
 
 @dataclass
@@ -229,6 +200,7 @@ def prepare_sweep(overrides: list[str]) -> Sweep:
     overrides = [f"++{o}" if o.split(".", 1)[0] in groups and o.split("=", 1)[0] not in swept | preset_keys
                  else o for o in overrides]
     jobs, settings = plan_sweep([*overrides, dirname_override(overrides)], preset)
+    jobs = longest_first(jobs)
     first = jobs[0].cfg  # launcher.* is the same in every job
     preset_launcher = _preset_launcher(preset_config)
     extra = launcher_overrides(overrides, first, preset_launcher)
@@ -243,34 +215,6 @@ def prepare_sweep(overrides: list[str]) -> Sweep:
     common = [o.lstrip("+") for o in jobs[0].overrides if o.split("=", 1)[0].lstrip("+") not in varying
               and not o.startswith("hydra.")]
     return Sweep(jobs, [*overrides, *extra], launcher, settings, common, per_gpu)
-
-
-def run_sweep(overrides: list[str]) -> dict[str, int]:
-    """Plan the sweep (prepare_sweep), run `main` in multirun mode (as `python -m resexp.sweep
-    -m ...`), then count the outcomes: a one-line ResexpError when any run failed. Returns
-    {status: number of runs}."""
-    plan = prepare_sweep(overrides)
-    if all(job.done for job in plan.jobs):  # nothing to train: Hydra need not rewrite their records
-        return count_outcomes(plan.jobs)
-    argv = sys.argv
-    sys.argv = [argv[0], "--multirun", *plan.argv]
-    try:
-        with cuda_mps(plan.per_gpu, _visible_gpus()) as shared:
-            main()
-            if shared:  # joblib keeps its workers (and their CUDA contexts) for reuse: end them before MPS
-                from joblib.externals.loky import get_reusable_executor
-
-                get_reusable_executor().shutdown(wait=True)
-    except SystemExit as stop:
-        if isinstance(stop.code, int) and stop.code > 128:  # a run stopped by a signal hands it on (128 + N)
-            print(f"sweep {plan.jobs[0].run_dir.parent}: stopped by signal {stop.code - 128}; the same command "
-                  "resumes it", file=sys.stderr)
-            raise
-        if stop.code not in (0, None):  # Hydra printed why it could not run the sweep
-            raise ResexpError("the sweep did not run: Hydra's error is above") from None
-    finally:
-        sys.argv = argv
-    return count_outcomes(plan.jobs)
 
 
 def dry_run(overrides: list[str]) -> list[str]:
@@ -326,7 +270,7 @@ def describe_launcher(plan: Sweep) -> str:
         shown = [f"{key}={'(default)' if settings[key] is None else settings[key]}"
                  for key in LAUNCHER_KEYS.get(kind, ()) if key in settings]
         text = f"launcher {plan.launcher}: {', '.join(shown)}"
-    gpus = _visible_gpus()
+    gpus = visible_gpus()
     if kind == "joblib":
         text += f"; {gpus} GPU(s) visible" if gpus else "; no GPU visible"
         if gpus:
@@ -335,37 +279,8 @@ def describe_launcher(plan: Sweep) -> str:
     return text
 
 
-def count_outcomes(jobs: list[Job]) -> dict[str, int]:
-    """Each run's status from the summary.json its job wrote. A job that wrote none (it failed
-    before training: a refusal, a corrupt checkpoint), or left "running" (killed), failed.
-    Prints the sweep's one summary line."""
-    outcomes: dict[str, list[Path]] = {}
-    for job in jobs:
-        written = summary_stamp(job.run_dir) != job.before
-        summary = _summary_or_none(job.run_dir / "summary.json") if written else None
-        status = "skipped" if job.done else (summary or {}).get("status", "failed")
-        outcomes.setdefault("failed" if status == "running" else status, []).append(job.run_dir)
-    counts = {status: len(outcomes.get(status, [])) for status in OUTCOMES if outcomes.get(status)}
-    where = jobs[0].run_dir.parent if jobs else ""
-    print(f"sweep {where}: {len(jobs)} runs: " + ", ".join(
-        f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
-    failed = outcomes.get("failed", [])
-    if failed:
-        raise ResexpError(f"{len(failed)} of {len(jobs)} runs failed: {', '.join(p.name for p in failed[:3])}"
-                          f"{', ...' if len(failed) > 3 else ''} (each one's error is above); the same command "
-                          "resumes the sweep")
-    return counts
-
-
-OUTCOMES = ("finished", "diverged", "stopped", "failed", "skipped")
-
-
-def _summary_or_none(path: Path) -> dict | None:
+def summary_or_none(path: Path) -> dict | None:
     try:
         return read_json(path)
     except ResexpError:
         return None
-
-if __name__ == "__main__":
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    main()

@@ -1,0 +1,151 @@
+"""Launching a planned sweep: the jobs go to Hydra's launcher plugin (basic: one after another
+in this process; joblib: local processes; submitit: SLURM or local), longest first, and each
+runs `run_job`. Finished runs are not launched; unfinished ones resume from their checkpoints.
+
+Locally, a signal stops the whole sweep (resexp/sweep/control.py): no queued run starts, the
+running ones checkpoint and stop, the CUDA MPS daemon the sweep started is stopped, and the
+sweep exits with 128 + the signal's number. The same command resumes the unfinished runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra import initialize_config_dir
+from hydra._internal.callbacks import Callbacks  # what Hydra's own multirun hands its launcher
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from resexp.config import compose_with_hydra, config_dir
+from resexp.errors import ResexpError, explain
+from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
+from resexp.sweep.mps import cuda_mps
+from resexp.sweep.plan import Job, Sweep, parse_overrides, prepare_sweep, summary_or_none, summary_stamp, visible_gpus
+
+LOCAL_LAUNCHERS = ("basic", "joblib")  # their runs can be told to stop through a folder on this host
+
+
+def run_sweep(overrides: list[str]) -> dict[str, int]:
+    """Plan the sweep (prepare_sweep), launch its unfinished jobs, then count the outcomes: a
+    one-line ResexpError when any run failed, SystemExit(128 + N) when signal N stopped it.
+    Returns {status: number of runs}."""
+    plan = prepare_sweep(overrides)
+    pending = [job for job in plan.jobs if not job.done]
+    if not pending:  # nothing to train: Hydra need not rewrite their records
+        return count_outcomes(plan.jobs)
+    control = SweepControl.create()
+    local = plan.launcher in LOCAL_LAUNCHERS
+    if local:
+        os.environ[ENV] = control.env_value()  # inherited by the workers
+    try:
+        with SweepStopHandler(control), cuda_mps(plan.per_gpu, visible_gpus()) as shared:
+            try:
+                launch(plan, pending)
+            except Exception:
+                if control.stop_request() is None:
+                    raise  # runs killed after the grace time break the launcher: expected then
+            if shared:  # joblib keeps its workers (and their CUDA contexts) for reuse: end them before MPS
+                from joblib.externals.loky import get_reusable_executor
+
+                get_reusable_executor().shutdown(wait=True)
+        stop = control.stop_request()
+    finally:
+        os.environ.pop(ENV, None)
+        control.remove()
+    counts = count_outcomes(plan.jobs, stopped=stop is not None)
+    if stop is not None:
+        unfinished = sum(n for status, n in counts.items() if status in ("stopped", "not started"))
+        print(f"sweep {plan.jobs[0].run_dir.parent}: stopped by {stop['signal']}; the same command resumes its "
+              f"{unfinished} unfinished run(s)", file=sys.stderr)
+        raise SystemExit(128 + int(stop["number"]))
+    return counts
+
+
+def launch(plan: Sweep, jobs: list[Job]) -> None:
+    """Hand the jobs to the sweep's launcher plugin, as Hydra's multirun would, but in our order."""
+    fixed = [o.input_line for o in parse_overrides(plan.argv) if not o.is_sweep_override()]
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose_with_hydra(fixed)  # the launcher's settings and Hydra's, from the fixed overrides
+        HydraConfig.instance().set_config(cfg)
+        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
+        launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_job, config=cfg)
+        Path(cfg.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        # Each job's own overrides; Hydra prepends the hydra ones (launcher, directory names) to each.
+        launcher.launch([[o for o in job.overrides if not o.lstrip("+").startswith(("hydra.", "hydra/"))]
+                         for job in jobs], initial_job_idx=0)
+
+
+def run_job(cfg: DictConfig) -> str:
+    """One run of a sweep, in the run directory Hydra assigned to this job. Returns its status."""
+    from resexp.engine.train import train
+
+    control = SweepControl.from_env()
+    if control is not None and control.stop_reason() is not None:
+        return "not started"  # queued when the sweep was stopped
+    hydra_cfg = HydraConfig.get()
+    parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
+    with open_dict(cfg):
+        cfg.run.dir = hydra_cfg.runtime.output_dir
+        gpus = visible_gpus()
+        if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
+            cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
+        if parallel > 1 and cfg.trainer.progress == "auto":  # bars of parallel runs would overwrite each other
+            cfg.trainer.progress = "lines"
+    if parallel > 1:  # share the CPU cores instead of fighting over them (a GPU run's host work needs few)
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+    if control is not None:
+        control.enter_worker()
+    try:
+        status = train(cfg, stop_source=control)["status"]
+    except KeyboardInterrupt as stop:  # a second signal: the run said what it kept
+        print(f"resexp: {explain(stop)[1]}", file=sys.stderr)
+        status = "stopped"
+    except Exception as error:  # one bad run must not stop the rest: it is counted at the end
+        if os.environ.get("RESEXP_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"resexp: error: {cfg.run.dir}: {explain(error)[1]}", file=sys.stderr)
+        status = "failed"
+    finally:
+        if control is not None:
+            control.leave_worker()
+    if control is not None and control.orphaned():
+        os._exit(128 + signal.SIGTERM)  # nobody collects its result, and it must not take the next run
+    return status
+
+
+OUTCOMES = ("finished", "diverged", "stopped", "not started", "failed", "skipped")
+
+
+def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
+    """Each run's status from the summary.json its job wrote, printed as the sweep's one summary
+    line. A job that wrote none (it failed before training: a refusal, a corrupt checkpoint), or
+    left "running" (killed), failed; after a stop, it did not start, or was stopped."""
+    outcomes: dict[str, list[Path]] = {}
+    for job in jobs:
+        written = summary_stamp(job.run_dir) != job.before
+        summary = summary_or_none(job.run_dir / "summary.json") if written else None
+        status = "skipped" if job.done else (summary or {}).get("status", "not started" if stopped else "failed")
+        if status == "running":
+            status = "stopped" if stopped else "failed"
+        outcomes.setdefault(status, []).append(job.run_dir)
+    counts = {status: len(outcomes[status]) for status in OUTCOMES if outcomes.get(status)}
+    where = jobs[0].run_dir.parent if jobs else ""
+    print(f"sweep {where}: {len(jobs)} runs: " + ", ".join(
+        f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
+    failed = outcomes.get("failed", [])
+    if failed and not stopped:
+        raise ResexpError(f"{len(failed)} of {len(jobs)} runs failed: {', '.join(p.name for p in failed[:3])}"
+                          f"{', ...' if len(failed) > 3 else ''} (each one's error is above); the same command "
+                          "resumes the sweep")
+    return counts
+
