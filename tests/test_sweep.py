@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -118,3 +119,27 @@ def test_figure6_preset_runs_processes_by_default_and_the_command_line_still_win
     assert "Joblib.Parallel(n_jobs=1" in result.stdout + result.stderr
     summaries = list((tmp_path / "sweeps" / "figure6").glob("**/summary.json"))
     assert len(summaries) == 1 and json.loads(summaries[0].read_text())["status"] == "finished"
+
+
+@pytest.mark.skipif(not shutil.which("sinfo") or subprocess.run(["sinfo"], capture_output=True).returncode != 0,
+                    reason="no SLURM here: start one with scripts/slurm_local.sh start")
+def test_a_slurm_sweep_whose_job_is_cancelled_ends_and_names_the_run(tmp_path):
+    """The local cluster keeps no job accounting: submitit alone would wait for the cancelled job forever."""
+    longer = [o for o in TINY if not o.startswith("trainer.max_iters=")] + ["trainer.max_iters=40"]
+    args = [sys.executable, "-m", "resexp.cli", "sweep", "model=plain20,resnet20", *longer,
+            "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.array_parallelism=1", f"run.root={tmp_path}", "run.sweep=cancel"]
+    sweep = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    pending = []
+    while not pending:  # the second run of the array waits for the first: cancel it there
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True).stdout
+        pending = [line.split()[0] for line in queue.splitlines() if line.endswith("PENDING")]
+        time.sleep(0.5)
+    subprocess.run(["scancel", pending[0]], check=True)
+    out, err = sweep.communicate(timeout=240)
+    assert sweep.returncode == 2, err[-2000:]
+    cancelled = tmp_path / "sweeps" / "cancel" / "model=resnet20"
+    assert f"resexp: error: {cancelled}: SLURM job {pending[0]} left the queue without a result" in err
+    assert "2 runs: 1 finished, 1 failed" in out

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,10 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     zip writer, so the free space is compared with what the checkpoint needs."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # closed on failure: the space comes back
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
     except (OSError, RuntimeError) as error:
         free, needed = shutil.disk_usage(path.parent).free, tensor_bytes(state)
         if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed:
@@ -161,10 +162,18 @@ def tensor_bytes(tree: Any) -> int:
     return 0
 
 
+def load_data_only(path: Path, map_location: torch.device | str) -> Any:
+    """torch.load with weights_only: data, never code. Its warnings (a pickle protocol other than
+    torch's own) would come before the one line that says whether the file loads."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     """The checkpoint's contents; a truncated or foreign file is a one-line ResexpError."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)  # data only, never code
+        return load_data_only(path, device)
     except Exception as e:  # unpickling a damaged or foreign file can raise almost anything
         reason = one_line(e).split(". ")[0]
         raise ResexpError(f"cannot read checkpoint {path} (truncated, or not a resexp checkpoint: "

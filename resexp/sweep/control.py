@@ -61,16 +61,15 @@ class SweepControl:
 
     # -- stopping --
 
-    def request_stop(self, name: str, number: int) -> bool:
-        """Record the first stop (later ones keep it); whether this call was the first."""
+    def request_stop(self, name: str, number: int) -> None:
+        """Record the first stop; later ones keep it."""
         stop = self.folder / "stop"
         tmp = self.folder / f".stop.{os.getpid()}"
         tmp.write_text(json.dumps({"signal": name, "number": number, "pid": os.getpid()}))
         try:
             os.link(tmp, stop)  # atomic and exclusive: the first stop wins
-            return True
         except FileExistsError:
-            return False
+            pass
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -144,7 +143,8 @@ class SweepStopHandler:
     def _handle(self, number: int, frame) -> None:
         name = signal.Signals(number).name
         running = len(self.control.workers())
-        if self.control.request_stop(name, number):
+        self.control.request_stop(name, number)  # a worker may have written it first (Ctrl-C reaches all)
+        if self.timer is None:
             self.notify(f"resexp: sweep: {name}: no queued run will start; {running} running run(s) save a "
                         f"checkpoint and stop (killed after {GRACE_S:.0f} s if they have not)")
             self.timer = threading.Timer(GRACE_S, self._kill_late)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resexp.config import compose_with_hydra, config_dir
-from resexp.errors import ResexpError, explain
+from resexp.errors import ResexpError, explain, one_line
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
 from resexp.sweep.plan import Job, Sweep, parse_overrides, prepare_sweep, summary_or_none, summary_stamp, visible_gpus
@@ -79,8 +82,68 @@ def launch(plan: Sweep, jobs: list[Job]) -> None:
         launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_job, config=cfg)
         Path(cfg.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         # Each job's own overrides; Hydra prepends the hydra ones (launcher, directory names) to each.
-        launcher.launch([[o for o in job.overrides if not o.lstrip("+").startswith(("hydra.", "hydra/"))]
-                         for job in jobs], initial_job_idx=0)
+        overrides = [[o for o in job.overrides if not o.lstrip("+").startswith(("hydra.", "hydra/"))] for job in jobs]
+        if "partition" not in plan.settings:  # not SLURM
+            launcher.launch(overrides, initial_job_idx=0)
+            return
+        # submitit waits for each SLURM job's result through sacct: a job that ended without one
+        # (cancelled, failed) on a cluster without accounting would be waited for forever.
+        started, failure = time.time(), []
+        waiting = threading.Thread(target=_launch_catching, args=(launcher, overrides, failure), daemon=True)
+        waiting.start()
+        watch_slurm_jobs(waiting, Path(cfg.hydra.sweep.dir) / ".submitit", jobs, started)
+        for error in failure:  # submitit gave up on a job (cancelled, failed): the runs are counted next
+            print(f"resexp: error: the SLURM launcher: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
+
+
+def _launch_catching(launcher: Any, overrides: list[list[str]], failure: list[Exception]) -> None:
+    try:
+        launcher.launch(overrides, initial_job_idx=0)
+    except Exception as error:
+        failure.append(error)
+
+
+SLURM_POLL_S = 10.0
+SLURM_ABSENT_POLLS = 3  # a requeued job is briefly absent from squeue; one that ended stays absent
+
+
+def watch_slurm_jobs(waiting: threading.Thread, folder: Path, jobs: list[Job], started: float) -> None:
+    """Wait while the launcher waits, but stop once every job of this submission has a result or
+    has left the queue without one, and name each of those, with its log."""
+    absent: dict[str, int] = {}
+    tasks: dict[str, Path] = {}
+    while waiting.is_alive():
+        waiting.join(SLURM_POLL_S)
+        tasks = _slurm_tasks(folder, started)
+        queued = _squeue({name.split("_")[0] for name in tasks}) if len(tasks) == len(jobs) else None
+        if queued is None:  # not all submitted yet, or squeue failed: nothing learnt this time
+            continue
+        for name, path in tasks.items():
+            gone = name not in queued and not (path / f"{name}_result.pkl").exists()
+            absent[name] = absent.get(name, 0) + 1 if gone else 0
+        if all(absent[name] >= SLURM_ABSENT_POLLS or (path / f"{name}_result.pkl").exists()
+               for name, path in tasks.items()):
+            break
+    for name, path in sorted(_slurm_tasks(folder, started).items()):
+        if not (path / f"{name}_result.pkl").exists():
+            print(f"resexp: error: {jobs[int(name.split('_')[1])].run_dir}: SLURM job {name} left the queue without "
+                  "a result (cancelled, pre-empted without requeue, or failed; a cluster without job accounting "
+                  f"cannot say which): see {path}", file=sys.stderr)
+
+
+def _slurm_tasks(folder: Path, started: float) -> dict[str, Path]:
+    """This submission's array tasks ("ARRAY_TASK") and their submitit folders."""
+    return {p.name: p for p in folder.glob("*_*") if p.is_dir() and p.stat().st_mtime >= started - 1}
+
+
+def _squeue(array_ids: set[str]) -> set[str] | None:
+    """The array tasks SLURM still knows (pending, running, requeued), as "ARRAY_TASK"; None if
+    squeue failed for another reason than having forgotten every one of them."""
+    done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(sorted(array_ids)), "-o", "%i"],
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        return set(done.stdout.split())
+    return set() if "Invalid job id" in done.stderr else None
 
 
 def run_job(cfg: DictConfig) -> str:
@@ -144,8 +207,18 @@ def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
         f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
     failed = outcomes.get("failed", [])
     if failed and not stopped:
-        raise ResexpError(f"{len(failed)} of {len(jobs)} runs failed: {', '.join(p.name for p in failed[:3])}"
-                          f"{', ...' if len(failed) > 3 else ''} (each one's error is above); the same command "
-                          "resumes the sweep")
+        never = [p for p in failed if not (p / "summary.json").is_file()]
+        raise ResexpError(f"{len(failed)} of {len(jobs)} runs failed: {_names(failed)} ("
+                          + (f"{_names(never)} never started, as said above" if never else
+                             "each one's error is above") + "); the same command resumes the sweep")
+    halted = outcomes.get("stopped", [])
+    if halted and not stopped:  # stopped by a signal of their own: a SLURM job cancelled or pre-empted
+        why = sorted({(summary_or_none(p / "summary.json") or {}).get("stopped_by", "?") for p in halted})
+        raise ResexpError(f"{len(halted)} of {len(jobs)} runs were stopped ({', '.join(why)}: a SLURM job gets "
+                          f"SIGTERM when cancelled or pre-empted): {_names(halted)}; the same command resumes them")
     return counts
+
+
+def _names(runs: list[Path]) -> str:
+    return ", ".join(p.name for p in runs[:3]) + (", ..." if len(runs) > 3 else "")
 
