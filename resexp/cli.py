@@ -2,23 +2,96 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import sys
-from collections.abc import Callable
-from typing import Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from resexp import __version__
-from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices
+from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices, refuse_repeated_keys
 from resexp.errors import EXIT_INPUT, ResexpError, explain
 from resexp.schema import PLACEMENTS
 
-app = typer.Typer(no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+try:  # recent typer carries its own copy of click, whose errors are not click's
+    from typer._click.exceptions import UsageError
+except ImportError:
+    from click.exceptions import UsageError
+
+
+class _OneLineUsage(TyperGroup):
+    """click's usage errors (an unknown command or option, an extra argument, a bad option value)
+    end in the one line every resexp error is, naming what the command takes, not in a usage box.
+    Subcommands parse inside the group's invoke, so the root group sees all of them."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        with _usage_in_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _usage_in_one_line():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_in_one_line() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare `resexp` or `resexp data`: the help, as asked
+            raise
+        _fail(_usage_line(error))
+
+
+def _usage_line(error: UsageError) -> str:
+    """click's message, then what the command takes: its arguments and options, or its commands.
+    An extra key=value argument whose last part names an option is shown as that option."""
+    message = error.format_message().rstrip(".")
+    ctx = error.ctx
+    if ctx is None:
+        return message
+    names, parent = [], ctx
+    while parent.parent is not None:  # the root's name is the program's (or a test runner's)
+        names.append(parent.info_name)
+        parent = parent.parent
+    path = " ".join(["resexp", *reversed(names)])
+    where = f"{' '.join(reversed(names))}: " if names else ""
+    command = ctx.command
+    params = [p for p in command.params if p.name not in ("install_completion", "show_completion")]
+    options = [max(p.opts, key=len) for p in params if p.param_type_name == "option"]
+    extra = re.search(r"unexpected extra argument\S* \((.*)\)$", message)
+    meant = []
+    for argument in extra[1].split() if extra else []:  # data.root=/x where the command has --root
+        key, equals, value = argument.partition("=")
+        option = f"--{key.rpartition('.')[2].replace('_', '-')}"
+        if equals and option in options:
+            meant.append(f"{option} {value}")
+    hint = f" (here that is {', '.join(meant)})" if meant else ""
+    if hasattr(command, "list_commands"):  # a group
+        takes = [f"a command ({', '.join(command.list_commands(ctx))})"]
+    else:
+        metavars = [_metavar(p) for p in params if p.param_type_name == "argument"]
+        takes = [" ".join(metavars)] if metavars else []
+    if options:
+        takes.append(f"the option{'s' if len(options) > 1 else ''} {', '.join(options)}")
+    return f"{where}{message[:1].lower()}{message[1:]}{hint}; it takes {' and '.join(takes)} (see {path} --help)"
+
+
+def _metavar(argument: Any) -> str:
+    """An argument as a usage line shows it: NAME, [NAME] if optional, NAME... if repeated."""
+    name = f"{argument.name.upper()}{'...' if argument.nargs == -1 else ''}"
+    return name if argument.required else f"[{name}]"
+
+
+app = typer.Typer(cls=_OneLineUsage, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 
 
 def _complete_override(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -103,6 +176,7 @@ def train(
                                            autocompletion=lambda incomplete: [p for p in CFG_PARTS
                                                                               if p.startswith(incomplete)]),
 ) -> None:
+    refuse_repeated_keys(overrides or [])
     if cfg_part is not None:
         print(config_yaml(overrides or [], cfg_part), end="")
         return
@@ -135,7 +209,8 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs (start, resume at N, or skip), their "
                                  "directories and the launcher's settings, then exit without launching or writing"),
 ) -> None:
-    from resexp.sweep import dry_run as plan_lines, run_sweep
+    from resexp.sweep.launch import run_sweep
+    from resexp.sweep.plan import dry_run as plan_lines
 
     args = list(overrides or [])
     if preset is not None and "=" in preset:
@@ -582,10 +657,13 @@ def models() -> None:
     help="Training speed of resexp's pipeline against the usual DataLoader + PIL recipe, same model, same "
     "device, one process: ms/step, images/s, their ratio, peak memory and the projected time of the "
     "paper's 64k iterations. Example: resexp bench model=resnet56 --iters 50. With --runs K: K runs of a "
-    "sweep one after another, as K processes and in lock-step. Writes JSON and Markdown.",
+    "sweep one after another, as K processes and in lock-step. With --sweep: the sweep itself, for a window "
+    "of --seconds; its runs' speeds and the whole sweep's projected wall time. Example: resexp bench --sweep "
+    "figure6 data=synthetic --seconds 150. Writes JSON and Markdown.",
 )
 @_error_boundary
 def bench(
+    ctx: typer.Context,
     overrides: Optional[list[str]] = OVERRIDES,
     iters: int = typer.Option(30, "--iters", min=1, help="timed steps per pipeline and round"),
     repeats: int = typer.Option(3, "--repeats", min=1, help="rounds; each visits every pipeline in turn"),
@@ -601,23 +679,45 @@ def bench(
     runs: int = typer.Option(1, "--runs", min=1, help="K >= 2: time a sweep's K runs instead: one after another, "
                              "as K processes at once, and as K lock-step models in one process (in the "
                              "training precision; --precisions and --reference do not apply)"),
+    sweep: bool = typer.Option(False, "--sweep", help="time a whole sweep instead: the overrides describe it (a "
+                               "preset first, as resexp sweep takes them); resexp sweep runs in a temporary "
+                               "run.root and is stopped with SIGTERM after --seconds. Only --seconds, --batch, "
+                               "-o and --force apply"),
+    seconds: float = typer.Option(120.0, "--seconds", min=1, help="with --sweep: how long the sweep runs"),
 ) -> None:
     from pathlib import Path
+    from tempfile import TemporaryDirectory
 
-    from resexp.engine import bench as single, throughput
+    from resexp.bench import runs as runs_bench, single, sweep as sweep_bench
+    from resexp.bench.report import check_not_written, report_stem, write_report
     from resexp.engine.runtime import explain_compile_errors
 
-    cfg = compose([*(overrides or []), *([f"trainer.batch_size={batch}"] if batch is not None else [])])
-    stem = single.report_stem(Path(out), cfg, runs)
-    single.check_not_written(stem, force)
-    with explain_compile_errors():
-        if runs > 1:
-            report = throughput.sweep_throughput(cfg, runs, iters, warmup, repeats)
-            text, headline = throughput.markdown(report), None
-        else:
-            report = single.bench(cfg, iters, warmup, repeats, reference, [p for p in precisions.split(",") if p])
-            text, headline = single.markdown(report), single.ratio_line(report)
-    paths = single.write_report(stem, report, text)
+    words = [*(overrides or []), *([f"trainer.batch_size={batch}"] if batch is not None else [])]
+    other_mode = ("iters", "repeats", "warmup", "precisions", "reference", "runs") if sweep else ("seconds",)
+    # where a value came from (click's enum, or newer typers' copy of it): only the command line's are refused
+    misplaced = [name for name in other_mode if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"]
+    if misplaced:
+        raise ResexpError(f"--{misplaced[0]} does not apply {'to --sweep' if sweep else 'without --sweep'}")
+    if sweep:
+        with TemporaryDirectory(prefix="resexp-bench-sweep-") as root:
+            target = sweep_bench.plan_target(words, Path(root))
+            stem = sweep_bench.sweep_stem(Path(out), target.plan)
+            check_not_written(stem, force)
+            report = sweep_bench.bench_sweep(target, seconds)
+        text, headline = sweep_bench.markdown(report), sweep_bench.headline(report)
+    else:
+        cfg = compose(words)
+        stem = report_stem(Path(out), cfg, runs)
+        check_not_written(stem, force)
+        with explain_compile_errors():
+            if runs > 1:
+                report = runs_bench.bench_runs(cfg, runs, iters, warmup, repeats)
+                text, headline = runs_bench.markdown(report), None
+            else:
+                report = single.bench_single(cfg, iters, warmup, repeats, reference,
+                                             [p for p in precisions.split(",") if p])
+                text, headline = single.markdown(report), single.ratio_line(report)
+    paths = write_report(stem, report, text)
     print(text)
     if headline:
         print(headline)

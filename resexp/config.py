@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -37,7 +39,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     """Compose one run's config and validate it (resexp.schema); bad input is a one-line ConfigError."""
     overrides = list(overrides)
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = _compose_or_explain(config_name, overrides)
+        cfg = compose_with_hydra(overrides, config_name, return_hydra_config=False)
     validate(cfg)
     return cfg
 
@@ -83,7 +85,7 @@ def config_yaml(overrides: list[str] | tuple[str, ...], part: str = "job") -> st
     text = OmegaConf.to_yaml(compose(overrides), resolve=True)
     if part == "all":
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-            full = _compose_or_explain("train", list(overrides), return_hydra_config=True)
+            full = compose_with_hydra(list(overrides))
             HydraConfig.instance().set_config(full)  # resolves ${hydra:job.override_dirname}
             hydra = {key: OmegaConf.to_container(full.hydra[key], resolve=True) for key in ("sweeper", "launcher")}
             # Not the run's sub-directory: resexp sweep names it by the swept keys (--dry-run shows it).
@@ -99,13 +101,17 @@ def load_model_config(name: str) -> DictConfig:
     return compose([f"model={name}"]).model
 
 
-def _compose_or_explain(config_name: str, overrides: list[str], return_hydra_config: bool = False) -> DictConfig:
+def compose_with_hydra(overrides: list[str], config_name: str = "train", return_hydra_config: bool = True) -> DictConfig:
+    """Hydra's composition (inside initialize_config_dir), its errors as a one-line ConfigError."""
     try:
         return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     except MissingConfigException as e:
         raise ConfigError(explain_missing(str(e))) from None
     except (HydraException, OmegaConfBaseException) as e:
         message = str(e)
+    unreadable = unreadable_override(overrides)
+    if unreadable:
+        raise ConfigError(unreadable)
     # The config with only the user's group choices tells which keys would have been valid.
     selections = [o for o in overrides if "." not in o.split("=", 1)[0]]
     try:
@@ -136,6 +142,62 @@ def _explain(message: str, reference: DictConfig | None) -> str:
     if "override" in message.lower() or "parsing" in first.lower():
         return f"{first} (overrides look like key=value, e.g. model=plain56 trainer.max_iters=2000)"
     return first
+
+
+def unreadable_override(overrides: list[str], sweep: bool = False) -> str | None:
+    """How to write the first override that Hydra's grammar cannot read, where that is known: a
+    value with characters it reads only in quotes (run.name=é must be run.name='é'; each item
+    quoted in a sweep), or a value the shell split at a space ("run.root=/tmp/a b" is one argument)."""
+    parser = OverridesParser.create()
+    for index, override in enumerate(overrides):
+        try:
+            parser.parse_override(override)
+            continue
+        except HydraException as error:
+            reason = str(error)
+        key, equals, value = override.partition("=")
+        if not equals:
+            previous = overrides[index - 1] if index else ""
+            if "=" not in previous:
+                return None
+            joined = f"{previous} {override}"
+            return (f"'{override}' is not an override (overrides look like key=value); if it belongs to "
+                    f"{previous}, the shell split the value at a space: quote the whole argument, "
+                    f"{shlex.quote(joined)}")
+        # a[b, [1,2: quoting would hide the real mistake; [a,é]: the list's items want quotes, not the list
+        if "token recognition error" not in reason or set(value) & set("[]{}()"):
+            return None
+        quoted = f"{key}={','.join(map(_hydra_quote, value.split(',') if sweep else [value]))}"
+        try:
+            parser.parse_override(quoted)
+        except HydraException:  # the key itself, say
+            return None
+        shell = f'"{quoted}"' if not set(quoted) & set('"$`\\!') else shlex.quote(quoted)
+        return (f"cannot read override '{override}': outside quotes, Hydra's override grammar takes only ASCII "
+                r"letters, digits, spaces and _-/\+.$%*@?| in a value; quote the value inside the argument: "
+                f"{quoted} (in a shell: {shell})")
+    return None
+
+
+def refuse_repeated_keys(overrides: list[str]) -> None:
+    """A key given twice on the command line: Hydra would keep the last silently (a sweep would
+    run its values only), so it is refused. key, +key and ++key are one key."""
+    first: dict[str, str] = {}
+    for override in overrides:
+        key, equals, value = override.partition("=")  # a key never holds '='
+        key = key.strip().lstrip("+~")
+        if key in first:
+            raise ConfigError(f"{key} is given twice ({first[key]}, then {key}{equals}{value}); give each key once")
+        first[key] = f"{key}{equals}{value}"
+
+
+def _hydra_quote(value: str) -> str:
+    """A value as a Hydra quoted string: in single quotes, else double quotes, else escaped."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 # Keys of a data section that say where the files are, not what they hold.

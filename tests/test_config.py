@@ -85,6 +85,19 @@ def test_train_cfg_job_prints_a_config_that_composes_back(overrides, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
+@pytest.mark.parametrize("value", ["é", "it's", "a&b"])
+def test_a_value_that_needs_quotes_names_the_quoted_form_and_that_form_composes(value, tmp_path):
+    refused = CliRunner().invoke(app, ["train", f"run.name={value}", "--cfg", "job"])
+    line = refused.stderr.strip()
+    assert refused.exit_code == 2 and "\n" not in line and line.startswith(f"resexp: error: cannot read override "
+                                                                           f"'run.name={value}'")
+    quoted = line.split("quote the value inside the argument: ")[1].rsplit(" (in a shell: ", 1)[0]
+    printed = CliRunner().invoke(app, ["train", quoted, f"run.root={tmp_path}/a b", "--cfg", "job"])
+    assert printed.exit_code == 0, printed.output
+    run = OmegaConf.create(printed.output).run  # spaces need no quotes: Hydra keeps those inside a value
+    assert (run.name, run.dir) == (value, f"{tmp_path}/a b/{value}")
+
+
 def test_train_cfg_all_adds_the_hydra_settings_and_bad_part_is_one_line():
     result = CliRunner().invoke(app, ["train", "model=plain20", "--cfg", "all"])
     assert result.exit_code == 0, result.output

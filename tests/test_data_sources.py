@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import struct
 import tarfile
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 
 from cifar_files import TRAIN_BATCHES, md5, write_cifar10
 from resexp.cli import app
+from resexp.data import staging
 from resexp.config import compose
 from resexp.data.sources import RawData, check_dataset, load_source
 from resexp.data.staging import REAL_COUNTS
@@ -267,6 +269,51 @@ def test_fashion_mnist_gz_files_are_extracted_on_first_use(tmp_path, monkeypatch
     raw = load_source(_fashion_cfg(tmp_path))
     assert raw.test_labels.tolist() == arrays["t10k-labels"].tolist()
     assert (raw_folder / "t10k-images-idx3-ubyte").is_file()
+
+
+def _gzip_fashion_mnist(root: Path, level: int, damage: str | None = None) -> dict[str, tuple[str, int]]:
+    """The unpacked files gzipped at `level` (one byte of `damage` flipped first) in their place;
+    returns each file's md5 and size as written unpacked."""
+    contents = {}
+    for path in sorted((root / "FashionMNIST" / "raw").iterdir()):
+        content = path.read_bytes()
+        contents[path.name] = (hashlib.md5(content).hexdigest(), len(content))
+        if path.name == damage:
+            content = content[:-1] + bytes([content[-1] ^ 1])
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(content, compresslevel=level, mtime=0))
+        path.unlink()
+    return contents
+
+
+def test_a_recompressed_fashion_mnist_archive_is_checked_by_what_it_unpacks_to(tmp_path, monkeypatch):
+    """Debian's dataset-fashion-mnist gzips the same files anew: other archive md5s than torchvision's,
+    the same contents. It used to be refused as corrupt; a changed content still is."""
+    arrays = _write_fashion_mnist(tmp_path / "good")
+    _write_fashion_mnist(tmp_path / "bad")
+    good, bad = (tmp_path / kind / "FashionMNIST" / "raw" for kind in ("good", "bad"))
+    upstream = {f"{p.name}.gz": hashlib.md5(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0)).hexdigest()
+                for p in sorted(good.iterdir())}
+    monkeypatch.setattr(FashionMNIST, "resources", list(upstream.items()))
+    unpacked = _gzip_fashion_mnist(tmp_path / "good", level=1)
+    _gzip_fashion_mnist(tmp_path / "bad", level=1, damage="t10k-labels-idx1-ubyte")
+    assert all(md5(good / name) != upstream[name] for name in upstream)  # recompressed: other archive md5s
+    monkeypatch.setattr(staging, "FASHION_MNIST_UNPACKED", unpacked, raising=False)
+    _tiny_counts(monkeypatch, "fashion_mnist", (12, 5))
+
+    result = CliRunner().invoke(app, ["data", "check", "fashion_mnist", "--root", str(tmp_path / "good")])
+    assert result.exit_code == 0, result.output
+    assert result.output.split()[:2] == ["fashion_mnist", "ok"]
+    assert ("12 train + 5 test images, 1x32x32, 10 classes; recompressed archives, contents verified: "
+            "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz, train-images-idx3-ubyte.gz, "
+            "train-labels-idx1-ubyte.gz") in " ".join(result.output.split())
+    assert load_source(_fashion_cfg(tmp_path / "good")).test_labels.tolist() == arrays["t10k-labels"].tolist()
+
+    check = check_dataset("fashion_mnist", tmp_path / "bad")
+    assert check.state == "corrupt"
+    assert f"archive {bad / 't10k-labels-idx1-ubyte.gz'} is corrupt (md5 mismatch" in check.detail
+    assert not (bad / "t10k-labels-idx1-ubyte").exists()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
+        load_source(_fashion_cfg(tmp_path / "bad"))
 
 
 def test_data_check_passes_a_whole_dataset_and_names_a_corrupt_file(tmp_path, monkeypatch):

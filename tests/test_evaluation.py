@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -174,6 +177,24 @@ def test_a_file_that_needs_code_is_refused_without_running_it(tmp_path):
         torch.save({"state_dict": weights, "extra": extra}, path)
         message = refusal(path)
         assert "never runs code" in message, message
+    assert not tripwire.exists()
+
+
+def test_a_pickle_that_runs_code_is_one_line_on_stderr_without_torchs_warnings(tmp_path):
+    """pickle's protocol 4 (not torch's 2) made torch.load warn in two lines before the refusal."""
+    tripwire = tmp_path / "unpickling_ran_code"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.mkdir, (str(tripwire),)
+
+    path = tmp_path / "evil.th"
+    path.write_bytes(pickle.dumps(RunsCode(), protocol=4))
+    result = subprocess.run([sys.executable, "-m", "resexp.cli", "eval", "--weights", str(path), "model=resnet20",
+                             "data=synthetic"], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"resexp: error: {path} is not an akamaster weights file"), lines
     assert not tripwire.exists()
 
 

@@ -115,7 +115,23 @@ CASES = [
     Case("unknown key", ["trainer.foo=1"], "unknown key 'trainer.foo'", existing=False),
     Case("added unknown key", ["+trainer.foo=1"], "unknown key 'trainer.foo'", existing=False),
     Case("not an override", ["foo"], "overrides look like key=value", existing=False),
+    Case("non-ASCII value", ["run.name=é"], "cannot read override 'run.name=é': outside quotes, Hydra's override "
+         "grammar takes only ASCII letters, digits, spaces and _-/\\+.$%*@?| in a value; quote the value inside the "
+         "argument: run.name='é' (in a shell: \"run.name='é'\")", existing=False),
+    Case("value split by the shell at a space", ["run.root={root}/a", "b"], "'b' is not an override (overrides look "
+         "like key=value); if it belongs to run.root={root}/a, the shell split the value at a space: quote the whole "
+         "argument, 'run.root={root}/a b'", existing=False),
+    Case("key given twice", ["seed=1", "trainer.max_iters=2", "seed=2"],
+         "seed is given twice (seed=1, then seed=2); give each key once", existing=False),
     Case("bool not a bool", ["run.resume=maybe"], "run.resume must be true or false; got 'maybe'", existing=False),
+    # usage: one line naming what the command takes, not click's usage box
+    Case("data check given data.root=", ["check", "cifar10", "data.root=/x"], "data check: got unexpected extra "
+         "argument(s) (data.root=/x) (here that is --root /x); it takes [NAME] and the option --root (see resexp data "
+         "check --help)", existing=False, command="data"),
+    Case("unknown command", [], "no such command 'trian'. Did you mean 'train'?; it takes a command (train, sweep, ",
+         existing=False, command="trian"),
+    Case("option value out of range", ["--limit", "0", "{root}"], "eval: invalid value for '--limit'",
+         existing=False, command="eval"),
     # paths
     Case("run.root is a file", ["run.root={root}/file"], "not a directory", existing=False,
          setup=write("file", b"x")),
@@ -168,9 +184,10 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, finished: 
         case.setup(root)
     before = snapshot(root)
     args = [a.replace("{root}", str(root)) for a in case.args]
-    if case.command == "train":
-        # the case's own run.root/run.dir come last and win
-        args = [*(TINY if case.tiny else []), f"run.root={root}", *args]
+    if case.command == "train":  # the case's own keys replace TINY's and run.root: a key is given once
+        given = {a.split("=", 1)[0] for a in args}
+        args = [*(o for o in [*(TINY if case.tiny else []), f"run.root={root}"] if o.split("=", 1)[0] not in given),
+                *args]
     cwd = os.getcwd()
     os.chdir(tmp_path)  # a malicious checkpoint would touch PWNED here
     try:
@@ -186,12 +203,29 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, finished: 
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.parametrize("setup, args", [(truncate, ["trainer.max_iters=6"]),
+                                         (None, ["trainer.max_iters=4", "model=plain20", f"run.name={RUN}"])],
+                         ids=["checkpoint refused under the lock", "another run's config"])
+def test_a_refusal_leaves_no_lock_file_the_run_did_not_have(setup, args, finished: Path, tmp_path: Path) -> None:
+    """A run directory copied without its .lock (rsync, an archive) got one from a refused command."""
+    root = tmp_path / "root"
+    shutil.copytree(finished, root)
+    (root / RUN / ".lock").unlink()
+    if setup:
+        setup(root)
+    before = {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+    result = CliRunner().invoke(app, ["train", *TINY, f"run.root={root}", *args])
+    assert result.exit_code == 2, result.output
+    assert {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))} \
+        == before
+
+
 def test_a_full_disk_is_one_line_and_marks_the_run_failed(tmp_path, monkeypatch):
     import resexp.engine.checkpoint as checkpoint
 
-    def full(state, path):
-        Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full(state, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", f.name)
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
     result = CliRunner().invoke(app, ["train", *TINY, "trainer.max_iters=4", f"run.root={tmp_path}"])
@@ -200,7 +234,7 @@ def test_a_full_disk_is_one_line_and_marks_the_run_failed(tmp_path, monkeypatch)
     assert len(result.stderr.strip().splitlines()) == 1
     run = tmp_path / RUN
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    assert summary["status"] == "failed" and summary["error"].startswith("no space left on device: ")
     assert list((run / "checkpoints").iterdir()) == []  # no half-written checkpoint or temporary file
 
 
@@ -318,14 +352,44 @@ def test_a_sweep_over_another_sweeps_directories_refuses_and_rewrites_nothing(tm
 
 
 def test_a_sweep_with_failed_runs_exits_2_and_counts_them(tmp_path):
-    args = ["seed=0,1", *SWEEP_TINY, f"run.root={tmp_path}", "run.sweep=f"]
-    assert sweep(*args).returncode == 0
+    args = ["seed=0,1", *TINY, f"run.root={tmp_path}", "run.sweep=f"]
+    assert sweep(*args, "trainer.max_iters=2").returncode == 0
     truncate_run = tmp_path / "sweeps" / "f" / "seed=1" / "checkpoints" / "last.pt"
     truncate_run.write_bytes(truncate_run.read_bytes()[:1000])
     result = sweep(*args, "trainer.max_iters=4")
     assert result.returncode == 2
     assert "sweep " in result.stdout and "2 runs: 1 finished, 1 failed" in result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("resexp: error: 1 of 2 runs failed: seed=1")
+
+
+def test_a_key_given_twice_refuses_the_sweep_before_anything_is_written(tmp_path):
+    """This used to run model=resnet20 alone and exit 0."""
+    result = sweep("model=plain20,resnet20", *SWEEP_TINY, f"run.root={tmp_path}", "model=resnet20")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "resexp: error: model is given twice (model=plain20,resnet20, then model=resnet20); give each key once"]
+    assert list(tmp_path.iterdir()) == []
+    # A preset's sweep (hydra.sweeper.params) replaced once from the command line is not given twice.
+    preset = CliRunner().invoke(app, ["sweep", "figure6", "model=resnet20", *SWEEP_TINY, f"run.root={tmp_path}",
+                                      "--dry-run"])
+    assert preset.exit_code == 0, preset.output
+    assert "1 runs: 1 start; nothing launched (--dry-run)" in preset.stdout
+
+
+def test_a_sweep_value_that_needs_quotes_says_how_and_the_quoted_form_plans(tmp_path):
+    args = [*SWEEP_TINY, f"run.root={tmp_path}", "--dry-run"]
+    refused = CliRunner().invoke(app, ["sweep", "run.name=é,f", *args])
+    assert refused.exit_code == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resexp: error: cannot read override 'run.name=é,f': ")
+    assert lines[0].endswith("quote the value inside the argument: run.name='é','f' "
+                             "(in a shell: \"run.name='é','f'\")")
+    planned = CliRunner().invoke(app, ["sweep", "run.name='é','f'", *args])  # the form the line gives
+    assert planned.exit_code == 0, planned.output
+    assert "2 runs: 2 start; nothing launched (--dry-run)" in planned.stdout
+    spaced = CliRunner().invoke(app, ["sweep", "seed=0,1", *SWEEP_TINY, f"run.root={tmp_path}/a b", "--dry-run"])
+    assert spaced.exit_code == 0 and f"{tmp_path}/a b/sweeps/adhoc/seed=0" in spaced.stdout  # spaces need no quotes
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sweep_lists_are_values_not_sweeps(tmp_path):

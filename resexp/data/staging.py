@@ -7,8 +7,11 @@ a dataset a check calls whole is one training can read.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import socket
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,7 @@ class DatasetFiles:
     archive_dir: str  # where the archives sit, relative to the root
     page: str
     counts: tuple[int, int]  # train and test images of the real dataset
+    unpacked: tuple[tuple[str, str, int], ...] = ()  # (file name, md5, size) a .gz archive holds, where known
 
     def folder(self, root: Path) -> Path:
         return root / self.subfolder
@@ -61,8 +65,20 @@ def _fashion_mnist() -> DatasetFiles:
     # torchvision knows md5s only for the .gz archives: the unpacked files are checked by parsing.
     raw = f"{FashionMNIST.__name__}/raw"
     files = tuple((os.path.splitext(gz)[0], None) for gz, _ in FashionMNIST.resources)
+    unpacked = tuple((name, md5, size) for name, (md5, size) in FASHION_MNIST_UNPACKED.items())
     return DatasetFiles("fashion_mnist", "Fashion-MNIST", FashionMNIST, raw, files, tuple(FashionMNIST.resources),
-                        raw, FASHION_MNIST_PAGE, REAL_COUNTS["fashion_mnist"])
+                        raw, FASHION_MNIST_PAGE, REAL_COUNTS["fashion_mnist"], unpacked)
+
+
+# md5 and size of Fashion-MNIST's unpacked IDX files, as upstream's archives hold them. An archive
+# gzipped anew (Debian's dataset-fashion-mnist package ships such) has another md5 than
+# torchvision's list but the same contents: those are what is checked.
+FASHION_MNIST_UNPACKED = {
+    "train-images-idx3-ubyte": ("f4a8712d7a061bf5bd6d2ca38dc4d50a", 47040016),
+    "train-labels-idx1-ubyte": ("9018921c3c673c538a1fc5bad174d6f9", 60008),
+    "t10k-images-idx3-ubyte": ("8181f5470baa50b63fa0f6fddb340f0a", 7840016),
+    "t10k-labels-idx1-ubyte": ("15d484375f8d13e6eb1aabb0c3f46965", 10008),
+}
 
 
 # Train and test images of each real dataset: `resexp data check` compares against them.
@@ -94,24 +110,48 @@ def file_problems(spec: DatasetFiles, root: Path) -> list[Problem]:
     return problems
 
 
+def present(spec: DatasetFiles, root: Path) -> bool:
+    """Whether any of the dataset's files or archives is under root, whole or not."""
+    return (any((spec.folder(root) / name).is_file() for name, _ in spec.files)
+            or any((root / spec.archive_dir / name).is_file() for name, _ in spec.archives))
+
+
 def extract_archives(spec: DatasetFiles, root: Path) -> list[Path]:
     """Unpack the dataset's archives (.tar.gz, .gz) found under root when files they hold are
-    missing, as the distribution ships them; returns the archives extracted. An archive that
-    fails its md5 is a DataError naming it: nothing is unpacked from it."""
+    missing, as the distribution ships them. A .gz whose own md5 differs but whose unpacked
+    md5 and size are the known ones (spec.unpacked) was recompressed: it is unpacked, and returned.
+    Any other archive that fails its md5 is a DataError naming it: nothing is unpacked from it."""
     if not any(p.missing for p in file_problems(spec, root)):
         return []
-    extracted = []
+    unpacked = {name: (md5, size) for name, md5, size in spec.unpacked}
+    recompressed = []
     for name, md5 in spec.archives:
         archive = root / spec.archive_dir / name
         single_file = not name.endswith(".tar.gz")  # a .gz holds one file, named without the .gz, beside it
         if not archive.is_file() or (single_file and archive.with_suffix("").is_file()):
             continue
         if not check_integrity(str(archive), md5):
-            raise DataError(f"{spec.title} archive {archive} is corrupt (md5 mismatch); delete it and download it "
-                            f"again (resexp data download {spec.name}, or from {spec.page})")
+            known = unpacked.get(archive.stem)
+            if known is None or unpacked_md5_and_size(archive) != known:
+                contents = f"; what it unpacks to is not {spec.title}'s either" if known else ""
+                raise DataError(f"{spec.title} archive {archive} is corrupt (md5 mismatch{contents}); delete it and "
+                                f"download it again (resexp data download {spec.name}, or from {spec.page})")
+            recompressed.append(archive)
         extract_archive(str(archive), str(archive.parent))
-        extracted.append(archive)
-    return extracted
+    return recompressed
+
+
+def unpacked_md5_and_size(archive: Path) -> tuple[str, int] | None:
+    """The md5 and size of what a .gz archive unpacks to; None where it is not whole gzip."""
+    digest, size = hashlib.md5(), 0
+    try:
+        with gzip.open(archive, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except (OSError, EOFError, zlib.error):  # not gzip (BadGzipFile is an OSError), truncated, damaged
+        return None
+    return digest.hexdigest(), size
 
 
 def download(spec: DatasetFiles, root: Path) -> str | None:
@@ -130,11 +170,13 @@ def download(spec: DatasetFiles, root: Path) -> str | None:
     return None
 
 
-def stage(spec: DatasetFiles, root: Path, allow_download: bool, fetch: Callable[..., str | None] = download) -> None:
+def stage(spec: DatasetFiles, root: Path, allow_download: bool,
+          fetch: Callable[..., str | None] = download) -> list[Path]:
     """Make the dataset's files present and whole under root: extract its archives if they are
     there, else download it if allowed. A DataError names the first missing or corrupt file and
-    how to fix it; a corrupt file is never downloaded over."""
-    extract_archives(spec, root)
+    how to fix it; a corrupt file is never downloaded over. Returns the recompressed archives
+    it extracted (extract_archives)."""
+    recompressed = extract_archives(spec, root)
     problems = file_problems(spec, root)
     reason = None
     if any(p.missing for p in problems) and allow_download:
@@ -156,3 +198,4 @@ def stage(spec: DatasetFiles, root: Path, allow_download: bool, fetch: Callable[
             f"{spec.title} file {problems[0].path} is corrupt (md5 mismatch); delete it and download it again "
             f"(resexp data download {spec.name}, or from {spec.page})"
         )
+    return recompressed

@@ -22,13 +22,16 @@ DONE = ("finished", "diverged")
 class RunDirLock:
     """An exclusive flock on RUN/.lock while a process trains in RUN. The kernel releases it
     when the holder exits, however it exits (kill -9 included), so the lock of a dead run is
-    simply taken over; the file keeps the holder's pid for the refusal message."""
+    simply taken over; the file keeps the holder's pid for the refusal message. A run that
+    ends in an error (a refusal) removes the file if it created it: it leaves no trace."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_NAME
         self.file: IO[str] | None = None
+        self.created = False  # by this process: there was no lock file before
 
     def __enter__(self) -> RunDirLock:
+        created = not self.path.exists()
         file = open(self.path, "a+")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,16 +41,29 @@ class RunDirLock:
             file.close()
             raise ResexpError(f"{self.path.parent} is in use by another resexp process (pid {holder}); "
                               "wait for it to end or stop it, then run the same command to resume") from None
+        if not self._is_current(file):  # removed by its holder between our open and flock: lock the new one
+            file.close()
+            return self.__enter__()
         file.seek(0), file.truncate()
         file.write(f"{os.getpid()}\n")
         file.flush()
-        self.file = file
+        self.file, self.created = file, created
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        if self.file is not None:  # not unlinked: a waiting process may hold the same inode
-            fcntl.flock(self.file, fcntl.LOCK_UN)
-            self.file.close()
+    def _is_current(self, file: IO[str]) -> bool:
+        try:
+            return os.path.samestat(os.fstat(file.fileno()), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def __exit__(self, error_type: type[BaseException] | None, *exc_info: Any) -> None:
+        if self.file is None:
+            return
+        if error_type is not None and self.created:
+            # Removed while still held: whoever opened it meanwhile finds it gone once it gets the flock.
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
 
 
 def read_config(path: Path) -> DictConfig:

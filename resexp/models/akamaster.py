@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from resexp.engine.checkpoint import load_data_only
 from resexp.errors import ResexpError, one_line
 from resexp.models import build_model
 from resexp.models.cifar_resnet import CifarResNet
@@ -77,7 +78,7 @@ def as_override(value: Any) -> str:
 def read_state_dict(path: Path) -> dict[str, Any]:
     """The file's state_dict, unpickled as data only: a file that needs code is refused."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_data_only(path, "cpu")
     except FileNotFoundError:
         raise ResexpError(f"{path}: no such file") from None
     except Exception as e:  # unpickling a foreign or damaged file can raise almost anything

@@ -168,7 +168,11 @@ def longest_first(jobs: list[Job]) -> list[Job]:
         key = json.dumps(OmegaConf.to_container(job.cfg.model, resolve=True), sort_keys=True)
         if key not in macs:
             macs[key] = count_macs(build_model(job.cfg.model))
-        return macs[key] * (int(job.cfg.trainer.max_iters) - (checkpoint_iteration(job.run_dir) or 0))
+        try:
+            done_iters = checkpoint_iteration(job.run_dir) or 0
+        except ResexpError:  # an unreadable checkpoint: the run itself refuses it, with the reason
+            done_iters = 0
+        return macs[key] * (int(job.cfg.trainer.max_iters) - done_iters)
 
     return sorted(jobs, key=work, reverse=True)  # stable: equal work keeps Hydra's order
 
