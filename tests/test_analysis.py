@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from resexp.analysis.lesion import blocks_of, draw_pairs, lesioned, swappable
+from resexp.analysis.lesion import draw_pairs, swappable
+from resexp.models.surgery import blocks_of, lesioned
 from resexp.analysis.responses import layer_responses, response_layers
 from resexp.analysis.trained import error_and_loss, load_run
 from resexp.cli import app
@@ -184,7 +185,7 @@ def test_eval_landscape_and_gradflow_commands_take_sweep_run_directories(trained
 
 
 def test_cnn_probes_equal_hand_computations():
-    from resexp.analysis.probes import block_grad_norms, stream_probes, supports_probes
+    from resexp.engine.probes import block_grad_norms, stream_probes, supports_probes
 
     model = tiny_net(14, residual=True).train()
     images = torch.randn(6, 3, 32, 32)
@@ -227,7 +228,7 @@ def test_cnn_probes_equal_hand_computations():
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_cnn_skip_loss_delta_equals_hand_built_models(residual):
-    from resexp.analysis.probes import skip_loss_delta
+    from resexp.engine.probes import skip_loss_delta
 
     model = tiny_net(14, residual).train()
     images, labels = torch.randn(6, 3, 32, 32), torch.arange(6) % 10

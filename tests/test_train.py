@@ -146,7 +146,7 @@ def test_train_loss_and_error_are_those_of_the_batches_since_the_last_log(tmp_pa
 def test_vit_logs_probes_at_init_and_every_probe_interval(tmp_path):
     import torch.nn.functional as F
 
-    from resexp.analysis import block_grad_norms
+    from resexp.engine.probes import block_grad_norms
     from resexp.data import build_data
 
     cfg = compose([*VIT, "trainer.max_iters=6", "trainer.probe_every=3", "trainer.eval_every=6",

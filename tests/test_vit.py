@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp.analysis import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
+from resexp.engine.probes import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.config import compose
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, count_macs, count_params

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from resexp import __version__
-from resexp.analysis import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
+from resexp.engine.probes import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.data import Data, build_data
 from resexp.config import run_identity
 from resexp.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint

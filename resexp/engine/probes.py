@@ -16,6 +16,7 @@ from torch import nn
 
 from resexp.errors import ResexpError
 from resexp.models.cifar_resnet import BasicBlock, ZeroPadShortcut
+from resexp.models.surgery import blocks_of, lesioned
 from resexp.models.vit import Block
 
 
@@ -161,11 +162,10 @@ def skip_loss_delta(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     cross-entropy with nothing skipped: shape (depth,), on the model's device.
 
     Skipped: a Transformer block becomes the identity; a CNN block becomes its shortcut alone,
-    resexp.analysis.lesion's ShortcutOnly (identity, or at a downsampling block the option-A
+    resexp.models.surgery's ShortcutOnly (identity, or at a downsampling block the option-A
     subsampling and zero channels, or option B's projection; a plain net gets the parameter-free
     path). depth + 1 no-grad eval-mode forwards; the model's blocks and modes are restored.
     """
-    from resexp.analysis.lesion import blocks_of, lesioned  # here: lesion brings matplotlib and the report code
 
     def loss() -> torch.Tensor:
         return F.cross_entropy(model(images).float(), labels)
