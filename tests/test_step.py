@@ -192,7 +192,7 @@ def test_graph_capture_is_chosen_where_it_can_work_and_refused_where_it_cannot()
 def test_recomputing_activations_keeps_the_maths_and_saves_memory():
     """trainer.recompute_blocks: the same weights and BN statistics (and batch counts) bit for
     bit, far fewer bytes kept for the backward; models without blocks to segment refuse it."""
-    from resexp.engine.bench import saved_activation_bytes
+    from resexp.bench.memory import saved_activation_bytes
 
     deep = [*CFG, "model.depth=32"]
     plain, segmented = build_step(compose(deep)), build_step(compose([*deep, "trainer.recompute_blocks=2"]))
@@ -211,7 +211,7 @@ def test_recomputing_activations_keeps_the_maths_and_saves_memory():
     assert kept_segmented < kept / 4
     # while the backward recomputes a segment (2 blocks) it keeps that segment's activations:
     # the first stage's, whose maps are largest; far less than all 15 blocks' at once
-    from resexp.engine.bench import recomputed_segment_bytes
+    from resexp.bench.memory import recomputed_segment_bytes
     first_two = saved_activation_bytes(plain.model.stages[0][:2], plain.model.stem(images).requires_grad_(),
                                        torch.autocast("cpu", enabled=False))
     assert recomputed_segment_bytes(segmented.model, images, torch.autocast("cpu", enabled=False)) == first_two

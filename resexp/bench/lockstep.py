@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.func import functional_call, stack_module_state, vmap
 
-from resexp.data import RawData, device_data
+from resexp.data import RawData, build_data
 from resexp.engine.runtime import Runtime
 from resexp.engine.step import Inspect, Step, build_optimizer, compile_forward
 from resexp.errors import ConfigError
@@ -40,7 +40,7 @@ class LockstepStep(Step):
                  notify: Callable[[str], None] = print) -> None:
         check_lockstep(cfg, runtime)
         device, seed, batch = runtime.device, int(cfg.seed), int(cfg.trainer.batch_size)
-        batchers = [device_data(raw, 0, True, device, batch, seed + k, runtime.memory_format).train
+        batchers = [build_data(cfg.data, device, batch, seed + k, runtime.memory_format, raw).train
                     for k in range(runs)]
         super().__init__(runtime, batchers, notify)
         models = []

@@ -5,11 +5,11 @@ run's maths unchanged, timed on the same device:
 - one after another: the trainer's step alone (the baseline; K runs take K times as long);
 - processes: K processes stepping at once, as a joblib sweep runs them (launcher.runs_per_gpu=K
   on one GPU; launcher.cpu_runs=K on CPU, each with cpu_count/K threads); on a GPU also with
-  CUDA MPS, as the sweep starts it (resexp.engine.mps), when the MPS control binary is there;
-- lock-step: K models in one process (resexp.engine.lockstep.LockstepStep), one vmapped
+  CUDA MPS, as the sweep starts it (resexp.sweep.mps), when the MPS control binary is there;
+- lock-step: K models in one process (resexp.bench.lockstep.LockstepStep), one vmapped
   forward/backward per step, so each conv becomes one grouped conv over the K models.
-All three drive the step objects of resexp.engine.step; nothing of the training step is copied.
-The figure of merit is aggregate training images/s against one after another.
+All three drive step objects with the interface of resexp.engine.step; nothing of the training
+step is copied. The figure of merit is aggregate training images/s against one after another.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -25,19 +26,30 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
 from resexp import __version__
-from resexp.data import RawData
-from resexp.engine.bench import (
-    PAPER_ITERS, Pipeline, bench_data, resexp_pipeline, round_stats, sync, time_pipelines,
+from resexp.bench.lockstep import LockstepStep, check_lockstep
+from resexp.bench.timing import (
+    PAPER_ITERS, Pipeline, images_per_s, resexp_pipeline, round_stats, sync, time_pipelines,
 )
-from resexp.engine.lockstep import LockstepStep, check_lockstep
-from resexp.engine.mps import cuda_mps, mps_running
+from resexp.data import RawData, local_source
 from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.errors import ConfigError, ResexpError
+from resexp.sweep.mps import cuda_mps, mps_running
 
 WORKER_TIMEOUT_S = 1800  # a process that neither reports nor fails within this is reported stuck
 
 
-def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats: int) -> dict[str, Any]:
+@dataclass
+class Way:
+    """One way of training the K runs, as timed: `runs_at_once` runs step together in each round."""
+
+    name: str
+    runs_at_once: int
+    rounds_s: list[float]  # a round: `iters` steps of every run at once
+    peak_bytes: int
+    execution: str
+
+
+def bench_runs(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Aggregate images/s of `runs` runs trained as processes and in lock-step, against one run
     alone. Processes go first, while this process holds nothing on the device; then the single
     run and the lock-step group alternate rounds, as in `resexp bench`."""
@@ -53,37 +65,45 @@ def sweep_throughput(cfg: DictConfig, runs: int, iters: int, warmup: int, repeat
     with cuda_mps(runs, int(device.type == "cuda")) as started:
         mps_timing = _time_processes(cfg, runs, iters, warmup, repeats, threads) if started else None
 
-    raw, data_note = bench_data(cfg)
+    raw, data_note = local_source(cfg.data)
     single, lockstep = time_pipelines([partial(resexp_pipeline, cfg, raw, runtime),
                                        partial(lockstep_pipeline, cfg, raw, runtime, runs)],
                                       device, iters, warmup, repeats)
-
-    def row(way: str, group: int, rounds_s: list[float], peak_bytes: int, execution: str) -> dict[str, Any]:
-        stats = round_stats(rounds_s, iters, batch * group, peak_bytes, device)  # a step of every run in the group
-        return {
-            "way": way, "runs_at_once": group, "execution": execution, **stats,
-            # the paper's 64k iterations for all K runs
-            "projected_64k_all_runs_min": round(PAPER_ITERS * stats["ms_per_step"] * runs / group / 60_000, 2),
-        }
-
     processes = f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "") + (
         " (under the CUDA MPS already running)" if already_mps else "")
-    rows = [
-        row("one after another", 1, single.rounds_s, single.peak_bytes, single.step.execution),
-        row(processes, runs, process_rounds, process_peak, single.step.execution),
-        *([row(f"{runs} processes with CUDA MPS", runs, *mps_timing, single.step.execution)] if mps_timing else []),
-        row(f"{runs} models in lock-step, one process", runs, lockstep.rounds_s, lockstep.peak_bytes,
+    execution = single.step.execution
+    ways = [
+        Way("one after another", 1, single.rounds_s, single.peak_bytes, execution),
+        Way(processes, runs, process_rounds, process_peak, execution),
+        *([Way(f"{runs} processes with CUDA MPS", runs, *mps_timing, execution)] if mps_timing else []),
+        Way(f"{runs} models in lock-step, one process", runs, lockstep.rounds_s, lockstep.peak_bytes,
             lockstep.step.execution),
     ]
-    for r in rows:
-        r["speedup_vs_one_after_another"] = round(r["images_per_s"] / rows[0]["images_per_s"], 2)
-    fastest = max(rows, key=lambda r: r["images_per_s"])
+    rows, fastest = tabulate(ways, runs, iters, batch, device)
     return {
         "model": cfg.model.name, "batch_size": batch, "runs": runs, "precision": precision, "iters": iters,
         "warmup_iters": warmup, "repeats": repeats, "device": runtime.device_name, "device_type": device.type,
         "torch": torch.__version__, "resexp": __version__, "cpu_count": os.cpu_count(),
-        "data": data_note, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "fastest": fastest["way"],
+        "data": data_note, "date": time.strftime("%Y-%m-%d %H:%M"), "rows": rows, "fastest": fastest,
     }
+
+
+def tabulate(ways: list[Way], runs: int, iters: int, batch: int, device: torch.device
+             ) -> tuple[list[dict[str, Any]], str]:
+    """One report row per way, the first (one after another) the baseline of the others, and the
+    fastest way's name; ratios and the fastest from the unrounded medians."""
+    speeds = [images_per_s(way.rounds_s, iters, batch * way.runs_at_once) for way in ways]
+    rows = []
+    for way, speed in zip(ways, speeds):
+        stats = round_stats(way.rounds_s, iters, batch * way.runs_at_once, way.peak_bytes, device)
+        rows.append({
+            "way": way.name, "runs_at_once": way.runs_at_once, "execution": way.execution, **stats,
+            # the paper's 64k iterations for all K runs
+            "projected_64k_all_runs_min": round(PAPER_ITERS * stats["ms_per_step"] * runs / way.runs_at_once / 60_000,
+                                                2),
+            "speedup_vs_one_after_another": round(speed / speeds[0], 2),
+        })
+    return rows, ways[speeds.index(max(speeds))].name
 
 
 def lockstep_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime, runs: int) -> Pipeline:
@@ -144,7 +164,7 @@ def _time_worker(cfg_dict: dict, offset: int, threads: int | None, iters: int, w
     runtime = Runtime.from_config(cfg.trainer)
     device = runtime.device
     cfg.seed = int(cfg.seed) + offset
-    raw, _ = bench_data(cfg)
+    raw, _ = local_source(cfg.data)
     pipeline = resexp_pipeline(cfg, raw, runtime)
     for _ in range(warmup):
         pipeline.step()

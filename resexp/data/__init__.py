@@ -9,10 +9,11 @@ import torch
 
 from resexp.data.batcher import DeviceBatcher, eval_batches, normalise
 from resexp.data.raw import RawData
-from resexp.data.sources import load_source
+from resexp.data.sources import load_source, local_source
 from resexp.errors import ConfigError
 
-__all__ = ["Data", "DeviceBatcher", "RawData", "build_data", "device_data", "eval_batches", "normalise", "load_source"]
+__all__ = ["Data", "DeviceBatcher", "RawData", "build_data", "device_data", "eval_batches", "normalise", "load_source",
+           "local_source"]
 
 VAL_SPLIT_SEED = 0  # the held-out val images are the same for every run seed
 
@@ -38,9 +39,12 @@ def build_data(
     batch_size: int,
     seed: int,
     memory_format: torch.memory_format = torch.channels_last,
+    raw: RawData | None = None,
 ) -> Data:
-    return device_data(load_source(cfg), int(cfg["val_size"]), bool(cfg["augment"]), device, batch_size, seed,
-                       memory_format)
+    """The data config's splits on the device; `raw`: its source already loaded (local_source, for
+    the bench), else load_source(cfg) loads it."""
+    return device_data(load_source(cfg) if raw is None else raw, int(cfg["val_size"]), bool(cfg["augment"]),
+                       device, batch_size, seed, memory_format)
 
 
 def device_data(

@@ -10,7 +10,7 @@ replayed, one launch per step; the learning-rate schedule (the ResNet-110 error 
 writes the lr tensor in place between replays, without re-capturing. On CPU, or where capture
 is not possible, the same `compute` runs eagerly.
 
-`TrainStep` is one model; `resexp.engine.lockstep.LockstepStep` is K models trained as one,
+`TrainStep` is one model; `resexp.bench.lockstep.LockstepStep` is K models trained as one,
 a second implementation of the same interface.
 """
 
