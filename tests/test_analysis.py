@@ -13,13 +13,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from resexp.analysis.lesion import draw_pairs, swappable
-from resexp.models.surgery import blocks_of, lesioned
 from resexp.analysis.responses import layer_responses, response_layers
-from resexp.analysis.trained import error_and_loss, load_run
+from resexp.analysis.trained import EVAL_BATCH, load_run
 from resexp.cli import app
 from resexp.config import compose
+from resexp.engine.evaluate import evaluate
 from resexp.engine.train import train
 from resexp.models import build_model
+from resexp.models.surgery import blocks_of, lesioned
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
         "trainer.max_iters=4", "trainer.eval_every=2", "trainer.log_every=2", "trainer.progress=none"]
@@ -120,11 +121,11 @@ def test_responses_and_lesion_commands_on_trained_runs(trained, tmp_path):
     assert result.exit_code == 0, result.output
     lesion = {r["label"]: r for r in json.loads((tmp_path / "lesion.json").read_text())}
     resnet = lesion["ResNet-20"]
-    assert resnet["baseline_error"] == error_and_loss(run.model, run.data)[0]
+    assert resnet["baseline_error"] == evaluate(run.model, run.data, EVAL_BATCH)[0]
     assert len(resnet["single_deletion_error"]) == len(blocks_of(run.model)) == 9
     assert [len(v) for v in resnet["random_deletion_error"].values()] == [2, 2]
     with lesioned(run.model, deleted=[(0, 1)]):
-        assert resnet["single_deletion_error"][1] == error_and_loss(run.model, run.data)[0]
+        assert resnet["single_deletion_error"][1] == evaluate(run.model, run.data, EVAL_BATCH)[0]
     assert (tmp_path / "lesion.png").stat().st_size > 10_000
 
 
@@ -169,7 +170,7 @@ def test_eval_landscape_and_gradflow_commands_take_sweep_run_directories(trained
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "landscape_model=resnet20.json").read_text())
     loaded = load_run(run)
-    assert saved["centre_loss"] == pytest.approx(error_and_loss(loaded.model, loaded.data, 32)[1], rel=1e-6)
+    assert saved["centre_loss"] == pytest.approx(evaluate(loaded.model, loaded.data, EVAL_BATCH, limit=32)[1], rel=1e-6)
 
     result = CliRunner().invoke(app, ["gradflow", str(run), "plain20", "data=synthetic", "data.train_size=256",
                                       "model.width=0.25", "--batches", "1", "-o", str(out)])

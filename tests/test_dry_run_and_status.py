@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from resexp.cli import app
 from resexp.engine import train as train_module
-from resexp.engine.tracking import write_json
+from resexp.files import write_json
 from resexp.engine.train import train
 from resexp.report.status import run_statuses, status_text
 from resexp.sweep.plan import dry_run, prepare_sweep
@@ -145,12 +145,14 @@ def test_status_cli_plain_text_watch_and_bad_directory(sweep_dir, tmp_path, monk
 def test_summary_is_rewritten_at_every_log_point(tmp_path, monkeypatch):
     from resexp.config import compose
 
+    import resexp.rundir as rundir_module
+
     writes = []
-    real_write = train_module.write_json
+    real_write = rundir_module.write_json
     def record(path, data):  # noqa: E306
         writes.append((data["iterations"], "iters_per_s" in data, data.get("checkpoint_iteration")))
         real_write(path, data)
-    monkeypatch.setattr(train_module, "write_json", record)
+    monkeypatch.setattr(rundir_module, "write_json", record)
     train(compose(["model=plain20", *TINY, "trainer.log_every=2", f"run.root={tmp_path}"]))
     logged = [(it, speed) for it, speed, _ in writes]
     assert (2, True) in logged and (4, True) in logged and logged[-1] == (6, True)

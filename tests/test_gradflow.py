@@ -105,8 +105,8 @@ def test_gradflow_on_a_run_and_a_model_name(run_dir, tmp_path):
     names, norms = mean_layer_grad_norms(run.model, batches)
     assert checkpoint["layers"] == names and len(names) == 20
     assert checkpoint["norms"] == pytest.approx(norms, rel=1e-6)
-    torch.manual_seed(int(run.cfg.seed))  # what TrainStep.build does before building the model
-    start = build_model(run.cfg.model, in_channels=run.data.channels, num_classes=run.data.num_classes)
+    torch.manual_seed(int(run.config.seed))  # what TrainStep.build does before building the model
+    start = build_model(run.config.model, in_channels=run.data.channels, num_classes=run.data.num_classes)
     assert init["layers"] == names
     assert init["norms"] == pytest.approx(mean_layer_grad_norms(start, batches)[1], rel=1e-6)
     assert init["norms"] != pytest.approx(checkpoint["norms"], rel=1e-3)  # four SGD steps moved them

@@ -12,8 +12,9 @@ from resexp.analysis import landscape as landscape_module
 from resexp.analysis.landscape import (
     evaluate_grid, filter_normalised_direction, grid_coordinates, landscape, random_directions,
 )
-from resexp.analysis.trained import error_and_loss, load_run
+from resexp.analysis.trained import EVAL_BATCH, load_run
 from resexp.config import compose
+from resexp.engine.evaluate import evaluate
 from resexp.engine.train import train
 from resexp.errors import ResexpError
 from resexp.models import build_model
@@ -61,7 +62,7 @@ def test_grid_centre_point_and_restored_weights(run_dir):
     loss, error = evaluate_grid(run.model, run.data, directions, coords, LIMIT)
     assert loss.shape == error.shape == (3, 3)
 
-    own_error, own_loss = error_and_loss(run.model, run.data, LIMIT)
+    own_error, own_loss = evaluate(run.model, run.data, EVAL_BATCH, limit=LIMIT)
     assert error[1, 1] == own_error
     assert loss[1, 1] == pytest.approx(own_loss, rel=1e-6)
     # Bit-identical weights and BN statistics afterwards.
@@ -73,7 +74,7 @@ def test_grid_centre_point_and_restored_weights(run_dir):
     with torch.no_grad():
         for weight, d1, d2 in zip(moved.parameters(), *directions):
             weight.copy_(weight + -0.5 * d1 + 0.5 * d2)
-    hand_error, hand_loss = error_and_loss(moved, run.data, LIMIT)
+    hand_error, hand_loss = evaluate(moved, run.data, EVAL_BATCH, limit=LIMIT)
     assert error[0, 2] == hand_error
     assert loss[0, 2] == pytest.approx(hand_loss, rel=1e-5)
     assert loss[0, 2] != pytest.approx(loss[1, 1], rel=1e-3)  # the point moved the loss
@@ -90,7 +91,7 @@ def test_landscape_saves_reuses_and_forces(run_dir, tmp_path, monkeypatch):
         np.testing.assert_array_equal(saved["coords"], [[-0.5, 0, 0.5]] * 2)
         assert json.loads(str(saved["settings"]))["grid"] == 3
     run = load_run(run_dir, "cpu")
-    own_error, own_loss = error_and_loss(run.model, run.data, LIMIT)
+    own_error, own_loss = evaluate(run.model, run.data, EVAL_BATCH, limit=LIMIT)
     info = json.loads(summary.read_text())
     assert info["label"] == "ResNet-20" and info["centre_error"] == own_error
     assert info["centre_loss"] == pytest.approx(own_loss, rel=1e-6)

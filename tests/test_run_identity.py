@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from resexp.config import compose, identity_changes, run_identity
 from resexp.engine.checkpoint import load_checkpoint, save_checkpoint
-from resexp.engine.rundir import CHECKPOINT, check_run_dir
+from resexp.rundir import CHECKPOINT, RunDir
 from resexp.engine.train import train
 from resexp.errors import ResexpError
 from resexp.report.runs import Run, group_runs
@@ -55,11 +55,11 @@ def test_a_run_written_without_zero_pad_resumes(tmp_path):
     save_checkpoint({**state, "run_identity": json.dumps(identity, sort_keys=True)}, run_dir / CHECKPOINT)
 
     longer = compose([*TINY, "trainer.max_iters=4", f"run.root={tmp_path}"])
-    assert check_run_dir(run_dir, longer) is None  # no refusal: it continues from the checkpoint
+    assert RunDir(run_dir).check(longer) is None  # no refusal: it continues from the checkpoint
     summary = train(longer)
     assert (summary["status"], summary["iterations"]) == ("finished", 4)
     assert [segment["start"] for segment in summary["segments"]] == [0, 2]
 
     with pytest.raises(ResexpError, match="model.zero_pad"):
-        check_run_dir(run_dir, compose([*TINY, "model.zero_pad=split", "trainer.max_iters=6",
+        RunDir(run_dir).check(compose([*TINY, "model.zero_pad=split", "trainer.max_iters=6",
                                         f"run.root={tmp_path}"]))

@@ -5,15 +5,16 @@ plain dicts of JSON values, for `resexp eval` to print."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from resexp.analysis.trained import error_and_loss, load_run
+from resexp.analysis.trained import EVAL_BATCH, load_run
 from resexp.config import compose
 from resexp.data import build_data
+from resexp.engine.evaluate import evaluate
 from resexp.engine.runtime import resolve_device
 from resexp.errors import ResexpError
 from resexp.models.akamaster import load_akamaster
@@ -31,8 +32,8 @@ def eval_run(run_dir: str | Path, device: str = "auto", unfinished: bool = False
     images of it when given)."""
     check_limit(limit)
     run = load_run(run_dir, device, unfinished)
-    error, loss = error_and_loss(run.model, run.data, limit)
-    return {"run": str(run.path), "model": str(run.cfg.model.name), "data": run.data.name,
+    error, loss = evaluate(run.model, run.data, EVAL_BATCH, limit=limit)
+    return {"run": str(run.path), "model": str(run.config.model.name), "data": run.data.name,
             "split": run.data.eval_split, "iteration": run.iteration, "error": error, "loss": loss,
             "images": images_evaluated(len(run.data.eval_labels), limit)}
 
@@ -54,7 +55,7 @@ def eval_weights(weights: str | Path, source: str, overrides: list[str], device:
         raise ResexpError(f"{weights} classifies {inputs[0]}-channel images into {inputs[1]} classes; "
                           f"data={data.name} has {data.channels} channels and {data.num_classes} classes")
     data = dataclasses.replace(data, mean=mean.to(target))
-    error, loss = error_and_loss(model.to(target), data, limit)
+    error, loss = evaluate(model.to(target), data, EVAL_BATCH, limit=limit)
     return {"weights": str(weights), "source": source, "model": str(cfg.model.name), "data": data.name,
             "split": data.eval_split, "error": error, "loss": loss,
             "images": images_evaluated(len(data.eval_labels), limit)}
@@ -67,3 +68,25 @@ def check_limit(limit: int | None) -> None:
 
 def images_evaluated(available: int, limit: int | None) -> int:
     return available if limit is None else min(available, limit)
+
+
+def is_override(word: str) -> bool:
+    """A command-line word that is a key=value override, not a run directory (whose name may hold
+    '=', as a sweep's runs' do)."""
+    return "=" in word and not Path(word).is_dir()
+
+
+def eval_line(args: Sequence[str], weights: str | None = None, source: str = "akamaster", device: str = "auto",
+              unfinished: bool = False, limit: int | None = None) -> str:
+    """`resexp eval`: the line it prints for one run directory (args: [RUN]) or, with weights, for a
+    weights file from `source` as the model that args (overrides such as model=resnet56) compose."""
+    if weights is not None:
+        result = eval_weights(weights, source, list(args), device, limit)
+        what = f"{result['weights']} ({result['source']}) as {result['model']}"
+    else:
+        if len(args) != 1 or is_override(args[0]):
+            raise ResexpError("give one run directory (resexp eval RUN), or --weights FILE with model=NAME")
+        result = eval_run(args[0], device, unfinished, limit)
+        what = f"{result['run']} ({result['model']}, iteration {result['iteration']})"
+    return (f"{what} on {result['data']} {result['split']} ({result['images']} images): "
+            f"error {result['error']:.2f}%, loss {result['loss']:.4f}")

@@ -25,14 +25,16 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
 
+from resexp.analysis.evaluation import is_override
 from resexp.analysis.trained import load_run
 from resexp.config import compose
 from resexp.data import Data, build_data
 from resexp.engine.runtime import resolve_device
-from resexp.engine.tracking import write_json
 from resexp.errors import ResexpError
+from resexp.files import write_json
 from resexp.models import build_model
 from resexp.report.figures import save_figure
+from resexp.rundir import model_label
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # normalised images, labels
 CNN_ARCHS = ("cifar_resnet", "vgg")
@@ -92,13 +94,6 @@ def training_batches(data: Data, count: int) -> list[Batch]:
     return [data.train.next() for _ in range(count)]
 
 
-def model_label(model_cfg: DictConfig) -> str:
-    """As TrainedRun.label: "plain-56", "ResNet-56"; VGG by its config name."""
-    if model_cfg.arch == "cifar_resnet":
-        return f"{'ResNet' if model_cfg.residual else 'plain'}-{model_cfg.depth}"
-    return str(model_cfg.name)
-
-
 @dataclass
 class GradFlowCurve:
     """The per-layer gradient norms of one target in one state."""
@@ -125,8 +120,8 @@ def target_curves(target: str, overrides: Sequence[str], device: str, batches: i
     data and seed from compose([model=name, *overrides])."""
     if Path(target).is_dir() or "/" in target:
         run = load_run(target, device, unfinished)
-        require_cnn(run.cfg, str(run.path))
-        cfg, data = run.cfg, run.data
+        require_cnn(run.config, str(run.path))
+        cfg, data = run.config, run.data
         states = [("init", 0, initial_model(cfg, data)), ("checkpoint", run.iteration, run.model)]
     else:
         cfg = compose([f"model={target}", *overrides])
@@ -325,3 +320,20 @@ def draw_shattered(result: dict[str, Any]) -> Figure:
     fig.suptitle(f"Shattered gradients at initialisation (width {result['width']}, {result['points']} points on "
                  f"[-2, 2], BN statistics frozen on them)", fontsize="medium")
     return fig
+
+
+def run_gradflow(targets: Sequence[str], out: str | Path | None = None, batches: int = 4, with_shattered: bool = False,
+                 seed: int = 0, device: str = "auto", unfinished: bool = False) -> list[Path]:
+    """`resexp gradflow`: targets are run directories, model names and key=value overrides (the
+    model names' data); gradflow of the runs and names, and with_shattered the shattered-gradients
+    figure too, into out (default FIRST_RUN/analysis, or ./analysis). Returns the paths written."""
+    overrides = [t for t in targets if is_override(t)]
+    names = [t for t in targets if not is_override(t)]
+    if not names and not with_shattered:
+        raise ResexpError("give run directories or model names (e.g. plain56 resnet56 data=synthetic), or --shattered")
+    first_run = next((n for n in names if Path(n).is_dir()), None)
+    out_dir = Path(out) if out is not None else Path(first_run) / "analysis" if first_run else Path("analysis")
+    paths = gradflow(names, out_dir, overrides, device, batches, unfinished) if names else []
+    if with_shattered:
+        paths += shattered(out_dir, seed)
+    return paths

@@ -22,10 +22,11 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from resexp.analysis.trained import TrainedRun, error_and_loss, load_run
+from resexp.analysis.trained import EVAL_BATCH, TrainedRun, load_run
 from resexp.data import Data
-from resexp.engine.tracking import atomic_path, write_json
+from resexp.engine.evaluate import evaluate
 from resexp.errors import ResexpError
+from resexp.files import atomic_path, write_json
 from resexp.report.figures import save_figure
 
 Direction = list[torch.Tensor]  # one tensor per model.parameters() entry, same shapes
@@ -103,7 +104,7 @@ def evaluate_grid(
                 steps = [float(axis[i]) for axis, i in zip(coords, index)]
                 for weight, theta, *components in zip(weights, trained, *directions):
                     weight.copy_(theta + sum(step * d for step, d in zip(steps, components)))
-                error[index], loss[index] = error_and_loss(model, data, limit)
+                error[index], loss[index] = evaluate(model, data, EVAL_BATCH, limit=limit)
     finally:
         for weight, theta in zip(weights, trained):
             weight.copy_(theta)

@@ -24,7 +24,9 @@ from matplotlib.figure import Figure
 from rich.progress import Progress
 from torch import nn
 
-from resexp.analysis.trained import TrainedRun, error_and_loss, expand_runs, load_run, require_arch
+from resexp.analysis.trained import EVAL_BATCH, TrainedRun, expand_runs, load_run, require_arch
+from resexp.engine.evaluate import evaluate
+from resexp.errors import ResexpError
 from resexp.models.surgery import blocks_of, lesioned
 from resexp.report.figures import save_figure
 
@@ -65,7 +67,7 @@ def lesion_study(run: TrainedRun, ks: list[int], draws: int, limit: int | None, 
 
     def measure(**change) -> float:
         with lesioned(model, **change):
-            error = error_and_loss(model, run.data, limit)[0]
+            error = evaluate(model, run.data, EVAL_BATCH, limit=limit)[0]
         if progress:
             progress.advance(task)
         return error
@@ -78,8 +80,8 @@ def lesion_study(run: TrainedRun, ks: list[int], draws: int, limit: int | None, 
         pairs = [draw_pairs(swappable(model), k, rng) for _ in range(draws)]
         if all(p is not None for p in pairs):
             swapped[k] = [measure(swapped=p) for p in pairs]
-    return {"run": str(run.path), "label": run.label, "residual": bool(run.cfg.model.residual),
-            "depth": int(run.cfg.model.depth), "baseline_error": baseline,
+    return {"run": str(run.path), "label": run.label, "residual": bool(run.config.model.residual),
+            "depth": int(run.config.model.depth), "baseline_error": baseline,
             "chance_error": 100.0 * (1 - 1 / run.data.num_classes),
             "blocks": [f"stages.{s}.{b}" for s, b in blocks], "single_deletion_error": single,
             "random_deletion_error": {str(k): v for k, v in deleted.items()},
@@ -98,6 +100,17 @@ def lesion(paths: list[str | Path], out_dir: Path, ks: list[int], draws: int = 5
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lesion.json").write_text(json.dumps(results, indent=1) + "\n")
     return [*save_figure(draw_lesion(results), out_dir / "lesion.png"), out_dir / "lesion.json"]
+
+
+def parse_counts(text: str) -> list[int]:
+    """--k's "1,2,4,8": the numbers of blocks deleted / pairs swapped, sorted, each once."""
+    try:
+        counts = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise ResexpError(f"--k takes positive integers separated by commas, e.g. 1,2,4,8; got '{text}'")
+    return counts
 
 
 def draw_lesion(results: list[dict]) -> Figure:

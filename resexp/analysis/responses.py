@@ -74,8 +74,8 @@ def responses(paths: list[str | Path], out_dir: Path, limit: int | None = None, 
         require_arch(run, "cifar_resnet", "resexp responses")
         images = eval_images(run, limit)
         stds = layer_responses(run.model, images)
-        results.append({"run": str(run.path), "label": run.label, "depth": int(run.cfg.model.depth),
-                        "residual": bool(run.cfg.model.residual), "images": len(images),
+        results.append({"run": str(run.path), "label": run.label, "depth": int(run.config.model.depth),
+                        "residual": bool(run.config.model.residual), "images": len(images),
                         "layers": [name for name, _ in response_layers(run.model)], "std": stds})
     results.sort(key=lambda r: (r["residual"], r["depth"], r["run"]))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,60 +4,49 @@ all refuse a missing, unfinished or foreign run the same way, in one line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from resexp.data import Data, build_data
 from resexp.engine.checkpoint import load_checkpoint
-from resexp.engine.rundir import CHECKPOINT, read_config
 from resexp.engine.runtime import resolve_device
-from resexp.engine.tracking import read_json
 from resexp.errors import ResexpError
 from resexp.models import build_model
+from resexp.rundir import CHECKPOINT, RunDir, find_run_dirs, is_trained
 
 EVAL_BATCH = 500  # images per forward in the analyses: bounded memory on any device
 
 
-@dataclass
-class TrainedRun:
-    """One run directory, loaded."""
+class TrainedRun(RunDir):
+    """A run directory, loaded: its model with the checkpoint's weights (eval mode, fp32) and its
+    data, both on `device`."""
 
-    path: Path
-    cfg: DictConfig
-    model: nn.Module  # the checkpoint's weights, eval mode, fp32, on `device`
-    data: Data  # the run's data on `device`: eval_images / eval_labels are the evaluation split
-    device: torch.device
-    iteration: int  # the checkpoint's
-    status: str  # the summary's: finished, diverged, stopped, ...
-
-    @property
-    def label(self) -> str:
-        """The paper's names: "plain-20", "ResNet-56"; other archs by their config name."""
-        model = self.cfg.model
-        if model.arch == "cifar_resnet":
-            return f"{'ResNet' if model.residual else 'plain'}-{model.depth}"
-        return str(model.name)
+    def __init__(self, run: RunDir, model: nn.Module, data: Data, device: torch.device, iteration: int,
+                 status: str) -> None:
+        super().__init__(run.path)
+        self.config = run.config
+        self.model, self.data, self.device = model, data, device  # data.eval_images: the evaluation split
+        self.iteration, self.status = iteration, status  # the checkpoint's; the summary's
 
 
 def load_run(run_dir: str | Path, device: str = "auto", unfinished: bool = False) -> TrainedRun:
     """The run in run_dir with its checkpoint's weights. One-line ResexpError for a directory
     that is no run, has no checkpoint, or (unless `unfinished`) has not finished training."""
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    path = run.path
+    if not run.config_path.is_file():
         raise ResexpError(f"{path} is not a run directory (no config.yaml); give the directory `resexp train` "
                           "wrote, e.g. runs/resnet20_synthetic_seed0")
-    cfg = read_config(path / "config.yaml")
-    summary = read_json(path / "summary.json") or {}
+    cfg = run.config
+    summary = run.read_summary() or {}
     status = summary.get("status", "unknown")
     if status != "finished" and not unfinished:
         raise ResexpError(f"{path} has not finished training (status {status}, iteration "
                           f"{summary.get('iterations', 0)} of {cfg.trainer.max_iters}); finish it with the same "
                           "resexp train command, or pass --unfinished to analyse its last checkpoint")
-    checkpoint = path / CHECKPOINT
+    checkpoint = run.checkpoint_path
     if not checkpoint.is_file():
         raise ResexpError(f"{path} has no checkpoint ({CHECKPOINT}); it did not train to its first checkpoint")
     target = resolve_device(device)
@@ -70,47 +59,28 @@ def load_run(run_dir: str | Path, device: str = "auto", unfinished: bool = False
         raise ResexpError(f"{checkpoint} does not hold the weights of {cfg.model.name} ({type(e).__name__}); "
                           "restore the run's own checkpoint") from None
     model.to(target).eval()
-    return TrainedRun(path, cfg, model, data, target, int(state["iteration"]), status)
+    return TrainedRun(run, model, data, target, int(state["iteration"]), status)
 
 
 def require_arch(run: TrainedRun, arch: str, command: str) -> None:
     """One line when an analysis meets a model it does not apply to."""
-    if run.cfg.model.arch != arch:
+    if run.config.model.arch != arch:
         raise ResexpError(f"{command} applies to the {arch} models (plainN, resnetN); {run.path} is "
-                          f"{run.cfg.model.name} (model.arch={run.cfg.model.arch})")
-
-
-@torch.no_grad()
-def error_and_loss(model: nn.Module, data: Data, limit: int | None = None) -> tuple[float, float]:
-    """Test error (%) and mean cross-entropy of model (as it is: eval mode is the caller's) on
-    the first `limit` images of the evaluation split (all by default)."""
-    errors = torch.zeros((), dtype=torch.float64, device=data.eval_images.device)
-    loss = torch.zeros((), dtype=torch.float64, device=data.eval_images.device)
-    seen = 0
-    for images, labels in data.eval_batches(EVAL_BATCH, torch.contiguous_format):
-        if limit is not None and seen >= limit:
-            break
-        if limit is not None:
-            images, labels = images[: limit - seen], labels[: limit - seen]
-        logits = model(images).float()
-        errors += (logits.argmax(1) != labels).sum()
-        loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
-        seen += len(labels)
-    return 100.0 * errors.item() / seen, loss.item() / seen
+                          f"{run.config.model.name} (model.arch={run.config.model.arch})")
 
 
 def expand_runs(paths: list[str | Path]) -> list[Path]:
-    """Run directories from arguments that are runs or sweeps: a sweep stands for every run
-    directory under it (config.yaml beside checkpoints/), by path."""
+    """Run directories from arguments that are runs or sweeps: a sweep stands for every trained
+    run under it (config.yaml beside its checkpoint), by path."""
     found: list[Path] = []
     for given in map(Path, paths):
         if not given.is_dir():
             raise ResexpError(f"{given} is not a directory; give a run directory or a sweep directory")
-        if (given / "config.yaml").is_file():
+        if RunDir(given).config_path.is_file():
             found.append(given)
             continue
-        runs = sorted(p.parent for p in given.rglob("config.yaml") if (p.parent / CHECKPOINT).is_file())
+        runs = find_run_dirs(given, is_trained)
         if not runs:
             raise ResexpError(f"no trained runs under {given} (no config.yaml beside {CHECKPOINT})")
-        found += runs
+        found += [run.path for run in runs]
     return found

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from resexp.engine.runtime import resolve_device
-from resexp.engine.tracking import write_json
+from resexp.files import write_json
 from resexp.errors import ConfigError
 
 

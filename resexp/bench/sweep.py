@@ -36,7 +36,6 @@ from omegaconf import DictConfig
 
 from resexp import __version__
 from resexp.config import group_choices
-from resexp.engine.tracking import read_json
 from resexp.errors import ConfigError, ResexpError
 from resexp.sweep.control import GRACE_S
 from resexp.sweep.launch import LOCAL_LAUNCHERS
@@ -217,7 +216,7 @@ def read_runs(plan: Sweep, window: Window) -> tuple[list[RunSpeed], str | None]:
     for job in plan.jobs:
         model = job.cfg.model
         run = RunSpeed(job.run_dir.name, str(model.name), int(model.depth), int(job.cfg.trainer.max_iters))
-        summary = read_json(job.run_dir / "summary.json")
+        summary = job.run.read_summary()
         if summary is not None:
             if summary["status"] == "failed":
                 raise ResexpError(f"run {run.run} of the benched sweep failed: {summary.get('error')}")

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from resexp.config import compose
 from resexp.data.raw import RawData
-from resexp.data.staging import DatasetFiles, dataset_files, file_problems, present, stage
+from resexp.data.staging import DOWNLOADABLE, DatasetFiles, dataset_files, file_problems, present, stage
 from resexp.data.synthetic import KNOBS, make_synthetic
 from resexp.errors import ConfigError, DataError, one_line
 
@@ -113,6 +114,38 @@ def check_dataset(name: str, root: Path) -> DatasetCheck:
         detail += (f"; recompressed archive{'s' if len(recompressed) > 1 else ''}, contents verified: "
                    f"{', '.join(archive.name for archive in recompressed)}")
     return DatasetCheck(name, folder, "ok", detail)
+
+
+def dataset_root(name: str, root: str | None = None) -> Path:
+    """--root, or else the data root that data=NAME composes to (RESEXP_DATA or ~/.cache/resexp/data)."""
+    return Path(root).expanduser() if root is not None else data_root(compose([f"data={name}"]).data)
+
+
+def download_dataset(name: str, root: str | None = None) -> str:
+    """`resexp data download`: torchvision's download (md5-checked), extracted and checked as
+    `resexp data check` does; the line it prints, or an error unless the dataset is usable."""
+    spec = dataset_files(name)  # an unknown name is refused before the config is composed
+    where = dataset_root(name, root)
+    stage(spec, where, allow_download=True)  # a DataError says what is missing and why
+    result = check_dataset(name, where)
+    if result.state != "ok":
+        raise DataError(f"{name} in {result.folder} is {result.state} after the download: {result.detail}")
+    return f"{name}: ok, {result.detail}, in {result.folder}"
+
+
+def check_datasets(name: str | None = None, root: str | None = None) -> tuple[list[str], bool]:
+    """`resexp data check`: a line per dataset (every downloadable one without a name), and whether
+    it passes: the named dataset usable, or none corrupt."""
+    names = list(DOWNLOADABLE) if name is None else [dataset_files(name).name]
+    results = [check_dataset(n, dataset_root(n, root)) for n in names]
+    width = max(len(n) for n in names)
+    lines = []
+    for result in results:
+        fix = f"; resexp data download {result.name}" if result.state == "missing" else ""
+        lines.append(f"{result.name:<{width}}  {result.state:<7}  {result.detail}{fix}"
+                     + (f"  ({result.folder})" if result.state == "ok" else ""))
+    passes = not any(r.state == "corrupt" or (name is not None and r.state != "ok") for r in results)
+    return lines, passes
 
 
 def load_cifar(spec: DatasetFiles, root: Path) -> RawData:

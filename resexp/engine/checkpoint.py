@@ -19,7 +19,7 @@ from torch import nn
 
 from resexp.config import identity_changes
 from resexp.engine.step import TrainStep
-from resexp.engine.tracking import atomic_path
+from resexp.files import atomic_path
 from resexp.errors import ResexpError, one_line
 
 @dataclass

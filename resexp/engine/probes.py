@@ -13,7 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
+from resexp.engine.step import TrainStep
 from resexp.errors import ResexpError
 from resexp.models.cifar_resnet import BasicBlock, ZeroPadShortcut
 from resexp.models.surgery import blocks_of, lesioned
@@ -215,3 +217,32 @@ def block_grad_norms(model: nn.Module) -> torch.Tensor:
         else:
             norms.append(torch.zeros((), device=device))
     return torch.stack(norms)
+
+
+def log_probes(writer: SummaryWriter, step: TrainStep, iteration: int, probe_batch: list[torch.Tensor],
+               images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Per-block gradient norm, the stream probes (residual-stream norm, relative update,
+    angular distance) and the loss change when the block is skipped, at this iteration's weights
+    (step 0 = initialisation), between the step's backward and its update. A host sync, an
+    eager step and depth + 2 forwards, so only every trainer.probe_every steps. A copy of the
+    batch is kept in `probe_batch` for the final probes (the batcher's buffers are reused)."""
+    if step.scaler.is_enabled():
+        step.scaler.unscale_(step.optimizer)  # fp16: measure the true gradients, not the scaled ones
+    probe_batch[:] = [images.clone(), labels.clone()]
+    probes = {"grad_norm": block_grad_norms(step.model), **stream_probes(step.model, images),
+              "skip_loss_delta": skip_loss_delta(step.model, images, labels)}
+    _write_probes(writer, probes, iteration)
+
+
+def log_final_probes(writer: SummaryWriter, model: torch.nn.Module, iteration: int, images: torch.Tensor,
+                     labels: torch.Tensor) -> None:
+    """At the end of the run, after its last evaluation: skip_loss_delta of the trained model on
+    the latest probe step's batch. Only it: the other probes stay at probe steps, which the
+    norms report reads as "the last probe step"."""
+    _write_probes(writer, {"skip_loss_delta": skip_loss_delta(model, images, labels)}, iteration)
+
+
+def _write_probes(writer: SummaryWriter, probes: dict[str, torch.Tensor], iteration: int) -> None:
+    for name, values in probes.items():
+        for block, value in enumerate(values.tolist()):
+            writer.add_scalar(f"probe/{name}/block_{block:03d}", value, iteration)

@@ -1,74 +1,24 @@
-"""What a run reports: TensorBoard scalars, progress on the terminal, summary.json."""
+"""What a run shows while it trains: TensorBoard scalars and progress on the terminal."""
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.tensorboard import SummaryWriter
 
-from resexp.errors import ResexpError
 
-
-def tensorboard_writer(run_dir: Path, checkpoint_iteration: int | None) -> SummaryWriter:
+def tensorboard_writer(events: Path, checkpoint_iteration: int | None) -> SummaryWriter:
     # purge_step drops events an interrupted run wrote after its last checkpoint (all of them when
     # it left none), so the curves continue from where training resumes instead of doubling back.
     # Events at the checkpoint's own iteration were written before it was saved and stay.
-    tb = run_dir / "tb"
     if checkpoint_iteration is not None:
         purge = checkpoint_iteration + 1
     else:
-        purge = 0 if any(tb.glob("events.out.tfevents.*")) else None
-    return SummaryWriter(str(tb), purge_step=purge)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic: readers see the old file or the new one, never half of one."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path`, unique to this process and call, renamed onto `path` when
-    the block succeeds and removed when it fails (a full disk leaves no half-written file)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the rest of a cluster group
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file, None if absent; a corrupt one is a one-line ResexpError."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ResexpError(f"{path} is corrupt ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                          "move it away (it is rewritten from the checkpoint)") from None
-    if not isinstance(data, dict):
-        raise ResexpError(f"{path} is corrupt (not a JSON object); move it away (it is rewritten from the checkpoint)")
-    return data
+        purge = 0 if any(events.glob("events.out.tfevents.*")) else None
+    return SummaryWriter(str(events), purge_step=purge)
 
 
 class ProgressReport:

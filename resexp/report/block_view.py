@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
 from torch import nn
 
 from resexp.errors import ConfigError
@@ -134,3 +136,20 @@ def draw_block(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
+
+
+def show_block(placement: str, dim: int = 4, seed: int | None = None, x: str | None = None, blocks: int = 1,
+               out: str | Path | None = None) -> Path:
+    """`resexp block`: the steps printed as a table (components and norm) and drawn to out (default
+    block_PLACEMENT.png); x ("1,2,3,4") or a seed (default 42) gives the input vector, not both."""
+    check_placement(placement)
+    if seed is not None and x is not None:
+        raise ConfigError("give --seed or --x, not both: --seed draws x at random, --x sets it")
+    vector = parse_vector(x, dim) if x is not None else None
+    steps = block_steps(placement, dim, seed if seed is not None else 42, vector, blocks)
+    title = f"{placement}: x ← {rule_text(placement, blocks)}"
+    table = Table("step", *(f"x[{i}]" for i in range(dim)), "‖·‖", title=title)
+    for name, values in steps:
+        table.add_row(name, *(f"{v:+.4f}" for v in values.tolist()), f"{values.norm():.4f}")
+    Console().print(table)
+    return draw_block(steps, placement, out or f"block_{placement}.png", blocks)

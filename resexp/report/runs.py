@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tensorboard.compat import tf
 
 from resexp.config import flatten_keys, run_identity
 from resexp.errors import ResexpError
+from resexp.rundir import RunDir, find_run_dirs, is_reported
 
 Series = dict[str, tuple[list[int], list[float]]]
 
@@ -45,19 +45,15 @@ class UnreadableRun(ResexpError):
         self.reason = reason  # one phrase, e.g. "summary.json is not valid JSON"
 
 
-@dataclass
-class Run:
-    """One run directory. `series` reads the TensorBoard events on first use (find_runs has),
-    then caches them; UnreadableRun if they cannot be read."""
+class Run(RunDir):
+    """A run directory as the reports read it: its config (a plain dict is converted) and
+    summary, loaded; `series` reads the TensorBoard events on first use (find_runs has), then
+    caches them; UnreadableRun if they cannot be read."""
 
-    path: Path
-    config: DictConfig  # a plain dict is converted
-    summary: dict[str, Any]
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        if not isinstance(self.config, DictConfig):  # a plain dict, e.g. built in a notebook
-            self.config = OmegaConf.create(self.config)
+    def __init__(self, path: str | Path, config: DictConfig | dict[str, Any], summary: dict[str, Any]) -> None:
+        super().__init__(path)
+        self.config = config if isinstance(config, DictConfig) else OmegaConf.create(config)
+        self.summary = summary
 
     @cached_property
     def series(self) -> Series:
@@ -90,14 +86,6 @@ class Run:
         how long it trained. Runs equal here are seeds of one experiment."""
         same_run = {k: v for k, v in run_identity(self.config).items() if k != "seed"}
         return {**same_run, "max_iters": int(self.config.trainer.max_iters)}
-
-    @property
-    def base_label(self) -> str:
-        """The paper's names: "plain-20", "ResNet-56"; other archs by their config name."""
-        model = self.config.model
-        if model.get("arch") == "cifar_resnet":
-            return f"{'ResNet' if self.residual else 'plain'}-{self.depth}"
-        return str(model.name)
 
 
 def scan_runs(sweep_dir: str | Path) -> tuple[list[Run], list[UnreadableRun]]:
@@ -150,11 +138,9 @@ def print_unreadable(unreadable: Sequence[UnreadableRun], console: Console) -> N
 
 def _read_runs(sweep_dir: str | Path) -> tuple[list[Run], list[UnreadableRun]]:
     runs, unreadable = [], []
-    for config_path in sorted(Path(sweep_dir).rglob("config.yaml")):
-        if not config_path.with_name("summary.json").is_file():
-            continue
+    for found in find_run_dirs(sweep_dir, is_reported):
         try:
-            run = _load_run(config_path.parent)
+            run = _load_run(found)
             run.series  # read now: a corrupt event file raises UnreadableRun here
         except UnreadableRun as e:
             unreadable.append(e)
@@ -168,11 +154,12 @@ def _warn(unreadable: list[UnreadableRun]) -> None:
         warnings.warn(str(run), stacklevel=3)  # pointing at the caller of find_runs / require_runs
 
 
-def _load_run(run_dir: Path) -> Run:
+def _load_run(found: RunDir) -> Run:
     """The Run in run_dir, or UnreadableRun if its config or summary cannot be read or lacks what
     the reports read (a truncated file may still parse)."""
+    run_dir = found.path
     try:
-        config = OmegaConf.load(run_dir / "config.yaml")
+        config = OmegaConf.load(found.config_path)
     except OSError as e:
         raise UnreadableRun(run_dir, f"config.yaml: {e.strerror}") from None
     except (UnicodeDecodeError, yaml.YAMLError):
@@ -183,7 +170,7 @@ def _load_run(run_dir: Path) -> Run:
         if OmegaConf.select(config, key, default=None) is None:
             raise UnreadableRun(run_dir, f"config.yaml has no {key}")
     try:
-        summary = json.loads((run_dir / "summary.json").read_bytes())
+        summary = json.loads(found.summary_path.read_bytes())
     except OSError as e:
         raise UnreadableRun(run_dir, f"summary.json: {e.strerror}") from None
     except ValueError:  # JSONDecodeError, or bytes that are no text
@@ -205,7 +192,7 @@ def read_series(run_dir: str | Path) -> Series:
     1000 per tag. Its purge logic drops points a killed run logged after its last checkpoint.
     Raises UnreadableRun for an event file that is truncated, corrupt or does not parse.
     """
-    tb_dir = Path(run_dir) / "tb"
+    tb_dir = RunDir(run_dir).events_path
     if not tb_dir.is_dir():  # e.g. a sweep copied without its event files: nothing to plot
         return {}
     for path in sorted(tb_dir.iterdir()):
@@ -255,7 +242,7 @@ def group_by_setting(runs: Iterable[Run], setting: Callable[[Run], dict[str, Any
     """Runs grouped by setting(run) (runs with equal settings form one group), groups and their
     runs in the order of `runs`, keyed by a unique label.
 
-    The label is the model's name (Run.base_label); where several groups share it, the values of
+    The label is the model's name (RunDir.label); where several groups share it, the values of
     the (flattened) setting that tell them apart are appended: "vit_post (model.residual=False)".
     group_runs groups by the whole experiment; the norms report by the experiment less depth and warmup.
     """
@@ -266,7 +253,7 @@ def group_by_setting(runs: Iterable[Run], setting: Callable[[Run], dict[str, Any
         groups.setdefault(key, (flatten_keys(values), []))[1].append(run)
     by_label: dict[str, list[tuple[dict[str, Any], list[Run]]]] = {}
     for flat, members in groups.values():
-        by_label.setdefault(members[0].base_label, []).append((flat, members))
+        by_label.setdefault(members[0].label, []).append((flat, members))
     labelled = {}
     for label, same_name in by_label.items():
         keys = set().union(*(flat for flat, _ in same_name))

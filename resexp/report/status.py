@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
-from resexp.engine.rundir import LOCK_NAME
-from resexp.engine.tracking import read_json
+from resexp.rundir import RunDir, find_run_dirs, has_summary
 from resexp.errors import ResexpError
 
 
@@ -38,18 +41,17 @@ class RunStatus:
 def run_statuses(directory: str | Path, now: datetime | None = None) -> list[RunStatus]:
     """A row per run directory (one with summary.json) at or under `directory`, by path."""
     root = Path(directory)
-    if not root.is_dir():
-        raise ResexpError(f"{root} is not a directory")
-    summaries = sorted(root.rglob("summary.json"))
-    if not summaries:
+    runs = find_run_dirs(root, has_summary)
+    if not runs:
         raise ResexpError(f"no runs under {root} (no summary.json): not started yet, or not a run or sweep directory")
     now = now or datetime.now(timezone.utc)
-    return [_status(path.parent, now) for path in summaries]
+    return [_status(run, now) for run in runs]
 
 
-def _status(run_dir: Path, now: datetime) -> RunStatus:
+def _status(run: RunDir, now: datetime) -> RunStatus:
+    run_dir = run.path
     try:
-        summary = read_json(run_dir / "summary.json") or {}
+        summary = run.read_summary() or {}
     except ResexpError:
         return RunStatus(run_dir, "unreadable", None, None, None, None, None, None, "test", "", None,
                          "summary.json is corrupt")
@@ -59,7 +61,7 @@ def _status(run_dir: Path, now: datetime) -> RunStatus:
     iteration, max_iters, speed = summary.get("iterations"), summary.get("max_iters"), summary.get("iters_per_s")
     eta = None
     if status == "running":
-        gone = _dead_process(run_dir, summary)
+        gone = _dead_process(run, summary)
         if gone:
             status, note = "dead", gone
         elif speed and iteration is not None and max_iters is not None and updated is not None:
@@ -74,14 +76,14 @@ def _status(run_dir: Path, now: datetime) -> RunStatus:
                      summary.get(f"{split}_error"), split, summary.get("device", ""), updated, note)
 
 
-def _dead_process(run_dir: Path, summary: dict[str, Any]) -> str:
+def _dead_process(run: RunDir, summary: dict[str, Any]) -> str:
     """Why a run that says "running" is not, when that can be told from here: it ran on this
     host and the process in its lock file is gone (killed, out of memory). "" otherwise."""
     segments = summary.get("segments") or [{}]
     if segments[-1].get("host") != platform.node():
         return ""  # another machine's process: only its last update time tells
     try:
-        pid = int((run_dir / LOCK_NAME).read_text().split()[0])
+        pid = int(run.lock_path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return ""
     try:
@@ -161,3 +163,37 @@ def _duration(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def show_status(directory: str | Path, watch: bool = False, interval: float = 5.0) -> None:
+    """`resexp status`: the table once, or with watch every `interval` seconds until Ctrl-C. A rich
+    table on a terminal (redrawn in place), plain columns otherwise (a log file gets each refresh)."""
+    console, root = Console(), Path(directory)
+
+    def render() -> RenderableType:
+        now = datetime.now(timezone.utc)
+        statuses = run_statuses(root, now)
+        if not console.is_terminal:
+            return status_text(statuses, root, now)
+        notes = [Text(line, style="dim") for line in status_notes(statuses, root)]
+        return Group(status_table(statuses, root, now), *notes)
+
+    view = render()  # a wrong directory fails here, before any refreshing
+    if not watch:
+        if console.is_terminal:
+            console.print(view, highlight=False, soft_wrap=True)
+        else:
+            print(view)
+        return
+    try:
+        if console.is_terminal:
+            with Live(view, console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(render(), refresh=True)
+        while True:  # a log file gets the table again at each refresh
+            print(view, end="\n\n", flush=True)
+            time.sleep(interval)
+            view = render()
+    except KeyboardInterrupt:  # the way to end --watch, not an error
+        return

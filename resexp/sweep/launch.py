@@ -31,7 +31,8 @@ from resexp.config import compose_with_hydra, config_dir
 from resexp.errors import ResexpError, explain, one_line
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
-from resexp.sweep.plan import Job, Sweep, parse_overrides, prepare_sweep, summary_or_none, summary_stamp, visible_gpus
+from resexp.rundir import RunDir
+from resexp.sweep.plan import Job, Sweep, parse_overrides, prepare_sweep, summary_or_none, visible_gpus
 
 LOCAL_LAUNCHERS = ("basic", "joblib")  # their runs can be told to stop through a folder on this host
 
@@ -193,32 +194,32 @@ def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
     """Each run's status from the summary.json its job wrote, printed as the sweep's one summary
     line. A job that wrote none (it failed before training: a refusal, a corrupt checkpoint), or
     left "running" (killed), failed; after a stop, it did not start, or was stopped."""
-    outcomes: dict[str, list[Path]] = {}
+    outcomes: dict[str, list[RunDir]] = {}
     for job in jobs:
-        written = summary_stamp(job.run_dir) != job.before
-        summary = summary_or_none(job.run_dir / "summary.json") if written else None
+        written = job.run.summary_stamp() != job.before
+        summary = summary_or_none(job.run) if written else None
         status = "skipped" if job.done else (summary or {}).get("status", "not started" if stopped else "failed")
         if status == "running":
             status = "stopped" if stopped else "failed"
-        outcomes.setdefault(status, []).append(job.run_dir)
+        outcomes.setdefault(status, []).append(job.run)
     counts = {status: len(outcomes[status]) for status in OUTCOMES if outcomes.get(status)}
     where = jobs[0].run_dir.parent if jobs else ""
     print(f"sweep {where}: {len(jobs)} runs: " + ", ".join(
         f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
     failed = outcomes.get("failed", [])
     if failed and not stopped:
-        never = [p for p in failed if not (p / "summary.json").is_file()]
+        never = [run for run in failed if not run.summary_path.is_file()]
         raise ResexpError(f"{len(failed)} of {len(jobs)} runs failed: {_names(failed)} ("
                           + (f"{_names(never)} never started, as said above" if never else
                              "each one's error is above") + "); the same command resumes the sweep")
     halted = outcomes.get("stopped", [])
     if halted and not stopped:  # stopped by a signal of their own: a SLURM job cancelled or pre-empted
-        why = sorted({(summary_or_none(p / "summary.json") or {}).get("stopped_by", "?") for p in halted})
+        why = sorted({(summary_or_none(run) or {}).get("stopped_by", "?") for run in halted})
         raise ResexpError(f"{len(halted)} of {len(jobs)} runs were stopped ({', '.join(why)}: a SLURM job gets "
                           f"SIGTERM when cancelled or pre-empted): {_names(halted)}; the same command resumes them")
     return counts
 
 
-def _names(runs: list[Path]) -> str:
-    return ", ".join(p.name for p in runs[:3]) + (", ..." if len(runs) > 3 else "")
+def _names(runs: list[RunDir]) -> str:
+    return ", ".join(run.name for run in runs[:3]) + (", ..." if len(runs) > 3 else "")
 

@@ -20,8 +20,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from resexp.config import GROUPS, compose_with_hydra, config_dir, refuse_repeated_keys, unreadable_override
-from resexp.engine.rundir import check_run_dir, checkpoint_iteration
-from resexp.engine.tracking import read_json
+from resexp.rundir import RunDir
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.models import build_model, count_macs
 from resexp.schema import validate
@@ -76,14 +75,9 @@ class Job:
     done: bool  # finished (or diverged) before this sweep: train returns at once
     before: tuple[int, int] | None  # summary.json's (inode, mtime) before the sweep: unchanged = not run
 
-
-def summary_stamp(run_dir: Path) -> tuple[int, int] | None:
-    """summary.json is replaced (a new inode) whenever train writes it."""
-    try:
-        stat = (run_dir / "summary.json").stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
 
 
 def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job], dict[str, Any]]:
@@ -115,11 +109,11 @@ def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job
                 cfg.run.dir = str(run_dir)
             validate(cfg)
             try:
-                done = check_run_dir(run_dir, cfg) is not None
+                done = RunDir(run_dir).check(cfg) is not None
             except ResexpError as error:
                 refused.append(str(error))
                 continue
-            jobs.append(Job(list(combination), cfg, run_dir, done, summary_stamp(run_dir)))
+            jobs.append(Job(list(combination), cfg, run_dir, done, RunDir(run_dir).summary_stamp()))
     if refused:
         raise ResexpError(f"{len(refused)} of {len(refused) + len(jobs)} runs of this sweep cannot use their "
                           f"directories, so nothing was launched; the first: {refused[0]}")
@@ -169,7 +163,7 @@ def longest_first(jobs: list[Job]) -> list[Job]:
         if key not in macs:
             macs[key] = count_macs(build_model(job.cfg.model))
         try:
-            done_iters = checkpoint_iteration(job.run_dir) or 0
+            done_iters = job.run.checkpoint_iteration() or 0
         except ResexpError:  # an unreadable checkpoint: the run itself refuses it, with the reason
             done_iters = 0
         return macs[key] * (int(job.cfg.trainer.max_iters) - done_iters)
@@ -245,10 +239,10 @@ def dry_run(overrides: list[str]) -> list[str]:
 def job_action(job: Job) -> str:
     """What launching the job would do: start, resume at N, skip (done), or fail (why)."""
     if job.done:
-        summary = read_json(job.run_dir / "summary.json") or {}
+        summary = job.run.read_summary() or {}
         return f"skip ({summary.get('status')} at {summary.get('iterations')})"
     try:
-        resume_at = checkpoint_iteration(job.run_dir)
+        resume_at = job.run.checkpoint_iteration()
     except ResexpError as error:
         return f"fail ({one_line(error)})"
     if resume_at is None:
@@ -283,8 +277,8 @@ def describe_launcher(plan: Sweep) -> str:
     return text
 
 
-def summary_or_none(path: Path) -> dict | None:
+def summary_or_none(run: RunDir) -> dict | None:
     try:
-        return read_json(path)
+        return run.read_summary()
     except ResexpError:
         return None

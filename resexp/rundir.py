@@ -1,0 +1,228 @@
+"""A run directory: the one place that knows its files (config, summary, checkpoint, events,
+lock), what the run is called, and how runs are found under a folder. Training, sweeps,
+reports, status and the analyses all reach a run's files through RunDir.
+
+Its guard lives here too: one process at a time (an OS lock), only the same run continues it
+(resexp.config.run_identity), and a finished run is never degraded.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from resexp.config import identity_changes, run_identity
+from resexp.errors import ResexpError
+from resexp.files import atomic_path, read_json, write_json
+
+CONFIG = "config.yaml"  # the run's resolved config, written when it starts
+SUMMARY = "summary.json"  # status, metrics and segments, rewritten at every log point
+CHECKPOINT = Path("checkpoints/last.pt")  # the run's one checkpoint
+EVENTS = "tb"  # TensorBoard event files
+LOCK = ".lock"  # flocked by the process that trains the run; holds its pid
+DONE = ("finished", "diverged")
+CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
+
+
+def model_label(model: Any) -> str:
+    """The paper's names: "plain-20", "ResNet-56"; other archs by their config name."""
+    if model.get("arch") == "cifar_resnet":
+        return f"{'ResNet' if model.get('residual', False) else 'plain'}-{model.get('depth')}"
+    return str(model.get("name"))
+
+
+class RunDir:
+    """One run directory, by path; its config and summary are read on first use."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / EVENTS
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK
+
+    # -- the files --
+
+    @cached_property
+    def config(self) -> DictConfig:
+        return read_config(self.config_path)
+
+    @property
+    def label(self) -> str:
+        return model_label(self.config.model)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """summary.json as it is now (None if absent); corrupt: a one-line ResexpError."""
+        return read_json(self.summary_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_path, summary)
+
+    def write_config(self, cfg: DictConfig) -> None:
+        with atomic_path(self.config_path) as tmp:
+            OmegaConf.save(cfg, tmp, resolve=True)
+
+    def summary_stamp(self) -> tuple[int, int] | None:
+        """summary.json is replaced (a new inode) whenever it is written: (inode, mtime), or None."""
+        try:
+            stat = self.summary_path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def checkpoint_iteration(self) -> int | None:
+        """The iteration the run's checkpoint holds (where the same command resumes), None without
+        one; a checkpoint that cannot be read is a one-line ResexpError, as it is for train."""
+        if not self.checkpoint_path.is_file():
+            return None
+        import torch  # here: reading a run directory's status needs no torch
+
+        from resexp.engine.checkpoint import load_checkpoint
+
+        state = load_checkpoint(self.checkpoint_path, torch.device("cpu"))
+        if not isinstance(state, dict) or "iteration" not in state:
+            raise ResexpError(f"{self.checkpoint_path} is not a resexp checkpoint (no iteration)")
+        return int(state["iteration"])
+
+    # -- the guard --
+
+    def lock(self) -> RunDirLock:
+        return RunDirLock(self.path)
+
+    def check(self, cfg: DictConfig) -> dict[str, Any] | None:
+        """Whether cfg may train here. Returns the run's summary when it is done and there is
+        nothing to train; raises (one line, nothing written) for another run's directory, or for
+        fewer iterations than a finished run already has."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ResexpError(f"run directory {self.path} exists and is not a directory; choose another run.dir")
+        if not self.config_path.is_file():
+            return None
+        if not cfg.run.resume:
+            raise ResexpError(f"{self.path} already holds a run and run.resume=false; choose another run.name or "
+                              "run.dir")
+        changes = identity_changes(run_identity(read_config(self.config_path)), run_identity(cfg))
+        if changes:
+            raise ResexpError(f"{self.path} holds another run: {'; '.join(changes[:3])}; choose another run.name or "
+                              "run.dir")
+        summary = self.read_summary()
+        if summary is None or summary.get("status") not in DONE:
+            return None
+        done, wanted = int(summary.get("iterations", 0)), int(cfg.trainer.max_iters)
+        if wanted < done:
+            raise ResexpError(f"{self.path} has already trained {done} iterations ({summary['status']}); "
+                              f"trainer.max_iters={wanted} asks for fewer, so nothing was changed "
+                              "(a shorter run needs its own run.name)")
+        if summary["status"] == "diverged" or wanted == done:
+            return summary
+        return None  # a finished run asked for more iterations: it continues from its checkpoint
+
+
+def has_summary(run: RunDir) -> bool:
+    return run.summary_path.is_file()
+
+
+def is_trained(run: RunDir) -> bool:
+    """A config beside a checkpoint: something to analyse."""
+    return run.config_path.is_file() and run.checkpoint_path.is_file()
+
+
+def is_reported(run: RunDir) -> bool:
+    """A config and a summary: something to report (Hydra's .hydra/ and runs refused before
+    they started have only a config, or nothing)."""
+    return run.config_path.is_file() and run.summary_path.is_file()
+
+
+def find_run_dirs(root: str | Path, having: Callable[[RunDir], bool] = is_reported) -> list[RunDir]:
+    """The run directories at or under root (root itself included) for which having(run), by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResexpError(f"{root} is not a directory")
+    candidates = {p.parent for name in (CONFIG, SUMMARY) for p in root.rglob(name)}
+    return [run for run in map(RunDir, sorted(candidates)) if having(run)]
+
+
+def read_config(path: Path) -> DictConfig:
+    """A run's config.yaml; corrupt or not a run's: a one-line ResexpError."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML and OmegaConf errors alike: the file is not a config
+        raise ResexpError(f"{path} is corrupt ({type(e).__name__}); restore it or choose another run.name") from None
+    if not isinstance(cfg, DictConfig) or not CONFIG_SECTIONS <= set(cfg):
+        raise ResexpError(f"{path} is not a resexp run config; restore it or choose another run.name")
+    return cfg
+
+
+class RunDirLock:
+    """An exclusive flock on RUN/.lock while a process trains in RUN. The kernel releases it
+    when the holder exits, however it exits (kill -9 included), so the lock of a dead run is
+    simply taken over; the file keeps the holder's pid for the refusal message. A run that
+    ends in an error (a refusal) removes the file if it created it: it leaves no trace."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self.file: IO[str] | None = None
+        self.created = False  # by this process: there was no lock file before
+
+    def __enter__(self) -> RunDirLock:
+        created = not self.path.exists()
+        file = open(self.path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise ResexpError(f"{self.path.parent} is in use by another resexp process (pid {holder}); "
+                              "wait for it to end or stop it, then run the same command to resume") from None
+        if not self._is_current(file):  # removed by its holder between our open and flock: lock the new one
+            file.close()
+            return self.__enter__()
+        file.seek(0), file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self.file, self.created = file, created
+        return self
+
+    def _is_current(self, file: IO[str]) -> bool:
+        try:
+            return os.path.samestat(os.fstat(file.fileno()), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def __exit__(self, error_type: type[BaseException] | None, *exc_info: Any) -> None:
+        if self.file is None:
+            return
+        if error_type is not None and self.created:
+            # Removed while still held: whoever opened it meanwhile finds it gone once it gets the flock.
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
