@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 
 from resexp import __version__
+from resexp.cli_analysis import analysis_app
 from resexp.cli_support import (
-    OneLineUsage, complete_overrides, complete_preset, error_boundary, given_on_command_line,
+    OneLineUsage, complete_overrides, complete_preset, error_boundary, given_on_command_line, wrote,
 )
 from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices, refuse_repeated_keys
 from resexp.errors import EXIT_INPUT, ResexpError
@@ -26,10 +27,6 @@ OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=option"
 def _groups_help() -> str:
     lines = [f"{group}: {', '.join(group_choices(group))}" for group in GROUPS]
     return "\n\n".join(["Config groups and their choices (group=option):", *lines])
-
-
-def _wrote(paths: list) -> None:
-    print("wrote " + ", ".join(map(str, paths)))
 
 
 @app.callback()
@@ -104,7 +101,7 @@ def sweep(
 # ---- reports of run and sweep directories (resexp/report/) ----
 
 SWEEP_DIR = typer.Argument(..., help="a sweep directory (or any folder of run directories)")
-KIND = "fig6 or norms: He et al. {}, or Transformer norm placements"  # the kinds of resexp.report.REPORT_KINDS
+KIND = "fig6 or norms: He et al. {}, or Transformer norm placements"  # REPORT_KINDS of resexp/report/kinds.py
 
 
 @app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
@@ -125,7 +122,7 @@ def figure(
 ) -> None:
     from resexp.report import report_figure
 
-    _wrote(report_figure(kind, sweep_dir, out, ylim, log_y))
+    wrote(report_figure(kind, sweep_dir, out, ylim, log_y))
 
 
 @app.command(help="Table 6 from a sweep directory: model, depth, params, test error (best, mean ± std "
@@ -143,7 +140,7 @@ def table(
 ) -> None:
     from resexp.report import report_table
 
-    _wrote(report_table(kind, sweep_dir, out_dir))
+    wrote(report_table(kind, sweep_dir, out_dir))
 
 
 @app.command(help="Where each run of a run or sweep directory is: status, iteration / max, it/s, ETA, latest "
@@ -161,7 +158,10 @@ def status(
     show_status(directory, watch, interval)
 
 
-ANALYSES_HERE
+# ---- why residuals work: responses, lesion, landscape, eval, gradflow (resexp/cli_analysis.py) ----
+
+# Root commands (`resexp lesion ...`) in this place of the listing, where an unnamed add_typer would put them last.
+app.registered_commands += analysis_app.registered_commands
 
 
 # ---- Transformer blocks, models and the Streamlit page ----
@@ -181,7 +181,7 @@ def block(
 ) -> None:
     from resexp.report.block_view import show_block
 
-    _wrote([show_block(placement, dim, seed, x, blocks, out)])
+    wrote([show_block(placement, dim, seed, x, blocks, out)])
 
 
 @app.command(name="app", help="A Streamlit page in the browser: the single-block view (resexp block, with "
@@ -279,7 +279,7 @@ def bench(
                             force=force, reference=reference, precisions=precisions, runs=runs, sweep=sweep,
                             seconds=seconds, given=given_on_command_line(ctx))
     print(text)
-    _wrote(paths)
+    wrote(paths)
 
 
 @app.command(help="Print the resexp version.")

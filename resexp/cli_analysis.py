@@ -1,6 +1,6 @@
 """The `resexp` commands that read trained runs and show why residuals work (resexp/analysis/):
-responses, lesion, landscape, eval and gradflow. resexp/cli.py adds them to the root command
-unnamed, so they are `resexp responses ...` as every other command; each calls one function."""
+responses, lesion, landscape, eval and gradflow. resexp/cli.py takes them as root commands, so
+they are `resexp responses ...` as every other command; each calls one function."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 from resexp.cli_support import complete_overrides, error_boundary, wrote
 
-analysis_app = typer.Typer()
+analysis_app = typer.Typer()  # only a list of commands: resexp/cli.py registers them on its app
 
 RUNS = typer.Argument(..., help="run directories, or sweep directories (every trained run under them)")
 LIMIT = typer.Option(None, "--limit", min=1, help="only the first N images of the evaluation split (default: all)",

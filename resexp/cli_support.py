@@ -7,7 +7,7 @@ import contextlib
 import functools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import typer
@@ -45,7 +45,7 @@ def _usage_in_one_line() -> Iterator[None]:
     except UsageError as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # a bare `resexp` or `resexp data`: the help, as asked
             raise
-        fail(_usage_line(error))
+        _fail(_usage_line(error))
 
 
 def _usage_line(error: UsageError) -> str:
@@ -88,7 +88,7 @@ def _metavar(argument: Any) -> str:
     return name if argument.required else f"[{name}]"
 
 
-def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
+def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
     # The message is text, not markup: a path or 'resexp[app]' keeps its brackets.
     Console(stderr=True).print(f"resexp: [bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -112,9 +112,14 @@ def error_boundary(command: Callable) -> Callable:
             if _debug():
                 raise
             code, message = explain(error)
-            fail(message, code)
+            _fail(message, code)
 
     return guarded
+
+
+def wrote(paths: Iterable[Any]) -> None:
+    """The last line of every command that writes files: what it wrote."""
+    print("wrote " + ", ".join(map(str, paths)))
 
 
 def given_on_command_line(ctx: typer.Context) -> set[str]:

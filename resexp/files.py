@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,3 +53,13 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ResexpError(f"{path} is corrupt (not a JSON object); move it away (it is rewritten from the checkpoint)")
     return data
+
+
+def load_data_only(path: Path, map_location: Any) -> Any:
+    """torch.load with weights_only: data, never code. Its warnings (a pickle protocol other than
+    torch's own) would come before the one line that says whether the file loads."""
+    import torch  # here: the JSON helpers need no torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location=map_location, weights_only=True)

@@ -18,8 +18,8 @@ from typing import IO, Any
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.config import identity_changes, run_identity
-from resexp.errors import ResexpError
-from resexp.files import atomic_path, read_json, write_json
+from resexp.errors import ResexpError, one_line
+from resexp.files import atomic_path, load_data_only, read_json, write_json
 
 CONFIG = "config.yaml"  # the run's resolved config, written when it starts
 SUMMARY = "summary.json"  # status, metrics and segments, rewritten at every log point
@@ -27,6 +27,7 @@ CHECKPOINT = Path("checkpoints/last.pt")  # the run's one checkpoint
 EVENTS = "tb"  # TensorBoard event files
 LOCK = ".lock"  # flocked by the process that trains the run; holds its pid
 DONE = ("finished", "diverged")
+MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
 CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
 
 
@@ -104,11 +105,7 @@ class RunDir:
         one; a checkpoint that cannot be read is a one-line ResexpError, as it is for train."""
         if not self.checkpoint_path.is_file():
             return None
-        import torch  # here: reading a run directory's status needs no torch
-
-        from resexp.engine.checkpoint import load_checkpoint
-
-        state = load_checkpoint(self.checkpoint_path, torch.device("cpu"))
+        state = load_checkpoint(self.checkpoint_path, "cpu")
         if not isinstance(state, dict) or "iteration" not in state:
             raise ResexpError(f"{self.checkpoint_path} is not a resexp checkpoint (no iteration)")
         return int(state["iteration"])
@@ -168,6 +165,16 @@ def find_run_dirs(root: str | Path, having: Callable[[RunDir], bool] = is_report
         raise ResexpError(f"{root} is not a directory")
     candidates = {p.parent for name in (CONFIG, SUMMARY) for p in root.rglob(name)}
     return [run for run in map(RunDir, sorted(candidates)) if having(run)]
+
+
+def load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
+    """A checkpoint's contents, on `device`; a truncated or foreign file is a one-line ResexpError."""
+    try:
+        return load_data_only(path, device)
+    except Exception as e:  # unpickling a damaged or foreign file can raise almost anything
+        reason = one_line(e).split(". ")[0]
+        raise ResexpError(f"cannot read checkpoint {path} (truncated, or not a resexp checkpoint: "
+                          f"{reason}); {MOVE_IT_AWAY}") from None
 
 
 def read_config(path: Path) -> DictConfig:

@@ -18,14 +18,11 @@ from typer.testing import CliRunner
 import resexp.engine.train as train_module
 from resexp.cli import app
 from resexp.engine.stopping import StopSignal
+from test_failures import finished, snapshot  # noqa: F401 (finished: the fixture of a finished run)
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
         "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=none"]
 RUN = "resnet20_synthetic_seed0"
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def steps(run: Path, tag: str = "train/loss") -> list[int]:
@@ -84,14 +81,6 @@ def test_an_interrupted_run_says_what_is_on_disk_and_its_rerun_writes_each_point
 
 
 # ---- a checkpoint that fits the run but holds nonsense ----
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("finished")
-    result = CliRunner().invoke(app, ["train", *TINY, "trainer.max_iters=4", f"run.root={root}"])
-    assert result.exit_code == 0, result.output
-    return root
-
 
 def forge(state: dict, change: str) -> None:
     if change == "negative iteration":

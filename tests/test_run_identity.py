@@ -10,11 +10,11 @@ import torch
 from omegaconf import OmegaConf
 
 from resexp.config import compose, identity_changes, run_identity
-from resexp.engine.checkpoint import load_checkpoint, save_checkpoint
-from resexp.rundir import CHECKPOINT, RunDir
+from resexp.engine.checkpoint import save_checkpoint
 from resexp.engine.train import train
 from resexp.errors import ResexpError
 from resexp.report.runs import Run, group_runs
+from resexp.rundir import CHECKPOINT, RunDir, load_checkpoint
 
 TINY = ["model=resnet20", "data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25",
         "trainer.batch_size=32", "trainer.eval_every=2", "trainer.log_every=2", "trainer.progress=none"]

@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from resexp.data import Data, build_data
-from resexp.engine.checkpoint import load_checkpoint
 from resexp.engine.runtime import resolve_device
 from resexp.errors import ResexpError
 from resexp.models import build_model
-from resexp.rundir import CHECKPOINT, RunDir, find_run_dirs, is_trained
+from resexp.rundir import CHECKPOINT, RunDir, find_run_dirs, is_trained, load_checkpoint
 
 EVAL_BATCH = 500  # images per forward in the analyses: bounded memory on any device
 

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from torch import nn
 
 from resexp.config import identity_changes
 from resexp.engine.step import TrainStep
-from resexp.files import atomic_path
 from resexp.errors import ResexpError, one_line
+from resexp.files import atomic_path
+from resexp.rundir import MOVE_IT_AWAY
+
 
 @dataclass
 class TrainState:
@@ -118,7 +119,6 @@ class TrainState:
         return None
 
 
-MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
 
 
 def param_shapes(model: nn.Module) -> str:
@@ -160,21 +160,3 @@ def tensor_bytes(tree: Any) -> int:
     if isinstance(tree, (list, tuple)):
         return sum(tensor_bytes(value) for value in tree)
     return 0
-
-
-def load_data_only(path: Path, map_location: torch.device | str) -> Any:
-    """torch.load with weights_only: data, never code. Its warnings (a pickle protocol other than
-    torch's own) would come before the one line that says whether the file loads."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
-    """The checkpoint's contents; a truncated or foreign file is a one-line ResexpError."""
-    try:
-        return load_data_only(path, device)
-    except Exception as e:  # unpickling a damaged or foreign file can raise almost anything
-        reason = one_line(e).split(". ")[0]
-        raise ResexpError(f"cannot read checkpoint {path} (truncated, or not a resexp checkpoint: "
-                          f"{reason}); {MOVE_IT_AWAY}") from None

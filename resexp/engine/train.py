@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from resexp.config import run_identity
 from resexp.data import Data, build_data
-from resexp.engine.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from resexp.engine.checkpoint import TrainState, save_checkpoint
 from resexp.engine.evaluate import evaluate
 from resexp.engine.probes import log_final_probes, log_probes, supports_probes
 from resexp.engine.record import RunRecord
@@ -34,7 +34,7 @@ from resexp.engine.stopping import StopSignal, StopSource
 from resexp.engine.tracking import ProgressReport, tensorboard_writer
 from resexp.errors import ResexpError
 from resexp.models import count_macs, count_params
-from resexp.rundir import RunDir
+from resexp.rundir import RunDir, load_checkpoint
 
 
 def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, Any]:

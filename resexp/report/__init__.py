@@ -2,7 +2,7 @@
 Transformer norm-placement report (norms)."""
 
 from resexp.report.figures import Band, Curve, draw_figure6, figure6, figure6_series, make_figure
-from resexp.report.kinds import REPORT_KINDS, report_figure, report_table
+from resexp.report.kinds import report_figure, report_table
 from resexp.report.norms_figure import LossCurve, draw_norms_figure, loss_curves, norms_figure
 from resexp.report.norms_lr import at_best_lr, draw_lr_figure, lr_figure, lr_rows, varies_lr
 from resexp.report.norms_placements import placement_groups
@@ -18,5 +18,5 @@ __all__ = [
     "LossCurve", "block_profile", "draw_norms_figure", "loss_curves", "norms_figure", "norms_runs", "norms_table",
     "placement_groups", "print_norms_table", "probe_steps", "write_norms_table",
     "at_best_lr", "draw_lr_figure", "lr_figure", "lr_rows", "varies_lr",
-    "REPORT_KINDS", "report_figure", "report_table",
+    "report_figure", "report_table",
 ]
