@@ -1,4 +1,9 @@
-"""Compose run configs from the Hydra tree in configs/ and turn Hydra's errors into one line."""
+"""Run configs, composed from the Hydra tree in configs/ and validated (resexp.schema) here and
+nowhere else, right after composition: `compose` for one run (train, --cfg, notebooks) and
+`compose_job` for one job of a sweep (sweep, --dry-run); `compose_with_hydra` gives Hydra's whole
+node, unvalidated, for its sweep and launcher settings. Hydra's errors become one line;
+`run_identity` says when two configs are the same run.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,30 @@ from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from resexp.errors import ConfigError, ResexpError
 from resexp.schema import key_choices, section_defaults, validate
 
 GROUPS = ("model", "data", "optim", "trainer")
+
+
+def _store_model_defaults() -> None:
+    """The defaults the models declare (resexp/model_config.py, through the schema) as Hydra's
+    nodes model/code_defaults/<arch>, which each model config includes after its base YAML: the
+    composed config has every key, no YAML file repeats a default. `name` is each config's own."""
+    for arch in key_choices("model.arch"):
+        defaults = section_defaults("model", {"arch": arch})
+        del defaults["name"]
+        ConfigStore.instance().store(group="model/code_defaults", name=arch, node=defaults)
+
+
+_store_model_defaults()  # before any composition; Hydra's launchers hand the store on to their workers
 
 
 def config_dir() -> Path:
@@ -36,7 +55,8 @@ def group_choices(group: str) -> list[str]:
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
-    """Compose one run's config and validate it (resexp.schema); bad input is a one-line ConfigError."""
+    """Compose one run's config and validate it (resexp.schema); bad input is a one-line ConfigError.
+    train() and the analyses expect a config composed here, in a notebook too."""
     overrides = list(overrides)
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose_with_hydra(overrides, config_name, return_hydra_config=False)
@@ -101,8 +121,23 @@ def load_model_config(name: str) -> DictConfig:
     return compose([f"model={name}"]).model
 
 
+def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
+    """One job of a sweep (inside initialize_config_dir): its run config, with run.dir its
+    sub-directory of the sweep, validated; and the launcher's settings (hydra.launcher, resolved)."""
+    cfg = compose_with_hydra(overrides)
+    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.override_dirname}
+    settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    run_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.run.dir = str(run_dir)
+    validate(cfg)
+    return cfg, settings
+
+
 def compose_with_hydra(overrides: list[str], config_name: str = "train", return_hydra_config: bool = True) -> DictConfig:
-    """Hydra's composition (inside initialize_config_dir), its errors as a one-line ConfigError."""
+    """Hydra's composition (inside initialize_config_dir), its errors as a one-line ConfigError;
+    not validated: compose and compose_job are the configs that runs read."""
     try:
         return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
     except MissingConfigException as e:

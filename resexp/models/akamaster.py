@@ -25,9 +25,9 @@ import torch
 
 from resexp.errors import ResexpError, one_line
 from resexp.files import load_data_only
+from resexp.model_config import IMAGE_SIZE
 from resexp.models import build_model
 from resexp.models.cifar_resnet import CifarResNet
-from resexp.models.vit import IMAGE_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

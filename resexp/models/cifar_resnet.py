@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resexp.model_config import DEFAULT_ZERO_PAD, Shortcut, ZeroPad
 from resexp.models.recompute import run_blocks
-from resexp.schema import ZeroPad
 
 STAGE_CHANNELS = (16, 32, 64)
 
@@ -49,7 +49,7 @@ class ZeroPadShortcut(nn.Module):
     after), as F.pad(x, (0, 0, 0, 0, p, p)) does in akamaster/pytorch_resnet_cifar10. Which one
     a net was trained with matters: the next blocks' weights expect the old channels in place."""
 
-    def __init__(self, out_channels: int, stride: int, zero_pad: ZeroPad = "end") -> None:
+    def __init__(self, out_channels: int, stride: int, zero_pad: ZeroPad = DEFAULT_ZERO_PAD) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.stride = stride
@@ -78,8 +78,8 @@ class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, then the shortcut is added (residual only), then ReLU."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int, residual: bool, shortcut: str,
-        zero_pad: ZeroPad = "end",
+        self, in_channels: int, out_channels: int, stride: int, residual: bool, shortcut: Shortcut,
+        zero_pad: ZeroPad = DEFAULT_ZERO_PAD,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
@@ -112,9 +112,9 @@ class CifarResNet(nn.Module):
         self,
         depth: int,
         residual: bool = True,
-        shortcut: str = "A",
+        shortcut: Shortcut = "A",
         width: float = 1.0,
-        zero_pad: ZeroPad = "end",
+        zero_pad: ZeroPad = DEFAULT_ZERO_PAD,
         in_channels: int = 3,
         num_classes: int = 10,
     ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from resexp.model_config import VGGDepth
 from resexp.models.cifar_resnet import he_init_, scaled_channels
 
 POOL = "M"
@@ -24,7 +25,7 @@ VGG_LAYERS: dict[int, list[int | str]] = {
 
 class VGG(nn.Module):
     def __init__(
-        self, depth: int, width: float = 1.0, in_channels: int = 3, num_classes: int = 10
+        self, depth: VGGDepth, width: float = 1.0, in_channels: int = 3, num_classes: int = 10
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.schema import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, PLACEMENTS
+from resexp.model_config import (DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, DEFAULT_QK_NORM, IMAGE_SIZE, PLACEMENTS,
+                                 Norm, Placement, Pool)
 
 # Where each base rule (see base_rule) puts its norms: before G (norm_in) and after G or the sum (norm_out).
 NORM_IN_RULES = ("pre", "sandwich")
@@ -151,7 +152,7 @@ class DyT(nn.Module):
 
 
 def make_norm(norm: str, dim: int, dyt_alpha: float = DEFAULT_DYT_ALPHA) -> nn.Module:
-    """A norm over the last dim: model.norm (layernorm, rmsnorm; resexp.schema.ViTModel) or "dyt"."""
+    """A norm over the last dim: model.norm (Norm: layernorm, rmsnorm) or "dyt"."""
     if norm == "dyt":
         return DyT(dim, dyt_alpha)
     return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)
@@ -228,7 +229,7 @@ class Block(nn.Module):
         layer: int = 1,
         post_layers: int = 0,
         dyt_alpha: float = DEFAULT_DYT_ALPHA,
-        qk_norm: bool = False,
+        qk_norm: bool = DEFAULT_QK_NORM,
     ) -> None:
         super().__init__()
         self.placement = placement
@@ -305,16 +306,16 @@ class ViT(nn.Module):
         heads: int,
         mlp_ratio: float,
         patch_size: int,
-        pool: str,
-        norm_placement: str,
+        pool: Pool,
+        norm_placement: Placement,
         residual: bool,
-        norm: str,
+        norm: Norm,
         mix_ratio: float = DEFAULT_MIX_RATIO,
         dyt_alpha: float = DEFAULT_DYT_ALPHA,
-        qk_norm: bool = False,
+        qk_norm: bool = DEFAULT_QK_NORM,
         in_channels: int = 3,
         num_classes: int = 10,
-        image_size: int = 32,
+        image_size: int = IMAGE_SIZE,
     ) -> None:
         super().__init__()
         self.pool = pool

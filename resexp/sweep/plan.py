@@ -13,17 +13,15 @@ from typing import Any
 
 import yaml
 from hydra import initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import GROUPS, compose_with_hydra, config_dir, refuse_repeated_keys, unreadable_override
+from resexp.config import GROUPS, compose_job, config_dir, refuse_repeated_keys, unreadable_override
 from resexp.rundir import RunDir
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.models import build_model, count_macs
-from resexp.schema import validate
 
 
 def visible_gpus() -> int:
@@ -100,14 +98,8 @@ def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job
     jobs, refused = [], []
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         for combination in itertools.product(*choices.values()):
-            cfg = compose_with_hydra(list(combination))
-            HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.override_dirname}
-            run_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
-            settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-            with open_dict(cfg):
-                del cfg["hydra"]
-                cfg.run.dir = str(run_dir)
-            validate(cfg)
+            cfg, settings = compose_job(list(combination))
+            run_dir = Path(cfg.run.dir)
             try:
                 done = RunDir(run_dir).check(cfg) is not None
             except ResexpError as error:

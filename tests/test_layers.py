@@ -1,0 +1,90 @@
+"""The package's import graph has layers (README, Layout): a module imports only from its own
+layer or lower ones, no import cycle runs through the modules, and no private name crosses a
+module boundary. Read from the source, lazy imports included."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "resexp"
+
+# Lowest first. A module's layer is that of its top-level name under resexp/.
+LAYERS = [
+    {"resexp", "errors", "files", "sections", "model_config"},
+    {"schema"},
+    {"config"},
+    {"data", "rundir"},
+    {"models"},
+    {"engine"},
+    {"sweep", "report"},
+    {"bench"},
+    {"analysis"},
+    {"app", "app_launch"},
+    {"cli", "cli_support", "cli_analysis"},
+]
+LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(imported module, names) for every resexp import in the file, at any depth."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "resexp":
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names if alias.name.split(".")[0] == "resexp"]
+    return found
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return LAYER[parts[1] if len(parts) > 1 else "resexp"]
+
+
+GRAPH = {module_name(path): imports(path) for path in PACKAGE.rglob("*.py")}
+
+
+def test_every_module_has_a_layer():
+    assert all(layer_of(module) is not None for module in GRAPH)
+
+
+def test_no_import_runs_up_the_layers():
+    upward = [f"{module} -> {target}" for module, targets in GRAPH.items() for target, _ in targets
+              if layer_of(target) > layer_of(module)]
+    assert upward == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    private = [f"{module}: {name} from {target}" for module, targets in GRAPH.items() for target, names in targets
+               for name in names if name.startswith("_") and not name.startswith("__")]
+    assert private == []
+
+
+def test_no_import_cycles():
+    modules = set(GRAPH)
+    edges = {m: {t if t in modules else t.rsplit(".", 1)[0] for t, _ in targets} & modules - {m}
+             for m, targets in GRAPH.items()}
+    # A package's __init__ may name its own modules; a cycle through an __init__ that only
+    # re-exports is still a cycle for Python's import of a submodule first, so none is allowed.
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges[node]):
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[node] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
