@@ -135,11 +135,17 @@ def test_a_slurm_sweep_whose_job_is_cancelled_ends_and_names_the_run(tmp_path):
     while not pending:  # the second run of the array waits for the first: cancel it there
         assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
         queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True).stdout
-        pending = [line.split()[0] for line in queue.splitlines() if line.endswith("PENDING")]
+        states = dict(line.split() for line in queue.splitlines())
+        if "RUNNING" in states.values():  # the first runs, so the other waits behind it, not yet started
+            pending = [job for job, state in states.items() if state == "PENDING"]
         time.sleep(0.5)
     subprocess.run(["scancel", pending[0]], check=True)
     out, err = sweep.communicate(timeout=240)
     assert sweep.returncode == 2, err[-2000:]
-    cancelled = tmp_path / "sweeps" / "cancel" / "model=resnet20"
-    assert f"resexp: error: {cancelled}: SLURM job {pending[0]} left the queue without a result" in err
+    runs = [tmp_path / "sweeps" / "cancel" / f"model={model}" for model in ("plain20", "resnet20")]
+    [cancelled] = [run for run in runs if not (run / "summary.json").is_file()]  # it never started
+    lost = [line for line in err.splitlines() if "left the queue without a result" in line]
+    assert lost == [f"resexp: error: {cancelled}: SLURM job {pending[0]} left the queue without a result "
+                    "(cancelled, pre-empted without requeue, or failed; a cluster without job accounting cannot "
+                    f"say which): see {tmp_path / 'sweeps' / 'cancel' / '.submitit' / pending[0]}"], err[-3000:]
     assert "2 runs: 1 finished, 1 failed" in out

@@ -120,16 +120,20 @@ def watch_slurm_jobs(waiting: threading.Thread, folder: Path, jobs: list[Job], s
         if queued is None:  # not all submitted yet, or squeue failed: nothing learnt this time
             continue
         for name, path in tasks.items():
-            gone = name not in queued and not (path / f"{name}_result.pkl").exists()
+            gone = name not in queued and not _has_result(path)
             absent[name] = absent.get(name, 0) + 1 if gone else 0
-        if all(absent[name] >= SLURM_ABSENT_POLLS or (path / f"{name}_result.pkl").exists()
-               for name, path in tasks.items()):
+        if all(absent[name] >= SLURM_ABSENT_POLLS or _has_result(path) for name, path in tasks.items()):
             break
     for name, path in sorted(_slurm_tasks(folder, started).items()):
-        if not (path / f"{name}_result.pkl").exists():
+        if not _has_result(path):
             print(f"resexp: error: {jobs[int(name.split('_')[1])].run_dir}: SLURM job {name} left the queue without "
                   "a result (cancelled, pre-empted without requeue, or failed; a cluster without job accounting "
                   f"cannot say which): see {path}", file=sys.stderr)
+
+
+def _has_result(task_folder: Path) -> bool:
+    """submitit writes ARRAY_TASK_<rank>_result.pkl when the job's function returned or raised."""
+    return any(task_folder.glob("*_result.pkl"))
 
 
 def _slurm_tasks(folder: Path, started: float) -> dict[str, Path]:
