@@ -19,8 +19,8 @@ import pandas as pd
 import streamlit as st
 
 from resexp.errors import ResexpError, explain
+from resexp.model_config import PLACEMENTS
 from resexp.report.block_view import MAX_DIM, block_steps, check_placement, draw_block, rule_text
-from resexp.schema import PLACEMENTS
 
 DIM_RANGE = (2, min(16, MAX_DIM))
 X_RANGE = (-5.0, 5.0)

@@ -16,7 +16,7 @@ from resexp.cli_support import (
 )
 from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices, refuse_repeated_keys
 from resexp.errors import EXIT_INPUT, ResexpError
-from resexp.schema import PLACEMENTS
+from resexp.model_config import PLACEMENTS
 
 app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 

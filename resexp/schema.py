@@ -15,8 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from omegaconf import DictConfig
 from pydantic import Field
 
-# PLACEMENTS and DEFAULT_* only for the modules that read them here (resexp.cli, app, report.block_view).
-from resexp.model_config import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, PLACEMENTS, ModelConfig
+from resexp.model_config import ModelConfig
 from resexp.sections import NonNegative, NonNegativeInt, Positive, PositiveInt, Section, by_tag, check, rule, sections
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -86,7 +86,7 @@ def test_block_view_x_by_hand():
 
 def test_every_placement_is_offered():
     from resexp.report.block_view import BLOCK_PLACEMENTS
-    from resexp.schema import PLACEMENTS
+    from resexp.model_config import PLACEMENTS
 
     at = started()
     assert tuple(at.selectbox(key="placement").options) == PLACEMENTS

@@ -41,6 +41,10 @@ def test_a_second_signal_waits_for_the_checkpoint_being_saved_and_interrupts_oth
         stop._handle(signal.SIGINT, None)  # during the save: no interruption
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
+    paired = StopSignal()  # SLURM sends USR2 and TERM together: the second must not interrupt the save
+    paired._handle(signal.SIGUSR2, None)
+    paired._handle(signal.SIGTERM, None)
+    assert paired.reason == "SIGUSR2"
 
 
 def interrupt_at(iteration: int, monkeypatch) -> None:

@@ -116,3 +116,12 @@ def test_a_signal_stops_a_sweep_of_runs_one_after_another(tmp_path):
     assert "3 runs: 1 stopped, 2 not started" in out
     [summary] = summaries(sweep_dir).values()
     assert summary["status"] == "stopped" and summary["stopped_by"] == "SIGTERM"
+
+
+def test_joblib_gets_no_more_processes_than_runs_and_takes_them_in_order():
+    """An idle worker has no handler of ours: a Ctrl-C would kill it and break joblib's pool."""
+    from resexp.sweep.plan import prepare_sweep
+
+    plan = prepare_sweep(["model=plain20,resnet56", "data=synthetic", "hydra/launcher=joblib", "launcher.cpu_runs=3"])
+    assert plan.settings["n_jobs"] == 2 and plan.settings["batch_size"] == 1
+    assert [job.run_dir.name for job in plan.jobs] == ["model=resnet56", "model=plain20"]  # the longest first

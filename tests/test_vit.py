@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp.engine.probes import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.config import compose
+from resexp.engine.probes import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.errors import ConfigError, ResexpError
+from resexp.model_config import PLACEMENTS
 from resexp.models import build_model, count_macs, count_params
 from resexp.models.vit import Block, ViT, deepnorm_alpha, deepnorm_beta, residual_step
-from resexp.schema import PLACEMENTS
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 DIM = 8

@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 from resexp import __version__
 from resexp.config import group_choices
 from resexp.errors import ConfigError, ResexpError
+from resexp.rundir import DONE
 from resexp.sweep.control import GRACE_S
 from resexp.sweep.launch import LOCAL_LAUNCHERS
 from resexp.sweep.mps import cuda_mps
@@ -46,7 +47,6 @@ from resexp.sweep.plan import Sweep, prepare_sweep, visible_gpus
 # time to count its runs and stop; what is left of its process group after this is killed
 STOP_GRACE_S = GRACE_S + 30
 KILL_WAIT_S = 10  # for killed processes to be gone
-DONE = ("finished", "diverged")  # nothing left to train
 AT_THE_CLOSE = ("stopped", "running")  # training when the window closed ("running": killed before it could say)
 
 
@@ -226,7 +226,9 @@ def read_runs(plan: Sweep, window: Window) -> tuple[list[RunSpeed], str | None]:
                 run.status = "started after the window"
             else:
                 run.status, run.iterations, run.started_s = summary["status"], int(summary["iterations"]), started
-                run.iters_per_s = summary.get("iters_per_s") or None
+                # a run stopped before its first log point: its whole loop's mean speed
+                loop_speed = run.iterations / summary["wall_time_s"] if summary.get("wall_time_s") else None
+                run.iters_per_s = summary.get("iters_per_s") or loop_speed or None
                 run.peak_gpu_memory_gib = summary.get("peak_gpu_memory_gib")
                 device = device or segment["device"]
         runs.append(run)

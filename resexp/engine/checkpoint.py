@@ -64,9 +64,15 @@ class TrainState:
             raise ResexpError(f"{path} is not a resexp checkpoint (no model or iteration); {MOVE_IT_AWAY}")
         mine = self.what_it_is()
         if "run_identity" in state:  # older checkpoints carry no identity: only the shapes check below
-            changes = identity_changes(json.loads(state["run_identity"]), self.identity)
+            try:
+                saved = json.loads(state["run_identity"])
+                changes = identity_changes(saved, self.identity)
+            except (TypeError, ValueError, AttributeError):
+                raise ResexpError(f"{path} holds a damaged run identity; {MOVE_IT_AWAY}") from None
             if changes:
                 raise ResexpError(f"{path} belongs to another run: {'; '.join(changes[:3])}; {MOVE_IT_AWAY}")
+        if not isinstance(state["model"], dict):
+            raise ResexpError(f"{path} holds no model weights; {MOVE_IT_AWAY}")
         saved_shapes = state.get("param_shapes") or param_shapes_of(state["model"])
         if saved_shapes != mine["param_shapes"]:
             raise ResexpError(f"{path} holds a model with other parameter shapes than "

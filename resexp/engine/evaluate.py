@@ -26,15 +26,17 @@ def evaluate(model: nn.Module, data: Data, batch_size: int,
     errors = torch.zeros((), dtype=torch.float64, device=data.eval_images.device)
     loss = torch.zeros((), dtype=torch.float64, device=data.eval_images.device)
     seen = 0
-    for images, labels in data.eval_batches(batch_size, memory_format):
-        if limit is not None:
-            if seen >= limit:
-                break
-            images, labels = images[: limit - seen], labels[: limit - seen]
-        with autocast():
-            logits = model(images)
-        errors += (logits.argmax(1) != labels).sum()
-        loss += F.cross_entropy(logits.float(), labels, reduction="sum")
-        seen += len(labels)
-    model.train(was_training)
+    try:
+        for images, labels in data.eval_batches(batch_size, memory_format):
+            if limit is not None:
+                if seen >= limit:
+                    break
+                images, labels = images[: limit - seen], labels[: limit - seen]
+            with autocast():
+                logits = model(images)
+            errors += (logits.argmax(1) != labels).sum()
+            loss += F.cross_entropy(logits.float(), labels, reduction="sum")
+            seen += len(labels)
+    finally:
+        model.train(was_training)
     return 100.0 * errors.item() / seen, loss.item() / seen

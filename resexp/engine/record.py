@@ -28,8 +28,8 @@ class RunRecord:
     """summary.json of one run: status, metrics, and one segment per process that trained it
     (what may differ between them: device, precision, execution, versions, host)."""
 
-    def __init__(self, run: RunDir, summary: dict[str, Any]) -> None:
-        self.run, self.summary = run, summary
+    def __init__(self, run: RunDir, summary: dict[str, Any], device: torch.device) -> None:
+        self.run, self.summary, self.device = run, summary, device
         self.segment: dict[str, Any] = summary["segments"][-1]
 
     @classmethod
@@ -48,7 +48,7 @@ class RunRecord:
             "torch": torch.__version__, "resexp": __version__, "eval_split": data.eval_split,
             "max_iters": int(cfg.trainer.max_iters), "iterations": iteration, "segments": [*segments, segment],
             "checkpoint_iteration": iteration if run.checkpoint_path.is_file() else None, "updated": now(),
-        })
+        }, runtime.device)
         record.save()
         return record
 
@@ -59,6 +59,8 @@ class RunRecord:
         self.summary.update({"train_error": train_error, "train_loss": train_loss, "iterations": iteration,
                              "iters_per_s": round(iters_per_s, 2), "updated": now()})
         self.segment["end"] = iteration
+        if self.device.type == "cuda":  # reserved, not allocated: a captured graph's pool shows only there
+            self.summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_reserved(self.device) / 2**30, 2)
 
     def evaluated(self, split: str, error: float, loss: float, best_error: float) -> None:
         self.summary.update({f"{split}_error": error, f"{split}_loss": loss, f"best_{split}_error": best_error})

@@ -26,8 +26,9 @@ class StopSignal:
     says so, end the step in progress; the loop then checkpoints and stops. `forward` hands a signal
     to the handler that was there before: submitit's requeues the job, the default exits with
     128 + signal, Python's raises KeyboardInterrupt (exit 130); with a stop source it is told
-    instead. A second signal while the checkpoint is being saved waits for the save; at any other
-    time it interrupts at once, and the run says where its last checkpoint is."""
+    instead. A second Ctrl-C while the checkpoint is being saved waits for the save; at any other
+    time it interrupts at once, and the run says where its last checkpoint is. Other repeated
+    signals change nothing."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
     POLL_S = 1.0  # how often the stop source is asked: a stat or two, off the step's critical path
@@ -54,8 +55,9 @@ class StopSignal:
             self.received, self.reason = number, signal.Signals(number).name
             if self.source is not None:
                 self.source.signalled(self.reason)
-        elif not self.saving:  # a second signal cuts the wait short, never a save
+        elif number == signal.SIGINT and not self.saving:  # a second Ctrl-C cuts the wait short, never a save
             raise KeyboardInterrupt
+        # other repeats (SLURM sends USR2 and TERM together, scancel signals every step) change nothing
 
     @property
     def stopping(self) -> bool:

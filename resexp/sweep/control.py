@@ -2,9 +2,10 @@
 
 The sweep's process holds a control folder and names it to its workers in the environment
 (RESEXP_SWEEP_CONTROL). A signal to the sweep (SIGTERM, SIGINT, SIGHUP) writes `stop` there;
-a worker's run polls it about once a second (resexp.engine.train.StopSignal), checkpoints and
+a worker's run polls it about once a second (resexp.engine.stopping.StopSignal), checkpoints and
 stops, and a queued run that finds it never starts. A worker that receives a signal itself
-writes the same file, so one Ctrl-C or `kill` stops the whole sweep the same way. A worker
+(its handlers are installed when it takes its first run, and stay) writes the same file, so one
+Ctrl-C or `kill` stops the whole sweep the same way. A worker
 whose sweep process is gone (kill -9) stops too: nobody would collect its result.
 
 Only local launchers (basic, joblib) get a control: a SLURM job runs on another host, where
@@ -34,7 +35,7 @@ GRACE_S = 60.0
 
 class SweepControl:
     """The control folder: `stop` (why the sweep stops, as JSON) and `workers/<pid>` (the
-    processes training a run now). Implements resexp.engine.train.StopSource for a worker."""
+    processes training a run now). Implements resexp.engine.stopping.StopSource for a worker."""
 
     def __init__(self, folder: Path, sweep_pid: int) -> None:
         self.folder, self.sweep_pid = folder, sweep_pid
@@ -99,7 +100,12 @@ class SweepControl:
     # -- the workers --
 
     def enter_worker(self) -> None:
+        """A worker process takes a run: it is listed, and from now on (between runs too) a signal
+        it receives stops the sweep instead of killing it, which would break joblib's pool."""
         (self.folder / "workers" / str(os.getpid())).touch()
+        if os.getpid() != self.sweep_pid and threading.current_thread() is threading.main_thread():
+            for number in STOP_SIGNALS:
+                signal.signal(number, lambda n, frame: self.signalled(signal.Signals(n).name))
 
     def leave_worker(self) -> None:
         (self.folder / "workers" / str(os.getpid())).unlink(missing_ok=True)
@@ -141,20 +147,23 @@ class SweepStopHandler:
             signal.signal(number, handler)
 
     def _handle(self, number: int, frame) -> None:
+        """Never raises: an exception here would surface in joblib's wait and kill every worker
+        (a closed terminal makes even a print fail)."""
         name = signal.Signals(number).name
-        running = len(self.control.workers())
-        self.control.request_stop(name, number)  # a worker may have written it first (Ctrl-C reaches all)
-        if self.timer is None:
-            self.notify(f"resexp: sweep: {name}: no queued run will start; {running} running run(s) save a "
-                        f"checkpoint and stop (killed after {GRACE_S:.0f} s if they have not)")
+        first = self.timer is None
+        if first:
             self.timer = threading.Timer(GRACE_S, self._kill_late)
             self.timer.daemon = True
             self.timer.start()
-        else:
-            self.notify(f"resexp: sweep: {name}: already stopping; waiting for {running} run(s) to save a checkpoint")
+        with suppress(Exception):
+            self.control.request_stop(name, number)  # a worker may have written it first (Ctrl-C reaches all)
+            running = len(self.control.workers())
+            self.notify(f"resexp: sweep: {name}: no queued run will start; {running} running run(s) save a "
+                        f"checkpoint and stop (killed after {GRACE_S:.0f} s if they have not)" if first else
+                        f"resexp: sweep: {name}: already stopping; waiting for {running} run(s) to save a checkpoint")
 
     def _kill_late(self) -> None:
-        late = self.control.workers()
+        late = self.control.workers()  # processes of this sweep: their files name live children
         for pid in late:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -24,6 +24,7 @@ from hydra._internal.callbacks import Callbacks  # what Hydra's own multirun han
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -45,21 +46,24 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
     pending = [job for job in plan.jobs if not job.done]
     if not pending:  # nothing to train: Hydra need not rewrite their records
         return count_outcomes(plan.jobs)
+    if plan.launcher not in LOCAL_LAUNCHERS:  # SLURM jobs handle their own signals; Ctrl-C here only stops waiting
+        with cuda_mps(plan.per_gpu, visible_gpus()):
+            launch(plan, pending)
+        return count_outcomes(plan.jobs)
     control = SweepControl.create()
-    local = plan.launcher in LOCAL_LAUNCHERS
-    if local:
-        os.environ[ENV] = control.env_value()  # inherited by the workers
+    os.environ[ENV] = control.env_value()  # inherited by the workers
     try:
-        with SweepStopHandler(control), cuda_mps(plan.per_gpu, visible_gpus()) as shared:
+        with SweepStopHandler(control), cuda_mps(plan.per_gpu, visible_gpus()):
             try:
                 launch(plan, pending)
-            except Exception:
+            except Exception as error:
                 if control.stop_request() is None:
-                    raise  # runs killed after the grace time break the launcher: expected then
-            if shared:  # joblib keeps its workers (and their CUDA contexts) for reuse: end them before MPS
-                from joblib.externals.loky import get_reusable_executor
-
-                get_reusable_executor().shutdown(wait=True)
+                    raise
+                # runs killed after the grace time break the launcher: expected then, but said
+                print(f"resexp: sweep: the launcher ended with {type(error).__name__} while stopping",
+                      file=sys.stderr)
+            finally:  # joblib keeps its workers for reuse: end them (and their CUDA contexts) before MPS
+                shutdown_joblib_workers()
         stop = control.stop_request()
     finally:
         os.environ.pop(ENV, None)
@@ -71,6 +75,16 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
               f"{unfinished} unfinished run(s)", file=sys.stderr)
         raise SystemExit(128 + int(stop["number"]))
     return counts
+
+
+def shutdown_joblib_workers() -> None:
+    """End the workers joblib keeps for reuse: they carry this sweep's control folder and MPS
+    settings, which the next sweep in this process must not inherit."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = reusable_executor._executor  # loky's one reusable pool; None when joblib never ran
+    if executor is not None:
+        executor.shutdown(wait=True)
 
 
 def launch(plan: Sweep, jobs: list[Job]) -> None:
@@ -85,23 +99,32 @@ def launch(plan: Sweep, jobs: list[Job]) -> None:
         # Each job's own overrides; Hydra prepends the hydra ones (launcher, directory names) to each.
         overrides = [[o for o in job.overrides if not o.lstrip("+").startswith(("hydra.", "hydra/"))] for job in jobs]
         if "partition" not in plan.settings:  # not SLURM
-            launcher.launch(overrides, initial_job_idx=0)
+            say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
             return
         # submitit waits for each SLURM job's result through sacct: a job that ended without one
         # (cancelled, failed) on a cluster without accounting would be waited for forever.
         started, failure = time.time(), []
-        waiting = threading.Thread(target=_launch_catching, args=(launcher, overrides, failure), daemon=True)
+        waiting = threading.Thread(target=_launch_catching, args=(launcher, overrides, failure, jobs), daemon=True)
         waiting.start()
         watch_slurm_jobs(waiting, Path(cfg.hydra.sweep.dir) / ".submitit", jobs, started)
         for error in failure:  # submitit gave up on a job (cancelled, failed): the runs are counted next
             print(f"resexp: error: the SLURM launcher: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
 
 
-def _launch_catching(launcher: Any, overrides: list[list[str]], failure: list[Exception]) -> None:
+def _launch_catching(launcher: Any, overrides: list[list[str]], failure: list[Exception], jobs: list[Job]) -> None:
     try:
-        launcher.launch(overrides, initial_job_idx=0)
+        say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
     except Exception as error:
         failure.append(error)
+
+
+def say_failed_returns(returns: list[JobReturn], jobs: list[Job]) -> None:
+    """Hydra catches what a job raised outside run_job's own handling (an import failing on a
+    node, say) into its JobReturn: say it, one line per job."""
+    for job, returned in zip(jobs, returns):
+        if returned.status == JobStatus.FAILED:
+            error = returned._return_value  # the exception itself: .return_value would raise it
+            print(f"resexp: error: {job.run_dir}: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
 
 
 SLURM_POLL_S = 10.0
@@ -112,13 +135,18 @@ def watch_slurm_jobs(waiting: threading.Thread, folder: Path, jobs: list[Job], s
     """Wait while the launcher waits, but stop once every job of this submission has a result or
     has left the queue without one, and name each of those, with its log."""
     absent: dict[str, int] = {}
-    tasks: dict[str, Path] = {}
-    while waiting.is_alive():
+    while True:
         waiting.join(SLURM_POLL_S)
         tasks = _slurm_tasks(folder, started)
-        queued = _squeue({name.split("_")[0] for name in tasks}) if len(tasks) == len(jobs) else None
-        if queued is None:  # not all submitted yet, or squeue failed: nothing learnt this time
-            continue
+        if len(tasks) < len(jobs):  # not all submitted yet (or the submission failed)
+            if waiting.is_alive():
+                continue
+            break
+        queued = _squeue({name.split("_")[0] for name in tasks})
+        if queued is None:  # squeue itself failed: nothing learnt this time
+            if waiting.is_alive():
+                continue
+            break
         for name, path in tasks.items():
             gone = name not in queued and not _has_result(path)
             absent[name] = absent.get(name, 0) + 1 if gone else 0
@@ -153,29 +181,15 @@ def _squeue(array_ids: set[str]) -> set[str] | None:
 
 def run_job(cfg: DictConfig) -> str:
     """One run of a sweep, in the run directory Hydra assigned to this job. Returns its status."""
-    from resexp.engine.train import train
-
     control = SweepControl.from_env()
-    if control is not None and control.stop_reason() is not None:
-        return "not started"  # queued when the sweep was stopped
-    hydra_cfg = HydraConfig.get()
-    parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
-    with open_dict(cfg):
-        cfg.run.dir = hydra_cfg.runtime.output_dir
-        gpus = visible_gpus()
-        if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
-            cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
-        if parallel > 1 and cfg.trainer.progress == "auto":  # bars of parallel runs would overwrite each other
-            cfg.trainer.progress = "lines"
-    if parallel > 1:  # share the CPU cores instead of fighting over them (a GPU run's host work needs few)
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
     if control is not None:
-        control.enter_worker()
+        control.enter_worker()  # first: a stop from here on counts this run, and signals stop the sweep
+        if control.stop_reason() is not None:
+            control.leave_worker()
+            return "not started"  # queued when the sweep was stopped
     try:
-        status = train(cfg, stop_source=control)["status"]
-    except KeyboardInterrupt as stop:  # a second signal: the run said what it kept
+        status = _train_job(cfg, control)
+    except KeyboardInterrupt as stop:  # a second Ctrl-C: the run said what it kept
         print(f"resexp: {explain(stop)[1]}", file=sys.stderr)
         status = "stopped"
     except Exception as error:  # one bad run must not stop the rest: it is counted at the end
@@ -189,6 +203,25 @@ def run_job(cfg: DictConfig) -> str:
     if control is not None and control.orphaned():
         os._exit(128 + signal.SIGTERM)  # nobody collects its result, and it must not take the next run
     return status
+
+
+def _train_job(cfg: DictConfig, control: SweepControl | None) -> str:
+    from resexp.engine.train import train
+
+    hydra_cfg = HydraConfig.get()
+    parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
+    with open_dict(cfg):
+        cfg.run.dir = hydra_cfg.runtime.output_dir
+        gpus = visible_gpus()
+        if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
+            cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
+        if parallel > 1 and cfg.trainer.progress == "auto":  # bars of parallel runs would overwrite each other
+            cfg.trainer.progress = "lines"
+    if parallel > 1:  # share the CPU cores instead of fighting over them (a GPU run's host work needs few)
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+    return train(cfg, stop_source=control)["status"]
 
 
 OUTCOMES = ("finished", "diverged", "stopped", "not started", "failed", "skipped")

@@ -127,16 +127,22 @@ def dirname_override(overrides: list[str]) -> str:
     return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"
 
 
-def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: str | None = None) -> list[str]:
-    """Settings the launcher plugins leave to chance, made explicit unless the user set them."""
+def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: str | None = None,
+                       runs: int | None = None) -> list[str]:
+    """Settings the launcher plugins leave to chance, made explicit unless the user set them;
+    `runs`: how many jobs will be launched."""
     given = {o.split("=", 1)[0] for o in overrides}
     launcher = chosen_launcher(overrides, preset_launcher)
     extra = [dirname_override(overrides)]
     if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
-        # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike.
+        # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike; and no
+        # more processes than runs: an idle worker has no signal handling of ours, and one killed
+        # by a Ctrl-C to the group breaks joblib's pool, which then kills the others mid-save.
         gpus = visible_gpus()
         n_jobs = gpus * cfg.launcher.runs_per_gpu if gpus else cfg.launcher.cpu_runs
-        extra.append(f"hydra.launcher.n_jobs={n_jobs}")
+        extra.append(f"hydra.launcher.n_jobs={max(1, min(n_jobs, runs or n_jobs))}")
+    if launcher == "joblib" and "hydra.launcher.batch_size" not in given:
+        extra.append("hydra.launcher.batch_size=1")  # one job per dispatch: joblib's auto batching would undo the order
     if launcher == "submitit_local" and "hydra.launcher.gpus_per_node" not in given:
         # submitit_local sets CUDA_VISIBLE_DEVICES from gpus_per_node: give each run one GPU if any.
         extra.append(f"hydra.launcher.gpus_per_node={min(1, visible_gpus())}")
@@ -193,13 +199,13 @@ def prepare_sweep(overrides: list[str]) -> Sweep:
     jobs = longest_first(jobs)
     first = jobs[0].cfg  # launcher.* is the same in every job
     preset_launcher = _preset_launcher(preset_config)
-    extra = launcher_overrides(overrides, first, preset_launcher)
+    extra = launcher_overrides(overrides, first, preset_launcher, sum(not job.done for job in jobs))
     for override in extra:  # the settings launcher_overrides adds, as Hydra will apply them
         key, _, value = override.partition("=")
         if key.startswith("hydra.launcher."):
             settings[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
     launcher = chosen_launcher(overrides, preset_launcher)
-    # Several local processes per GPU share it through CUDA MPS (resexp/engine/mps.py).
+    # Several local processes per GPU share it through CUDA MPS (resexp/sweep/mps.py).
     per_gpu = int(first.launcher.runs_per_gpu) if launcher == "joblib" and first.launcher.mps else 1
     varying = _swept_keys([*preset, *overrides])
     common = [o.lstrip("+") for o in jobs[0].overrides if o.split("=", 1)[0].lstrip("+") not in varying
