@@ -15,7 +15,7 @@ from resexp.cli_support import (
     OneLineUsage, complete_overrides, complete_preset, error_boundary, given_on_command_line, wrote,
 )
 from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices, refuse_repeated_keys
-from resexp.errors import EXIT_INPUT, ResexpError
+from resexp.errors import EXIT_INPUT
 from resexp.model_config import PLACEMENTS
 
 app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
@@ -83,15 +83,9 @@ def sweep(
                                  "directories and the launcher's settings, then exit without launching or writing"),
 ) -> None:
     from resexp.sweep.launch import run_sweep
-    from resexp.sweep.plan import dry_run as plan_lines
+    from resexp.sweep.plan import dry_run as plan_lines, with_preset
 
-    args = list(overrides or [])
-    if preset is not None and "=" in preset:
-        args.insert(0, preset)
-    elif preset is not None:
-        if preset not in group_choices("sweep"):
-            raise ResexpError(f"unknown sweep preset '{preset}'; choose from: {', '.join(group_choices('sweep'))}")
-        args.insert(0, f"sweep={preset}")
+    args = with_preset([*([preset] if preset is not None else []), *(overrides or [])])
     if dry_run:
         print("\n".join(plan_lines(args)))
     else:

@@ -35,13 +35,12 @@ import torch
 from omegaconf import DictConfig
 
 from resexp import __version__
-from resexp.config import group_choices
 from resexp.errors import ConfigError, ResexpError
 from resexp.rundir import DONE
 from resexp.sweep.control import GRACE_S
 from resexp.sweep.launch import LOCAL_LAUNCHERS
 from resexp.sweep.mps import cuda_mps
-from resexp.sweep.plan import Sweep, prepare_sweep, visible_gpus
+from resexp.sweep.plan import Sweep, prepare_sweep, visible_gpus, with_preset
 
 # After SIGTERM: the sweep's own grace for its runs to checkpoint (it kills the late ones), then
 # time to count its runs and stop; what is left of its process group after this is killed
@@ -67,10 +66,7 @@ class Target:
 def plan_target(words: list[str], root: Path) -> Target:
     """The bench's overrides as `resexp sweep` takes them (a preset first: figure6 is
     sweep=figure6), planned in run.root=`root`; refused unless its launcher runs here."""
-    if words and "=" not in words[0]:
-        if words[0] not in group_choices("sweep"):
-            raise ConfigError(f"unknown sweep preset '{words[0]}'; choose from: {', '.join(group_choices('sweep'))}")
-        words = [f"sweep={words[0]}", *words[1:]]
+    words = with_preset(words)
     if any(word.lstrip("+").startswith("run.root=") for word in words):
         raise ConfigError("bench --sweep trains in a temporary run.root of its own; leave run.root= out")
     plan = prepare_sweep([*words, f"run.root={root}"])

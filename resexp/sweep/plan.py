@@ -18,7 +18,7 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import GROUPS, compose_job, config_dir, refuse_repeated_keys, unreadable_override
+from resexp.config import GROUPS, compose_job, config_dir, group_choices, refuse_repeated_keys, unreadable_override
 from resexp.rundir import RunDir
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.models import build_model, count_macs
@@ -41,6 +41,16 @@ def parse_overrides(overrides: list[str]) -> list[Override]:
 
 def _swept_keys(overrides: list[str]) -> set[str]:
     return {o.key_or_group for o in parse_overrides(overrides) if o.is_sweep_override()}
+
+
+def with_preset(words: list[str]) -> list[str]:
+    """A sweep's words as `resexp sweep` takes them: a first word without '=' names a preset
+    (figure6 is sweep=figure6); an unknown one is a one-line ConfigError."""
+    if not words or "=" in words[0]:
+        return list(words)
+    if words[0] not in group_choices("sweep"):
+        raise ConfigError(f"unknown sweep preset '{words[0]}'; choose from: {', '.join(group_choices('sweep'))}")
+    return [f"sweep={words[0]}", *words[1:]]
 
 
 def _preset_config(overrides: list[str]) -> DictConfig | None:
