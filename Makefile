@@ -16,11 +16,13 @@ $(BIN)/resexp: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-DEMO := results/demo/runs/sweeps/demo
+# Where `resexp sweep demo` puts its runs (run.root: $RESEXP_RUNS or runs/), so that after the demo
+# the same command, or its --dry-run, finds them.
+DEMO := $(or $(RESEXP_RUNS),runs)/sweeps/demo
 
 # The degradation demo: plain-20/56 and ResNet-20/56 on the synthetic set (configs/sweep/demo.yaml).
 demo: install
-	$(BIN)/resexp sweep demo run.root=results/demo/runs
+	$(BIN)/resexp sweep demo
 	$(BIN)/resexp figure $(DEMO) -o results/demo/figure6.png
 	$(BIN)/resexp table $(DEMO) -o results/demo
 	$(BIN)/python scripts/check_demo.py $(DEMO)

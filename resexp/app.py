@@ -77,10 +77,12 @@ def _kind(runs, choice: str) -> str:
 
 
 def run_browser() -> None:
-    from resexp.report import (
-        draw_figure6, draw_lr_figure, draw_norms_figure, figure6_series, lr_rows, norms_runs, norms_table,
-        scan_runs, table6, varies_lr,
-    )
+    from resexp.report.figures import draw_figure6, figure6_series
+    from resexp.report.norms_figure import draw_norms_figure
+    from resexp.report.norms_lr import draw_lr_figure, lr_rows, varies_lr
+    from resexp.report.norms_table import norms_runs, norms_table
+    from resexp.report.runs import scan_runs
+    from resexp.report.tables import table6
 
     st.subheader("Run browser")
     sweep_dir = st.text_input("sweep directory", value="", key="sweep_dir",

@@ -18,7 +18,16 @@ from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices
 from resexp.errors import EXIT_INPUT
 from resexp.model_config import PLACEMENTS
 
-app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+HELP = (
+    "Reproduce the degradation problem of deep plain networks and how residual connections and norm placement fix "
+    "it (He et al. 2015; Post-LN, Pre-LN, Sandwich, DeepNorm): train plain and residual nets, sweep them, and draw "
+    "the paper's figures and tables from the logs.\n\n"
+    "A first try, no download needed: resexp train model=resnet20 data=synthetic trainer.max_iters=200. "
+    "The degradation demo (minutes on a CPU): resexp sweep demo. Every command: resexp COMMAND --help."
+)
+# Help texts are plain text: markup mode would swallow [app] in "pip install 'resexp[app]'".
+app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, help=HELP, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides: key=value, group=option", show_default=False,
                            autocompletion=complete_overrides)
@@ -53,17 +62,14 @@ def train(
     if cfg_part is not None:
         print(config_yaml(overrides or [], cfg_part), end="")
         return
-    from resexp.engine.train import train as run_training  # torch import only when training
+    cfg = compose(overrides or [])  # a bad override is refused before torch is imported (a second or more)
+    from resexp.engine.train import train as run_training
 
-    cfg = compose(overrides or [])
     summary = run_training(cfg)
     split = summary["eval_split"]
-    Console().print(
-        f"{summary['model']} on {summary['data']}: {summary['status']} at iteration {summary['iterations']}, "
-        f"train error {summary.get('train_error', float('nan')):.2f}%, {split} error "
-        f"{summary.get(split + '_error', float('nan')):.2f}% -> {cfg.run.dir}",
-        highlight=False,
-    )
+    print(f"{summary['model']} on {summary['data']}: {summary['status']} at iteration {summary['iterations']}, "
+          f"train error {summary.get('train_error', float('nan')):.2f}%, {split} error "
+          f"{summary.get(split + '_error', float('nan')):.2f}% -> {cfg.run.dir}")  # one line, also in a pipe
 
 
 @app.command(
@@ -82,13 +88,14 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs (start, resume at N, or skip), their "
                                  "directories and the launcher's settings, then exit without launching or writing"),
 ) -> None:
-    from resexp.sweep.launch import run_sweep
     from resexp.sweep.plan import dry_run as plan_lines, with_preset
 
     args = with_preset([*([preset] if preset is not None else []), *(overrides or [])])
     if dry_run:
         print("\n".join(plan_lines(args)))
     else:
+        from resexp.sweep.launch import run_sweep
+
         run_sweep(args)
 
 
@@ -114,7 +121,7 @@ def figure(
                                        "curves end inside it)", show_default=False),
     log_y: bool = typer.Option(False, "--log-y", help="Figure 6's error on a log scale"),
 ) -> None:
-    from resexp.report import report_figure
+    from resexp.report.kinds import report_figure
 
     wrote(report_figure(kind, sweep_dir, out, ylim, log_y))
 
@@ -132,7 +139,7 @@ def table(
                                           "norms_table.md/.csv and norms_runs.csv) go (default SWEEP_DIR)"),
     kind: str = typer.Option("fig6", "--kind", help=KIND.format("Table 6")),
 ) -> None:
-    from resexp.report import report_table
+    from resexp.report.kinds import report_table
 
     wrote(report_table(kind, sweep_dir, out_dir))
 
@@ -200,7 +207,7 @@ def models() -> None:
 
 # ---- datasets (resexp/data/) ----
 
-data_app = typer.Typer(no_args_is_help=True, help="Stage the torchvision datasets (CIFAR-10, CIFAR-100, "
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Stage the torchvision datasets (CIFAR-10, CIFAR-100, "
                        "Fashion-MNIST) under the data root (data.root, or RESEXP_DATA): download them where there is "
                        "internet (a login node), check them where training will read them.")
 app.add_typer(data_app, name="data")

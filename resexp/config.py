@@ -50,8 +50,14 @@ def config_dir() -> Path:
 
 
 def group_choices(group: str) -> list[str]:
-    """Selectable options of a config group (files in configs/<group>, not its base/ parts)."""
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """Selectable options of a config group (files in configs/<group>, not its base/ parts), numbers in
+    names in numeric order: plain20 before plain110."""
+    return sorted((p.stem for p in (config_dir() / group).glob("*.yaml")), key=natural_key)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that compares the digit runs of a name as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:

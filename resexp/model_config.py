@@ -1,5 +1,6 @@
 """Each model's config: its choices and defaults, which the model classes take (resexp/models),
-and its section of the run config, which build_model checks and resexp.schema includes.
+its section of the run config, which build_model checks and resexp.schema includes, and the
+architecture rules that decide the model's shapes (which resexp.model_size counts without torch).
 
 Apart from the model files because it imports no torch: the command line reads it through the
 schema when it starts (choices, shell completion), and importing torch takes a second.
@@ -7,6 +8,7 @@ schema when it starts (choices, shell completion), and importing torch takes a s
 
 from __future__ import annotations
 
+import math
 import typing
 from typing import Annotated, Literal, Union
 
@@ -18,9 +20,25 @@ from resexp.sections import Label, Positive, PositiveInt, Section, rule
 Shortcut = Literal["A", "B"]  # A: zero-padded identity (parameter-free); B: 1x1 conv + BN where the shape changes
 ZeroPad = Literal["end", "split"]  # where option A's zero channels go (ZeroPadShortcut)
 DEFAULT_ZERO_PAD: ZeroPad = "end"
+STAGE_CHANNELS = (16, 32, 64)  # the three stages' channels at width 1
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count times the width multiplier, rounded, never below 1."""
+    return max(1, round(channels * width))
+
 
 # vgg.py
 VGGDepth = Literal[11, 13, 16, 19]  # VGG_LAYERS' keys
+POOL = "M"
+VGG_LAYERS: dict[int, list[int | str]] = {
+    11: [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
+    13: [64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
+    16: [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL,
+         512, 512, 512, POOL, 512, 512, 512, POOL],
+    19: [64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
+         512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL],
+}  # fmt: skip
 
 # vit.py
 Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none", "mix", "lns", "dyt", "peri"]
@@ -31,6 +49,32 @@ IMAGE_SIZE = 32  # every dataset is served as 32x32 (Fashion-MNIST zero-padded)
 DEFAULT_MIX_RATIO = 0.25  # Mix-LN's alpha: the fraction of leading blocks that are Post-LN
 DEFAULT_DYT_ALPHA = 0.5  # DyT's initial alpha in gamma * tanh(alpha * x) + beta
 DEFAULT_QK_NORM = False
+# Where each base rule (see base_rule) puts its norms: before G (norm_in) and after G or the sum (norm_out).
+NORM_IN_RULES = ("pre", "sandwich")
+NORM_OUT_RULES = ("post", "sandwich", "deepnorm")
+# Base rules whose stream reaches the head un-normalised, so the head gets a final norm.
+FINAL_NORM_RULES = ("pre", "sandwich")
+
+
+def mix_post_layers(mix_ratio: float, depth: int) -> int:
+    """How many leading blocks Mix-LN makes Post-LN: floor(mix_ratio * depth). The tolerance
+    keeps products such as 0.29 * 100 = 28.999999999999996 at the count the ratio means."""
+    return math.floor(mix_ratio * depth + 1e-9)
+
+
+def base_rule(placement: str, layer: int = 1, post_layers: int = 0) -> str:
+    """The rule among post, pre, sandwich, deepnorm, rezero and none that block `layer`
+    (1-based) follows: mix is post in blocks 1..post_layers and pre after; lns and dyt are pre
+    (residual_step adds lns's scale, the model's norms are dyt's DyT); peri is sandwich."""
+    if placement == "mix":
+        return "post" if layer <= post_layers else "pre"
+    return {"lns": "pre", "dyt": "pre", "peri": "sandwich"}.get(placement, placement)
+
+
+def norm_kind(placement: str, norm: str) -> str:
+    """What every norm of a ViT is (resexp.models.vit.make_norm's choice): DyT under dyt, which
+    replaces them all, the final and the q/k norms included; model.norm under the others."""
+    return "dyt" if placement == "dyt" else norm
 
 
 # ---- one section per arch: the constructor's arguments besides arch and name ----

@@ -4,7 +4,7 @@ For every seed in SWEEP_DIR: plain-56 ends with a higher training error than pla
 ResNet-56 with a lower training error than plain-56. The final training error is the last
 `train/error` point in each run's TensorBoard log. Exit code 1 if any seed breaks the claim.
 
-    python scripts/check_demo.py results/demo/runs/sweeps/demo
+    python scripts/check_demo.py runs/sweeps/demo
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 
-from resexp.report import require_runs
+from resexp.report.runs import require_runs
 
 
 def main(sweep_dir: str) -> int:

@@ -1,5 +1,6 @@
 """The Streamlit page (resexp/app.py) through Streamlit's own AppTest, and `resexp app` without Streamlit."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +17,17 @@ AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 APP = str(Path(__file__).resolve().parents[1] / "resexp" / "app.py")
 TIMEOUT = 60  # the first run imports torch and matplotlib
 RUNS = [("plain20", 20, False, 0), ("plain20", 20, False, 1), ("resnet20", 20, True, 0)]
+
+
+@pytest.fixture(autouse=True)
+def no_bare_mode_warnings():
+    """AppTest runs the page in this process, where Streamlit warns "missing ScriptRunContext" for
+    every element (harmless, "can be ignored when running in bare mode"): a hundred lines in a log."""
+    logger = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")

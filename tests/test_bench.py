@@ -211,7 +211,7 @@ def test_saved_activation_bytes_counts_what_backward_keeps_once():
 
 
 def test_step_memory_estimate_parts(report):
-    from resexp.models import count_params
+    from model_oracle import count_params
 
     params = count_params(build_model(compose(TINY).model))
     for row in report["rows"][:-1]:  # the resexp rows

@@ -17,7 +17,7 @@ from resexp.errors import ConfigError
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (["model=foo"], "unknown model 'foo'; choose from: plain110, plain20"),
+        (["model=foo"], "unknown model 'foo'; choose from: plain20, plain32"),
         (["data=imagenet"], "unknown data 'imagenet'; choose from: cifar10, cifar100, fashion_mnist, synthetic"),
         (["trainer.foo=1"], "unknown key 'trainer.foo'; valid keys in trainer: batch_size"),
         (["trainer.max_iters=abc"], "trainer.max_iters must be a positive integer; got 'abc'"),
@@ -34,7 +34,7 @@ def test_bad_overrides_raise_one_line_errors(overrides, fragment):
 
 
 def test_named_models_and_value_overrides():
-    assert group_choices("model")[:5] == ["plain110", "plain20", "plain32", "plain44", "plain56"]
+    assert group_choices("model")[:5] == ["plain20", "plain32", "plain44", "plain56", "plain110"]
     cfg = compose(["model=plain56", "optim.lr=0.05", "trainer.max_iters=2000", "data=synthetic"])
     assert (cfg.model.depth, cfg.model.residual, cfg.model.shortcut) == (56, False, "A")
     assert cfg.optim.lr == 0.05 and cfg.trainer.max_iters == 2000 and cfg.data.name == "synthetic"
@@ -117,7 +117,7 @@ def test_train_cfg_all_adds_the_hydra_settings_and_bad_part_is_one_line():
     ([], "hydra/launcher=sub", ["hydra/launcher=submitit_local", "hydra/launcher=submitit_slurm"]),
     (["model=vit_pre"], "model.norm", ["model.norm_placement=", "model.norm="]),  # keys of the chosen model
     ([], "trainer.max_it", ["trainer.max_iters="]),
-    ([], "sweep=fig", ["sweep=figure6"]),
+    ([], "sweep=fig", ["sweep=figure6", "sweep=figure6_seeds"]),
 ])
 def test_completion_of_overrides(typed, incomplete, expected):
     assert complete_override(typed, incomplete) == expected
@@ -134,5 +134,5 @@ def test_shell_completion_through_the_bash_protocol():
     assert complete("resexp train model = resnet5", 4) == ["resnet56"]
     assert "resnet56" in complete("resexp train model =", 3)
     assert complete("resexp train trainer.graph =", 3) == ["auto", "always", "never"]
-    assert complete("resexp sweep fig", 2) == ["figure6"]
+    assert complete("resexp sweep fig", 2) == ["figure6", "figure6_seeds"]
     assert complete("resexp sta", 1) == ["status"]

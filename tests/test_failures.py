@@ -373,7 +373,7 @@ def test_a_key_given_twice_refuses_the_sweep_before_anything_is_written(tmp_path
     preset = CliRunner().invoke(app, ["sweep", "figure6", "model=resnet20", *SWEEP_TINY, f"run.root={tmp_path}",
                                       "--dry-run"])
     assert preset.exit_code == 0, preset.output
-    assert "1 runs: 1 start; nothing launched (--dry-run)" in preset.stdout
+    assert "1 run: 1 start; nothing launched (--dry-run)" in preset.stdout
 
 
 def test_a_sweep_value_that_needs_quotes_says_how_and_the_quoted_form_plans(tmp_path):

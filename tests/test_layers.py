@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "resexp"
 
 # Lowest first. A module's layer is that of its top-level name under resexp/.
 LAYERS = [
-    {"resexp", "errors", "files", "sections", "model_config"},
+    {"resexp", "errors", "files", "sections", "model_config", "model_size"},
     {"schema"},
     {"config"},
     {"data", "rundir"},

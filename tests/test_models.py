@@ -11,10 +11,15 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.models import build_model, count_macs, count_params
+from resexp.model_size import model_size
+from resexp.models import build_model
 from resexp.models.cifar_resnet import BasicBlock, ZeroPadShortcut
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+
+
+def resnet_config(depth: int, residual: bool = True, shortcut: str = "A", width: float = 1.0) -> dict:
+    return {"arch": "cifar_resnet", "depth": depth, "residual": residual, "shortcut": shortcut, "width": width}
 
 
 def cifar_resnet(
@@ -25,9 +30,8 @@ def cifar_resnet(
     in_channels: int = 3,
     num_classes: int = 10,
 ) -> nn.Module:
-    cfg = {"arch": "cifar_resnet", "depth": depth, "residual": residual,
-           "shortcut": shortcut, "width": width}  # fmt: skip
-    return build_model(cfg, in_channels=in_channels, num_classes=num_classes)
+    return build_model(resnet_config(depth, residual, shortcut, width), in_channels=in_channels,
+                       num_classes=num_classes)  # fmt: skip
 
 
 def paper_rounding(params: int) -> str:
@@ -54,20 +58,18 @@ PAPER_SIZES = {
 @pytest.mark.parametrize("depth", list(PAPER_SIZES))
 def test_params_and_macs_match_paper(depth: int) -> None:
     table_params, exact_params, reference_macs, exact_macs = PAPER_SIZES[depth]
-    model = cifar_resnet(depth)
-    params = count_params(model)
-    assert paper_rounding(params) == table_params
-    assert params == exact_params
-    macs = count_macs(model)
-    assert abs(macs - reference_macs) / reference_macs < 1e-3
-    assert macs == exact_macs
+    size = model_size(resnet_config(depth))
+    assert paper_rounding(size.params) == table_params
+    assert size.params == exact_params
+    assert abs(size.macs - reference_macs) / reference_macs < 1e-3
+    assert size.macs == exact_macs
 
 
 @pytest.mark.parametrize("depth", [20, 56, 110])
 def test_option_a_twins_share_params_and_option_b_adds_projections(depth: int) -> None:
-    residual = count_params(cifar_resnet(depth, residual=True, shortcut="A"))
-    plain = count_params(cifar_resnet(depth, residual=False, shortcut="A"))
-    projection = count_params(cifar_resnet(depth, residual=True, shortcut="B"))
+    residual = model_size(resnet_config(depth, residual=True, shortcut="A")).params
+    plain = model_size(resnet_config(depth, residual=False, shortcut="A")).params
+    projection = model_size(resnet_config(depth, residual=True, shortcut="B")).params
     assert plain == residual
     # Two projections, 16->32 and 32->64, each a 1x1 conv plus BN: 512+64 + 2048+128.
     assert projection - residual == 2_752
@@ -115,8 +117,7 @@ def test_vgg_forward_shape(depth: int, in_channels: int) -> None:
 
 def test_vgg16_matches_public_cifar_vgg16_bn_size() -> None:
     # kuangliu/pytorch-cifar VGG('VGG16'): conv(+bias)-BN-ReLU stacks, Linear(512, 10).
-    model = build_model({"arch": "vgg", "depth": 16, "width": 1.0})
-    assert count_params(model) == 14_728_266
+    assert model_size({"arch": "vgg", "depth": 16, "width": 1.0}).params == 14_728_266
 
 
 def _shortcut_reference(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
@@ -147,24 +148,6 @@ def test_residual_adds_shortcut_and_plain_does_not(residual: bool) -> None:
             assert torch.equal(out, torch.zeros_like(out))
     if residual:  # the inputs are not trivially zero, so the check above has teeth
         assert seen[-1][2].abs().sum() > 0
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_count_macs_keeps_mode_and_bn_statistics(training: bool) -> None:
-    model = cifar_resnet(20, width=0.25).train(training)
-    running_mean = model.stem[1].running_mean.clone()
-    count_macs(model)
-    assert model.training is training
-    assert all(m.training is training for m in model.modules())
-    assert torch.equal(model.stem[1].running_mean, running_mean)
-
-
-def test_count_macs_keeps_mixed_modes() -> None:
-    model = cifar_resnet(20, width=0.25).train()
-    model.stem.eval()  # e.g. a frozen stem
-    count_macs(model)
-    assert model.training and model.stages.training
-    assert not model.stem.training and not model.stem[1].training
 
 
 @pytest.mark.parametrize("arch", ["cifar_resnet", "vgg"])

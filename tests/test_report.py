@@ -15,11 +15,9 @@ from typer.testing import CliRunner
 from fake_runs import MANY, STEPS, write_run
 from resexp.cli import app
 from resexp.errors import ResexpError
-from resexp.report import (
-    Band, Curve, UnreadableRun, draw_figure6, figure6, figure6_series, find_runs, group_runs, make_figure, make_table,
-    print_table, read_series, scan_runs, table6, write_table,
-)
-from resexp.report.figures import y_range
+from resexp.report.figures import Band, Curve, draw_figure6, figure6, figure6_series, make_figure, y_range
+from resexp.report.runs import UnreadableRun, find_runs, group_runs, read_series, scan_runs
+from resexp.report.tables import make_table, print_table, table6, write_table
 
 # (name, depth, residual, seed, status, sub-directory): a finished pair of seeds per model,
 # one diverged plain-56, one run nested a level deeper.

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from resexp.cli import app
 from resexp.errors import ResexpError
-from resexp.report import (
-    at_best_lr, draw_lr_figure, lr_rows, varies_lr,
-    block_profile, draw_norms_figure, find_runs, loss_curves, norms_figure, norms_runs, norms_table,
-    placement_groups, print_norms_table, probe_steps, scan_runs, write_norms_table,
-)
-from resexp.report.norms_lr import lr_markdown
+from resexp.report.norms_figure import draw_norms_figure, loss_curves, norms_figure
+from resexp.report.norms_lr import at_best_lr, draw_lr_figure, lr_markdown, lr_rows, varies_lr
+from resexp.report.norms_placements import placement_groups
+from resexp.report.norms_probes import block_profile, probe_steps
+from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
+from resexp.report.runs import find_runs, scan_runs
 
 MAX_ITERS = 1000
 EVAL_STEPS = list(range(100, MAX_ITERS + 1, 100))

@@ -11,10 +11,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from model_oracle import count_params
 from resexp.config import compose
 from resexp.engine.runtime import resolve_precision
 from resexp.engine.train import train
-from resexp.models import build_model, count_params
+from resexp.models import build_model
 
 SMALL = ["data=synthetic", "data.train_size=1000", "data.test_size=200", "model.width=0.25",
          "trainer.batch_size=32", "trainer.progress=none", "trainer.deterministic=true"]

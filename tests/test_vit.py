@@ -16,8 +16,10 @@ from torch import nn
 from resexp.config import compose
 from resexp.engine.probes import block_grad_norms, skip_loss_delta, stream_probes, supports_probes
 from resexp.errors import ConfigError, ResexpError
+from model_oracle import count_macs, count_params
 from resexp.model_config import PLACEMENTS
-from resexp.models import build_model, count_macs, count_params
+from resexp.model_size import model_size
+from resexp.models import build_model
 from resexp.models.vit import Block, ViT, deepnorm_alpha, deepnorm_beta, residual_step
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -216,11 +218,12 @@ def test_mean_pool_averages_the_patch_tokens() -> None:
     torch.testing.assert_close(model(images), model.head(tokens.mean(dim=1)))
 
 
-def test_count_macs_includes_attention_products() -> None:
+def test_macs_include_attention_products() -> None:
     dim, hidden, tokens, depth = 16, 32, 17, 2
     patch_embed = 16 * dim * 3 * 8 * 8
     per_block = tokens * (4 * dim * dim + 2 * dim * hidden) + 2 * tokens * tokens * dim
-    assert count_macs(small_vit(depth=depth)) == patch_embed + depth * per_block + dim * 10
+    expected = patch_embed + depth * per_block + dim * 10
+    assert model_size(vit_config(depth=depth)).macs == count_macs(small_vit(depth=depth)) == expected
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ def check_dataset(name: str, root: Path) -> DatasetCheck:
     spec = dataset_files(name)
     folder = spec.folder(root)
     try:
-        recompressed = stage(spec, root, allow_download=False)
+        recompressed = stage(spec, root, allow_download=False, suggest=False)
         raw = parse_files(spec, root)
     except DataError as error:
         missing = [p for p in file_problems(spec, root) if p.missing]
@@ -126,7 +126,7 @@ def download_dataset(name: str, root: str | None = None) -> str:
     `resexp data check` does; the line it prints, or an error unless the dataset is usable."""
     spec = dataset_files(name)  # an unknown name is refused before the config is composed
     where = dataset_root(name, root)
-    stage(spec, where, allow_download=True)  # a DataError says what is missing and why
+    stage(spec, where, allow_download=True, suggest=False)  # a DataError says what is missing and why
     result = check_dataset(name, where)
     if result.state != "ok":
         raise DataError(f"{name} in {result.folder} is {result.state} after the download: {result.detail}")

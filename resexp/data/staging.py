@@ -7,6 +7,7 @@ a dataset a check calls whole is one training can read.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -157,25 +158,43 @@ def unpacked_md5_and_size(archive: Path) -> tuple[str, int] | None:
 def download(spec: DatasetFiles, root: Path) -> str | None:
     """Run torchvision's download (with its progress bar) into root; None on success, else why
     it failed, on one line. Failures are not raised: the caller checks the files again and
-    reports what is missing."""
+    reports what is missing. A failed download leaves no empty folders behind."""
+    folders_before = set(existing_folders(root))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         spec.cls(str(root), train=False, download=True)
     # URLError and timeouts are OSErrors; torchvision wraps md5 and mirror failures in RuntimeError.
     except (OSError, RuntimeError) as error:
+        remove_empty_folders(root, folders_before)
         return f"{type(error).__name__}: {one_line(error)}"
     finally:
         socket.setdefaulttimeout(previous)
     return None
 
 
+def existing_folders(root: Path) -> list[Path]:
+    """root, the folders above it that exist, and the folders below it."""
+    found = [root, *root.parents]
+    below = list(root.rglob("*")) if root.is_dir() else []
+    return [path for path in [*found, *below] if path.is_dir()]
+
+
+def remove_empty_folders(root: Path, keep: set[Path]) -> None:
+    """Remove the folders under and above root that are not in keep and are empty, deepest first."""
+    made = [path for path in existing_folders(root) if path not in keep]
+    for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: the download left a file there
+            path.rmdir()
+
+
 def stage(spec: DatasetFiles, root: Path, allow_download: bool,
-          fetch: Callable[..., str | None] = download) -> list[Path]:
+          fetch: Callable[..., str | None] = download, suggest: bool = True) -> list[Path]:
     """Make the dataset's files present and whole under root: extract its archives if they are
     there, else download it if allowed. A DataError names the first missing or corrupt file and
-    how to fix it; a corrupt file is never downloaded over. Returns the recompressed archives
-    it extracted (extract_archives)."""
+    how to fix it (with suggest, also `resexp data download` and data=synthetic: not where that
+    command is the caller); a corrupt file is never downloaded over. Returns the recompressed
+    archives it extracted (extract_archives)."""
     recompressed = extract_archives(spec, root)
     problems = file_problems(spec, root)
     reason = None
@@ -187,12 +206,15 @@ def stage(spec: DatasetFiles, root: Path, allow_download: bool,
         why = ("data.download=false" if not allow_download else
                f"the download failed: {reason}" if reason else "the download finished without it")
         archives = ", ".join(name for name, _ in spec.archives)
-        raise DataError(
-            f"{spec.title} not found: expected {missing[0].path} ({why}); "
-            f"{'' if allow_download else 'set data.download=true, run resexp data download ' + spec.name + ', or '}"
-            f"download {archives} from {spec.page} into {root / spec.archive_dir}, or set RESEXP_DATA or data.root= "
-            f"to a folder that holds {spec.subfolder}/"
-        )
+        fixes = [f"download {archives} from {spec.page} into {root / spec.archive_dir}",
+                 f"set RESEXP_DATA or data.root= to a folder that holds {spec.subfolder}/"]
+        if suggest:
+            fixes.insert(0, f"run resexp data download {spec.name} (where there is internet: a login node)")
+        if not allow_download:
+            fixes.insert(0, "set data.download=true")
+        try_synthetic = "; to try resexp without it, train on data=synthetic (no download)" if suggest else ""
+        raise DataError(f"{spec.title} not found: expected {missing[0].path} ({why}); "
+                        f"{', '.join(fixes[:-1])}, or {fixes[-1]}{try_synthetic}")
     if problems:
         raise DataError(
             f"{spec.title} file {problems[0].path} is corrupt (md5 mismatch); delete it and download it again "

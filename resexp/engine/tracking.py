@@ -21,16 +21,19 @@ def tensorboard_writer(events: Path, checkpoint_iteration: int | None) -> Summar
     return SummaryWriter(str(events), purge_step=purge)
 
 
+# Plain lines (logs, pipes): at least one line this often, also between log points that are minutes apart.
+HEARTBEAT_S = 30.0
+
+
 class ProgressReport:
-    """A rich bar on a terminal; plain periodic lines in batch jobs (logs stay readable)."""
+    """A rich bar on a terminal; plain periodic lines in batch jobs and pipes (logs stay readable)."""
 
     def __init__(self, mode: str, name: str, start: int, total: int) -> None:
-        if mode == "auto":
-            mode = "bar" if sys.stdout.isatty() else "lines"
-        self.mode, self.name, self.total = mode, name, total
-        self.last_time, self.last_iter = time.perf_counter(), start
+        self.mode, self.name, self.total = resolve_mode(mode), name, total
+        self.last_time, self.last_iter = time.perf_counter(), start  # the last log point: its speed
+        self.last_shown, self.shown_iter = self.last_time, start  # the last line or bar refresh
         self.bar: Progress | None = None
-        if mode == "bar":
+        if self.mode == "bar":
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -44,27 +47,55 @@ class ProgressReport:
             self.bar.start()
 
     def update(self, iteration: int, train_error: float, lr: float) -> float:
-        """Report progress; returns iterations per second since the last update."""
+        """Report a log point; returns iterations per second since the last one."""
         now = time.perf_counter()
         speed = (iteration - self.last_iter) / max(now - self.last_time, 1e-9)
         self.last_time, self.last_iter = now, iteration
+        self.last_shown, self.shown_iter = now, iteration
         if self.bar is not None:
             self.bar.update(self.task, completed=iteration, error=train_error, lr=lr, speed=speed)
         elif self.mode == "lines":
-            eta = (self.total - iteration) / max(speed, 1e-9)
-            print(
-                f"[{self.name}] it {iteration}/{self.total}  train err {train_error:.2f}%  "
-                f"lr {lr:.4g}  {speed:.1f} it/s  eta {eta / 60:.1f} min",
-                flush=True,
-            )
+            print(f"[{self.name}] it {iteration}/{self.total}  train err {train_error:.2f}%  lr {lr:.4g}  "
+                  f"{speed:.1f} it/s  eta {self._eta(iteration, speed)}", flush=True)
         return speed
+
+    def tick(self, iteration: int) -> None:
+        """Called every step, cheap: between log points the bar's count moves once a second, and in
+        lines mode a line (no error: reading it would wait for the device) comes every HEARTBEAT_S."""
+        now = time.perf_counter()
+        due = HEARTBEAT_S if self.mode == "lines" else 1.0
+        if self.mode == "none" or now - self.last_shown < due:
+            return
+        speed = (iteration - self.shown_iter) / max(now - self.last_shown, 1e-9)
+        self.last_shown, self.shown_iter = now, iteration
+        if self.bar is not None:
+            self.bar.update(self.task, completed=iteration)
+        else:
+            print(f"[{self.name}] it {iteration}/{self.total}  {speed:.2f} it/s  eta {self._eta(iteration, speed)}",
+                  flush=True)
+
+    def _eta(self, iteration: int, speed: float) -> str:
+        return f"{(self.total - iteration) / max(speed, 1e-9) / 60:.1f} min"
 
     def message(self, text: str) -> None:
         if self.bar is not None:
-            self.bar.console.print(text)
+            self.bar.console.print(text, markup=False, highlight=False)
         elif self.mode == "lines":
             print(text, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def resolve_mode(mode: str) -> str:
+    """trainer.progress as shown: auto is a bar on a terminal, plain lines otherwise."""
+    if mode == "auto":
+        return "bar" if sys.stdout.isatty() else "lines"
+    return mode
+
+
+def announce(mode: str, text: str) -> None:
+    """A run's first line: what, where, on which device, before the data and model are built."""
+    if resolve_mode(mode) != "none":
+        print(text, flush=True)

@@ -31,9 +31,9 @@ from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.engine.schedules import learning_rate
 from resexp.engine.step import TrainStep
 from resexp.engine.stopping import StopSignal, StopSource
-from resexp.engine.tracking import ProgressReport, tensorboard_writer
+from resexp.engine.tracking import ProgressReport, announce, tensorboard_writer
 from resexp.errors import ResexpError
-from resexp.models import count_macs, count_params
+from resexp.model_size import model_size
 from resexp.rundir import RunDir, load_checkpoint
 
 
@@ -48,6 +48,8 @@ def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, A
     if done is not None:
         return done
     runtime = Runtime.from_config(cfg.trainer)
+    announce(cfg.trainer.progress, f"[{run.name}] {cfg.model.name} on {cfg.data.name}, {int(cfg.trainer.max_iters)} "
+             f"iterations, {runtime.device_name}, {runtime.precision} -> {run.path}")
     data = build_data(cfg.data, runtime.device, int(cfg.trainer.batch_size), int(cfg.seed), runtime.memory_format)
     step = TrainStep.build(cfg, data, runtime)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,7 @@ def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, st
             step(partial(log_probes, writer, step, state.iteration, probe_batch) if probing else None)
             state.iteration += 1
             iteration = state.iteration
+            progress.tick(iteration)
             if state.in_warmup:  # the paper's ResNet-110 warm-up: a host read per step, <= 400 steps
                 _end_warmup_when_due(cfg.optim.error_warmup, step, state, progress)
 
@@ -126,9 +129,9 @@ def _start(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data,
     if state.iteration > max_iters:
         raise ResexpError(f"{run.checkpoint_path} is at iteration {state.iteration}; trainer.max_iters={max_iters} "
                           "asks for fewer, so nothing was changed (a shorter run needs its own run.name)")
-    params, macs = count_params(step.model), count_macs(step.model, (1, data.channels, 32, 32))
+    size = model_size(cfg.model, data.channels, data.num_classes)
     run.write_config(cfg)
-    record = RunRecord.start(run, cfg, runtime, data, params, macs, state.iteration)
+    record = RunRecord.start(run, cfg, runtime, data, size.params, size.macs, state.iteration)
     writer = tensorboard_writer(run.events_path, state.iteration if checkpointed else None)
     progress = ProgressReport(cfg.trainer.progress, run.name, state.iteration, max_iters)
     step.notify = lambda text: progress.message(f"[{run.name}] {text}")

@@ -9,12 +9,11 @@ from torch import nn
 
 from resexp.model_config import ModelConfig
 from resexp.models.cifar_resnet import CifarResNet
-from resexp.models.complexity import count_macs, count_params
 from resexp.models.vgg import VGG
 from resexp.models.vit import ViT
 from resexp.sections import check
 
-__all__ = ["build_model", "count_macs", "count_params"]
+__all__ = ["build_model"]
 
 # One class per model.arch; resexp.model_config states each one's config keys (CifarResNetModel, ...).
 ARCHS: dict[str, type[nn.Module]] = {"cifar_resnet": CifarResNet, "vgg": VGG, "vit": ViT}

@@ -10,15 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.model_config import DEFAULT_ZERO_PAD, Shortcut, ZeroPad
+from resexp.model_config import DEFAULT_ZERO_PAD, STAGE_CHANNELS, Shortcut, ZeroPad, scaled_channels
 from resexp.models.recompute import run_blocks
-
-STAGE_CHANNELS = (16, 32, 64)
-
-
-def scaled_channels(channels: int, width: float) -> int:
-    """Channel count times the width multiplier, rounded, never below 1."""
-    return max(1, round(channels * width))
 
 
 def he_init_(model: nn.Module) -> None:

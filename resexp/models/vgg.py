@@ -9,18 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resexp.model_config import VGGDepth
-from resexp.models.cifar_resnet import he_init_, scaled_channels
-
-POOL = "M"
-VGG_LAYERS: dict[int, list[int | str]] = {
-    11: [64, POOL, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
-    13: [64, 64, POOL, 128, 128, POOL, 256, 256, POOL, 512, 512, POOL, 512, 512, POOL],
-    16: [64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL,
-         512, 512, 512, POOL, 512, 512, 512, POOL],
-    19: [64, 64, POOL, 128, 128, POOL, 256, 256, 256, 256, POOL,
-         512, 512, 512, 512, POOL, 512, 512, 512, 512, POOL],
-}  # fmt: skip
+from resexp.model_config import POOL, VGG_LAYERS, VGGDepth, scaled_channels
+from resexp.models.cifar_resnet import he_init_
 
 
 class VGG(nn.Module):

@@ -29,14 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.model_config import (DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, DEFAULT_QK_NORM, IMAGE_SIZE, PLACEMENTS,
-                                 Norm, Placement, Pool)
+from resexp.model_config import (DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, DEFAULT_QK_NORM, FINAL_NORM_RULES,
+                                 IMAGE_SIZE, NORM_IN_RULES, NORM_OUT_RULES, PLACEMENTS, Norm, Placement, Pool,
+                                 base_rule, mix_post_layers, norm_kind)
 
-# Where each base rule (see base_rule) puts its norms: before G (norm_in) and after G or the sum (norm_out).
-NORM_IN_RULES = ("pre", "sandwich")
-NORM_OUT_RULES = ("post", "sandwich", "deepnorm")
-# Base rules whose stream reaches the head un-normalised, so the head gets a final norm.
-FINAL_NORM_RULES = ("pre", "sandwich")
 # Keys residual_step adds to `record` besides the named steps: the two terms of the sum.
 SKIP, UPDATE = "skip", "update"
 
@@ -49,21 +45,6 @@ def deepnorm_alpha(n: int) -> float:
 def deepnorm_beta(n: int) -> float:
     """DeepNet's encoder init gain for N layers: (8N)^(-1/4)."""
     return (8 * n) ** -0.25
-
-
-def mix_post_layers(mix_ratio: float, depth: int) -> int:
-    """How many leading blocks Mix-LN makes Post-LN: floor(mix_ratio * depth). The tolerance
-    keeps products such as 0.29 * 100 = 28.999999999999996 at the count the ratio means."""
-    return math.floor(mix_ratio * depth + 1e-9)
-
-
-def base_rule(placement: str, layer: int = 1, post_layers: int = 0) -> str:
-    """The rule among post, pre, sandwich, deepnorm, rezero and none that block `layer`
-    (1-based) follows: mix is post in blocks 1..post_layers and pre after; lns and dyt are pre
-    (residual_step adds lns's scale, the model's norms are dyt's DyT); peri is sandwich."""
-    if placement == "mix":
-        return "post" if layer <= post_layers else "pre"
-    return {"lns": "pre", "dyt": "pre", "peri": "sandwich"}.get(placement, placement)
 
 
 def mean_token_norm(x: torch.Tensor) -> torch.Tensor:
@@ -186,12 +167,6 @@ class Attention(nn.Module):
         mixed = F.scaled_dot_product_attention(queries, keys, split_heads(self.v(x)))
         return self.out(mixed.transpose(1, 2).reshape(batch, tokens, dim))
 
-    def matmul_macs(self, output: torch.Tensor) -> int:
-        """MACs of the two activation products, Q·Kᵀ and softmax·V: tokens² · dim each per
-        sample. count_macs adds them; the projections are counted as Linear layers."""
-        batch, tokens, dim = output.shape
-        return 2 * batch * tokens * tokens * dim
-
     def extra_repr(self) -> str:
         return f"heads={self.heads}"
 
@@ -238,7 +213,7 @@ class Block(nn.Module):
         self.post_layers = post_layers
         self.rule = base_rule(placement, layer, post_layers)
         self.alpha = deepnorm_alpha(depth) if placement == "deepnorm" else 1.0
-        norm = "dyt" if placement == "dyt" else norm
+        norm = norm_kind(placement, norm)
         head_dim = dim // heads
         self.attn = Attention(dim, heads, *(
             (make_norm(norm, head_dim, dyt_alpha), make_norm(norm, head_dim, dyt_alpha)) if qk_norm else ()
@@ -333,8 +308,7 @@ class ViT(nn.Module):
         # Pre-LN blocks leave the stream un-normalised, so the head gets a final norm when any
         # block is pre or sandwich: under mix, unless all blocks are Post-LN (each ends in an LN).
         needs_final_norm = any(block.rule in FINAL_NORM_RULES for block in self.blocks)
-        final_norm = "dyt" if norm_placement == "dyt" else norm
-        self.final_norm = make_norm(final_norm, dim, dyt_alpha) if needs_final_norm else None
+        self.final_norm = make_norm(norm_kind(norm_placement, norm), dim, dyt_alpha) if needs_final_norm else None
         self.head = nn.Linear(dim, num_classes)
         self._init_weights()
 

@@ -22,8 +22,8 @@ from rich.table import Table
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.model_config import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO
-from resexp.models.vit import SKIP, UPDATE, base_rule, deepnorm_alpha, make_norm, mix_post_layers, residual_step
+from resexp.model_config import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, base_rule, mix_post_layers
+from resexp.models.vit import SKIP, UPDATE, deepnorm_alpha, make_norm, residual_step
 
 BLOCK_PLACEMENTS = ("pre", "post", "sandwich", "deepnorm", "mix", "lns", "dyt", "peri")
 RULES = {

@@ -22,6 +22,8 @@ PAPER_YMAX = 20.0
 PAPER_DATA = "cifar10"
 DEEPEST = (110, 1202)  # the paper's third panel: ResNet-110 vs ResNet-1202
 UNFINISHED_MARKERS = {"diverged": "X", "failed": "s", "running": "o"}
+# Iterations from 10^4 on as "x 1e4", as the paper's axis; a short run keeps plain numbers (no "1e2").
+SCI_LIMITS = (0, 3)
 
 
 @dataclass
@@ -69,13 +71,28 @@ def figure6_series(runs: list[Run]) -> list[Curve]:
     return sorted(curves, key=lambda c: (c.residual, c.depth, c.label))
 
 
+def figure6_notes(curves: list[Curve]) -> list[str]:
+    """What a figure of these curves leaves out or can barely show, one line each: a curve with no
+    point logged yet is not drawn; one with a single point is a marker, not a line."""
+    notes = []
+    for curve in curves:
+        points = {name: len(band.steps) for name, band in (("training", curve.train), (curve.eval_split, curve.test))
+                  if band is not None}
+        if not points:
+            notes.append(f"{curve.label}: not drawn, no error logged yet")
+        elif max(points.values()) == 1:
+            notes.append(f"{curve.label}: one point per curve (log points every trainer.log_every and "
+                         "trainer.eval_every iterations), drawn as a marker")
+    return notes
+
+
 def draw_figure6(curves: list[Curve], ylim: tuple[float, float] | None = None, log_y: bool = False) -> Figure:
     """A matplotlib Figure with the paper's panels that have curves: plain, residual, and
     ResNet-110 vs ResNet-1202 when both are there. On CIFAR-10 each panel has its own y range
     (y_range), as in the paper; on other data all share the widest, so that they compare. ylim
     sets one range for all; log_y draws the error on a log scale."""
-    if not curves:
-        raise ResexpError("no runs to plot")
+    if not _bands(curves):
+        raise ResexpError("no runs to plot: " + ("; ".join(figure6_notes(curves)) if curves else "none given"))
     panels = figure6_panels(curves)
     # A bare Figure, not pyplot: no global state, and savefig renders PNG with Agg.
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
@@ -92,7 +109,7 @@ def draw_figure6(curves: list[Curve], ylim: tuple[float, float] | None = None, l
             _draw_curve(ax, curve, colours[curve.depth])
         ax.set_title(title, loc="left")
         ax.set_xlabel("iterations")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))  # "1e4" as in the paper
+        ax.ticklabel_format(axis="x", style="sci", scilimits=SCI_LIMITS)
         ax.set_xlim(0, max(c.max_iters for c in curves))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -183,6 +200,8 @@ def _draw_curve(ax: Axes, curve: Curve, colour) -> None:
         style = {"lw": 2.0, "ms": 7} if is_test else {"lw": 0.8, "ls": "--", "ms": 4}
         if curve.status != "finished":  # a marker where the unfinished run stopped (shown in the legend too)
             style.update(marker=UNFINISHED_MARKERS.get(curve.status, "o"), markevery=[len(band.steps) - 1])
+        elif len(band.steps) == 1:  # a line of one point draws nothing: a marker shows it
+            style.update(marker="o")
         ax.plot(band.steps, band.mean, color=colour, label=label, **style)
         label = None
         if len(curve.seeds) > 1:

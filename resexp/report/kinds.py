@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from resexp.errors import ResexpError
-from resexp.report.figures import figure6
+from resexp.report.figures import Curve, figure6, figure6_notes, figure6_series
 from resexp.report.norms_figure import norms_figure
 from resexp.report.norms_lr import lr_figure, lr_rows, varies_lr
 from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
@@ -28,6 +28,7 @@ def report_figure(kind: str, sweep_dir: str, out: str | None = None, ylim: str |
         raise ResexpError("--ylim and --log-y apply to --kind fig6")
     runs, _ = _scan_and_warn(sweep_dir)  # drawn without the unreadable ones
     if kind == "fig6":
+        say_curves(figure6_series(runs))
         return figure6(runs, out or f"{sweep_dir}/figure6.png", limits, log_y)
     target = Path(out or f"{sweep_dir}/norms.png")
     paths = norms_figure(runs, target)
@@ -50,6 +51,14 @@ def report_table(kind: str, sweep_dir: str, out_dir: str | None = None) -> list[
     rows = table6(runs)
     print_table(rows, unreadable=unreadable)
     return write_table(rows, out_dir or sweep_dir, unreadable=unreadable)
+
+
+def say_curves(curves: list[Curve]) -> None:
+    """What Figure 6 shows (stdout) and what it leaves out or shows only as a point (warnings)."""
+    for note in figure6_notes(curves):
+        print(f"resexp: warning: {note}", file=sys.stderr)
+    drawn = [c.label for c in curves if c.train is not None or c.test is not None]
+    print(f"Figure 6: {len(drawn)} curve{'' if len(drawn) == 1 else 's'}: {', '.join(drawn)}")
 
 
 def _check_kind(kind: str) -> None:

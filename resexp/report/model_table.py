@@ -1,11 +1,12 @@
-"""`resexp models`: every named model (configs/model/) built, with its parameters and MACs."""
+"""`resexp models`: every named model (configs/model/) with its parameters and MACs, counted from its
+config (resexp.model_size), so the command imports no torch and builds no model."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
 from resexp.config import compose, group_choices
-from resexp.models import build_model, count_macs, count_params
+from resexp.model_size import model_size
 
 
 def model_table() -> Table:
@@ -14,7 +15,7 @@ def model_table() -> Table:
     table = Table("model", "arch", "depth", "residual", "params", "MACs / image")
     for name in group_choices("model"):
         cfg = compose([f"model={name}"]).model
-        model = build_model(cfg)
+        size = model_size(cfg)
         residual = str(cfg.get("residual", "-"))
         # The detail that matters per arch: the ResNet shortcut option, the ViT norm placement.
         detail = cfg.get("shortcut") if cfg.get("residual") else None
@@ -23,6 +24,6 @@ def model_table() -> Table:
             residual += f" ({detail})"
         table.add_row(
             name, cfg.arch, str(cfg.depth), residual,
-            f"{count_params(model) / 1e6:.3f}M", f"{count_macs(model) / 1e6:,.2f}M",
+            f"{size.params / 1e6:.3f}M", f"{size.macs / 1e6:,.2f}M",
         )
     return table

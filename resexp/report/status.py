@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from resexp.report.terminal import fitted_table
 from resexp.rundir import RunDir, find_run_dirs, has_summary
 from resexp.errors import ResexpError
 
@@ -122,16 +123,13 @@ def status_rows(statuses: list[RunStatus], root: Path, now: datetime) -> list[tu
     return rows
 
 
-def status_table(statuses: list[RunStatus], root: Path, now: datetime) -> Table:
+def status_table(statuses: list[RunStatus], root: Path, now: datetime, width: int) -> Table:
     """The rich table of a terminal, with the notes (why failed, dead, stopped) below it."""
-    table = Table(*COLUMNS, title=str(root), title_justify="left", caption=_counts(statuses),
-                  caption_justify="left")
     colours = {"finished": "green", "running": "cyan", "failed": "red", "dead": "red", "diverged": "magenta",
                "stopped": "yellow", "unreadable": "red"}
-    for s, row in zip(statuses, status_rows(statuses, root, now)):
-        colour = colours.get(s.status)
-        table.add_row(row[0], f"[{colour}]{row[1]}[/]" if colour else row[1], *row[2:])
-    return table
+    rows = [(row[0], f"[{colours[s.status]}]{row[1]}[/]" if s.status in colours else row[1], *row[2:])
+            for s, row in zip(statuses, status_rows(statuses, root, now))]
+    return fitted_table(COLUMNS, rows, str(root), width, shared=("device",))
 
 
 def status_text(statuses: list[RunStatus], root: Path, now: datetime) -> str:
@@ -151,7 +149,7 @@ def _counts(statuses: list[RunStatus]) -> str:
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.status] = counts.get(s.status, 0) + 1
-    return f"{len(statuses)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    return f"{len(statuses)} run{'' if len(statuses) == 1 else 's'}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
 def _duration(seconds: float) -> str:
@@ -176,7 +174,7 @@ def show_status(directory: str | Path, watch: bool = False, interval: float = 5.
         if not console.is_terminal:
             return status_text(statuses, root, now)
         notes = [Text(line, style="dim") for line in status_notes(statuses, root)]
-        return Group(status_table(statuses, root, now), *notes)
+        return Group(status_table(statuses, root, now, console.width), *notes, Text(_counts(statuses)))
 
     view = render()  # a wrong directory fails here, before any refreshing
     if not watch:

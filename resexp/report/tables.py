@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from resexp.report.terminal import fitted_table
 from resexp.report.runs import Run, UnreadableRun, group_runs, print_unreadable, scan_runs, unreadable_lines
 
 # CIFAR-10 test error (%) from the paper, keyed by (residual, depth): value, how to show it.
@@ -80,11 +80,11 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "ta
 def print_table(rows: list[dict[str, Any]], console: Console | None = None,
                 unreadable: Sequence[UnreadableRun] = ()) -> None:
     """The table on the terminal, as in the Markdown file."""
-    table = Table(*HEADERS, title="Table 6 (He et al. 2015)", caption=_NOTE)
-    for row in rows:
-        table.add_row(*_display(row))
     console = console or Console()
+    table = fitted_table(HEADERS, [_display(row) for row in rows], "Table 6 (He et al. 2015)", console.width,
+                         shared=("data",))
     console.print(table)
+    console.print(_NOTE, style="dim", highlight=False)
     print_unreadable(unreadable, console)
 
 

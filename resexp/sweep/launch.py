@@ -241,7 +241,7 @@ def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
         outcomes.setdefault(status, []).append(job.run)
     counts = {status: len(outcomes[status]) for status in OUTCOMES if outcomes.get(status)}
     where = jobs[0].run_dir.parent if jobs else ""
-    print(f"sweep {where}: {len(jobs)} runs: " + ", ".join(
+    print(f"sweep {where}: {len(jobs)} run{'' if len(jobs) == 1 else 's'}: " + ", ".join(
         f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
     failed = outcomes.get("failed", [])
     if failed and not stopped:

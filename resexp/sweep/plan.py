@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from resexp.config import GROUPS, compose_job, config_dir, group_choices, refuse_repeated_keys, unreadable_override
 from resexp.rundir import RunDir
 from resexp.errors import ConfigError, ResexpError, one_line
-from resexp.models import build_model, count_macs
+from resexp.model_size import model_size
 
 
 def visible_gpus() -> int:
@@ -169,7 +169,7 @@ def longest_first(jobs: list[Job]) -> list[Job]:
             return 0
         key = json.dumps(OmegaConf.to_container(job.cfg.model, resolve=True), sort_keys=True)
         if key not in macs:
-            macs[key] = count_macs(build_model(job.cfg.model))
+            macs[key] = model_size(job.cfg.model).macs
         try:
             done_iters = job.run.checkpoint_iteration() or 0
         except ResexpError:  # an unreadable checkpoint: the run itself refuses it, with the reason
@@ -239,7 +239,7 @@ def dry_run(overrides: list[str]) -> list[str]:
     for action in actions:
         kind = action.split()[0]
         counts[kind] = counts.get(kind, 0) + 1
-    lines.append(f"{len(plan.jobs)} runs: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    lines.append(f"{len(plan.jobs)} run{'' if len(plan.jobs) == 1 else 's'}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
                  + "; nothing launched (--dry-run)")
     return lines
 
@@ -276,8 +276,8 @@ def describe_launcher(plan: Sweep) -> str:
         shown = [f"{key}={'(default)' if settings[key] is None else settings[key]}"
                  for key in LAUNCHER_KEYS.get(kind, ()) if key in settings]
         text = f"launcher {plan.launcher}: {', '.join(shown)}"
-    gpus = visible_gpus()
-    if kind == "joblib":
+    if kind == "joblib":  # only here: counting GPUs imports torch (seconds)
+        gpus = visible_gpus()
         text += f"; {gpus} GPU(s) visible" if gpus else "; no GPU visible"
         if gpus:
             mps = "shared through CUDA MPS" if plan.per_gpu > 1 else "no MPS"
