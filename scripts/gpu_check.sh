@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: one command for anyone with a CUDA GPU, about 7 minutes on one H100/H200. At the
+# The GPU check: one command for anyone with a CUDA GPU, sized for an 8-minute budget (BUDGET_S) on one
+# H100/H200 (not yet timed there). At the
 # repository root, with the wheels of scripts/fetch_wheels.sh in wheels/ (or $WHEELS):
 #     bash scripts/gpu_check.sh
 # It installs resexp from those wheels into the image's Python ($PYTHON; the image brings torch,
