@@ -159,6 +159,23 @@ def status(
     show_status(directory, watch, interval)
 
 
+@app.command(help="A reproduction report of He et al. 2015 from a sweep directory, one Markdown file with its "
+             "figures: Table 6 beside the paper's numbers (best (mean ± std, n seeds), the difference in standard "
+             "errors, how the model was selected), Figure 6's two claims (plain nets degrade with depth, residual "
+             "nets do not) each with a rank correlation, its bootstrap CI and a verdict, the recipe as run with "
+             "every difference from the paper's, Figure 6 with seed bands, and the unfinished, failed, diverged "
+             "and missing runs. Example: resexp report runs/sweeps/figure6_seeds")
+@error_boundary
+def report(
+    sweep_dir: str = SWEEP_DIR,
+    out_dir: Optional[str] = typer.Option(None, "-o", "--out-dir", help="where report.md and its figures go "
+                                          "(default SWEEP_DIR/report)"),
+) -> None:
+    from resexp.report.reproduction import reproduction_report
+
+    wrote(reproduction_report(sweep_dir, out_dir))
+
+
 # ---- why residuals work: responses, lesion, landscape, eval, gradflow (resexp/cli_analysis.py) ----
 
 # Root commands (`resexp lesion ...`) in this place of the listing, where an unnamed add_typer would put them last.
@@ -207,7 +224,8 @@ def models() -> None:
 
 # ---- datasets (resexp/data/) ----
 
-data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Stage the torchvision datasets (CIFAR-10, CIFAR-100, "
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Stage the torchvision datasets (CIFAR-10, CIFAR-100, "
                        "Fashion-MNIST) under the data root (data.root, or RESEXP_DATA): download them where there is "
                        "internet (a login node), check them where training will read them.")
 app.add_typer(data_app, name="data")

@@ -14,12 +14,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from resexp.errors import ResexpError
+from resexp.report.paper import PAPER_DATA
 from resexp.report.runs import Run, group_runs, require_runs
 
 # The paper's y range for CIFAR-10, per panel where its finished curves end inside it; whatever
 # a range cuts off (the first iterations, diverged runs) is said on the panel, never hidden.
 PAPER_YMAX = 20.0
-PAPER_DATA = "cifar10"
 DEEPEST = (110, 1202)  # the paper's third panel: ResNet-110 vs ResNet-1202
 UNFINISHED_MARKERS = {"diverged": "X", "failed": "s", "running": "o"}
 # Iterations from 10^4 on as "x 1e4", as the paper's axis; a short run keeps plain numbers (no "1e2").

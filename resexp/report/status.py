@@ -16,9 +16,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from resexp.errors import ResexpError
 from resexp.report.terminal import fitted_table
 from resexp.rundir import RunDir, find_run_dirs, has_summary
-from resexp.errors import ResexpError
 
 
 @dataclass
@@ -149,7 +149,8 @@ def _counts(statuses: list[RunStatus]) -> str:
     counts: dict[str, int] = {}
     for s in statuses:
         counts[s.status] = counts.get(s.status, 0) + 1
-    return f"{len(statuses)} run{'' if len(statuses) == 1 else 's'}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    runs = f"{len(statuses)} run{'' if len(statuses) == 1 else 's'}"
+    return f"{runs}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
 def _duration(seconds: float) -> str:

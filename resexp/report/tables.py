@@ -23,8 +23,9 @@ from typing import Any
 
 from rich.console import Console
 
-from resexp.report.terminal import fitted_table
+from resexp.report.paper import PAPER_DATA
 from resexp.report.runs import Run, UnreadableRun, group_runs, print_unreadable, scan_runs, unreadable_lines
+from resexp.report.terminal import fitted_table
 
 # CIFAR-10 test error (%) from the paper, keyed by (residual, depth): value, how to show it.
 PAPER_CIFAR10: dict[tuple[bool, int], tuple[float, str]] = {
@@ -126,7 +127,7 @@ def _paper(run: Run) -> tuple[float, str] | None:
     """The paper's number, only for the paper's setting: CIFAR-10 test set, its CIFAR nets."""
     model = run.config.model
     same_setting = (
-        run.config.data.name == "cifar10" and run.eval_split == "test" and model.get("arch") == "cifar_resnet"
+        run.config.data.name == PAPER_DATA and run.eval_split == "test" and model.get("arch") == "cifar_resnet"
         and model.get("shortcut", "A") == "A" and float(model.get("width", 1.0)) == 1.0
     )
     return PAPER_CIFAR10.get((run.residual, run.depth)) if same_setting else None

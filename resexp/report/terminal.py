@@ -22,7 +22,8 @@ def fitted_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: s
     table = Table(title=", ".join([title, *said]), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, padding=(0, 1, 0, 0))
     for position, i in enumerate(keep):  # no narrower than its longest word (of a cell or the header)
-        words = [word for text in (headers[i], *(Text.from_markup(row[i]).plain for row in rows)) for word in text.split()]
+        texts = (headers[i], *(Text.from_markup(row[i]).plain for row in rows))
+        words = [word for text in texts for word in text.split()]
         table.add_column(headers[i], no_wrap=position == 0, min_width=max(map(len, words), default=1), overflow="fold")
     for row in rows:
         table.add_row(*(row[i] for i in keep))

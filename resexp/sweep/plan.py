@@ -239,7 +239,8 @@ def dry_run(overrides: list[str]) -> list[str]:
     for action in actions:
         kind = action.split()[0]
         counts[kind] = counts.get(kind, 0) + 1
-    lines.append(f"{len(plan.jobs)} run{'' if len(plan.jobs) == 1 else 's'}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    runs = f"{len(plan.jobs)} run{'' if len(plan.jobs) == 1 else 's'}"
+    lines.append(f"{runs}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
                  + "; nothing launched (--dry-run)")
     return lines
 

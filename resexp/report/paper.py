@@ -1,0 +1,232 @@
+"""He et al. 2015's CIFAR-10 recipe (§4.2) beside a run's: each setting in the paper's words and
+as the run's config.yaml and summary.json record it, and whether the two differ. The reproduction
+report (resexp/report/reproduction.py) lists them and names every difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from resexp.model_config import DEFAULT_ZERO_PAD, STAGE_CHANNELS, scaled_channels
+from resexp.report.runs import Run
+
+PAPER_DATA = "cifar10"
+PAPER_ITERS = 64_000
+PAPER_BATCH = 128
+PAPER_LR = 0.1
+PAPER_MILESTONES = (0.5, 0.75)  # 32k and 48k of the 64k iterations
+PAPER_GAMMA = 0.1
+PAPER_MOMENTUM = 0.9
+PAPER_WEIGHT_DECAY = 1e-4
+PAPER_WARMUP = {"lr": 0.01, "until_error": 80.0}  # ResNet-110 and -1202 only, about 400 iterations
+PAPER_WARMUP_DEPTH = 110
+# The only spread the paper reports: ResNet-110's std over 5 runs (Table 6, "6.61±0.16").
+PAPER_STD = 0.16
+NOT_RECORDED = "not recorded"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One line of the recipe: the paper's value in words, the run's, and whether the run's is
+    the paper's (None where the paper does not say: shown, never counted as a difference)."""
+
+    name: str
+    paper: str
+    as_run: Callable[[Run], str]
+    same: Callable[[Run], bool] | None
+
+
+def config_value(run: Run, key: str) -> Any:
+    """A dotted key of the run's config; None where the config lacks it (an older run)."""
+    value = OmegaConf.select(run.config, key, default=None)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _key(run: Run, key: str) -> Any:
+    """config_value for a key that always has a value: KeyError where the config lacks it, which
+    the recipe shows as "not recorded"."""
+    value = config_value(run, key)
+    if value is None:
+        raise KeyError(key)
+    return value
+
+
+def _data(run: Run) -> str:
+    name = _key(run, "data.name")
+    if name == "synthetic":
+        return (f"synthetic ({_key(run, 'data.train_size'):,} train / {_key(run, 'data.test_size'):,} "
+                "test images, resexp/data/synthetic.py)")
+    return {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST"}.get(name, str(name))
+
+
+def _split(run: Run) -> str:
+    if run.eval_split == "val":
+        return (f"{_key(run, 'data.val_size'):,} training images held out as val; trained on the rest, "
+                "evaluated on val")
+    return "trained on the whole training set, evaluated on test"
+
+
+def _optimizer(run: Run) -> str:
+    name, decay = _key(run, "optim.name"), _key(run, "optim.weight_decay")
+    if name != "sgd":
+        return f"{name}, weight decay {decay:g}"
+    nesterov = ", Nesterov" if _key(run, "optim.nesterov") else ""
+    return f"SGD, momentum {_key(run, 'optim.momentum'):g}{nesterov}, weight decay {decay:g}"
+
+
+def _same_optimizer(run: Run) -> bool:
+    return (config_value(run, "optim.name") == "sgd" and config_value(run, "optim.momentum") == PAPER_MOMENTUM
+            and config_value(run, "optim.weight_decay") == PAPER_WEIGHT_DECAY
+            and not config_value(run, "optim.nesterov"))
+
+
+def _schedule(run: Run) -> str:
+    lr, kind = _key(run, "optim.lr"), _key(run, "optim.schedule")
+    if kind != "step":
+        return f"{lr:g}, {kind}"
+    fractions, gamma = _key(run, "optim.milestones"), _key(run, "optim.gamma")
+    factor = f"÷{1 / gamma:g}" if gamma < 1 else f"×{gamma:g}"
+    at = " and ".join(f"{round(f * _key(run, 'trainer.max_iters')):,}" for f in fractions)
+    return f"{lr:g}, {factor} at {at} ({' and '.join(f'{f:.0%}' for f in fractions)} of training)"
+
+
+def _same_schedule(run: Run) -> bool:
+    return (config_value(run, "optim.lr") == PAPER_LR and config_value(run, "optim.schedule") == "step"
+            and tuple(config_value(run, "optim.milestones") or ()) == PAPER_MILESTONES
+            and config_value(run, "optim.gamma") == PAPER_GAMMA)
+
+
+def _warmup(run: Run) -> str:
+    parts = []
+    if _key(run, "optim.warmup_iters"):
+        parts.append(f"linear from 0 over the first {_key(run, 'optim.warmup_iters'):,} iterations")
+    error_warmup = config_value(run, "optim.error_warmup")
+    if error_warmup:
+        parts.append(f"lr {error_warmup['lr']:g} until training error < {error_warmup['until_error']:g}% "
+                     f"(at most {error_warmup['max_iters']:,} iterations)")
+    return "; ".join(parts) or "none"
+
+
+def _same_warmup(run: Run) -> bool:
+    error_warmup = config_value(run, "optim.error_warmup")
+    wanted = run.residual and run.depth >= PAPER_WARMUP_DEPTH
+    paper_like = bool(error_warmup) and all(error_warmup.get(k) == v for k, v in PAPER_WARMUP.items())
+    return not config_value(run, "optim.warmup_iters") and (paper_like if wanted else not error_warmup)
+
+
+def _shortcut(run: Run) -> str:
+    if not run.residual:
+        return "none: a plain net"
+    return {"A": "option A (identity + zero-padded channels)",
+            "B": "option B (1×1 projection + BN)"}.get(_key(run, "model.shortcut"), NOT_RECORDED)
+
+
+def _zero_pad(run: Run) -> str:
+    if not run.residual or _key(run, "model.shortcut") != "A":
+        return "n/a: no option-A shortcut"
+    # Runs written before model.zero_pad existed have the default (resexp.config.run_identity).
+    placement = config_value(run, "model.zero_pad") or DEFAULT_ZERO_PAD
+    return {"end": "end: zero channels after the old ones",
+            "split": "split: half before, half after the old ones"}.get(placement, NOT_RECORDED)
+
+
+def _width(run: Run) -> str:
+    width = _key(run, "model.width")
+    return f"{width:g} ({', '.join(str(scaled_channels(c, width)) for c in STAGE_CHANNELS)} filters)"
+
+
+def _summary(key: str) -> Callable[[Run], str]:
+    return lambda run: str(run.summary.get(key, NOT_RECORDED))
+
+
+RECIPE = (
+    Setting("data", "CIFAR-10 (50,000 train / 10,000 test images)", _data,
+            lambda run: config_value(run, "data.name") == PAPER_DATA),
+    Setting("split", "schedule chosen on a 45k/5k train/val split; final models trained on all 50k, tested on "
+            "the 10k test set", _split, lambda run: run.eval_split == "test"),
+    Setting("iterations", f"{PAPER_ITERS:,}", lambda run: f"{_key(run, 'trainer.max_iters'):,}",
+            lambda run: config_value(run, "trainer.max_iters") == PAPER_ITERS),
+    Setting("batch", str(PAPER_BATCH), lambda run: str(_key(run, "trainer.batch_size")),
+            lambda run: config_value(run, "trainer.batch_size") == PAPER_BATCH),
+    Setting("optimizer", f"SGD, momentum {PAPER_MOMENTUM:g}, weight decay {PAPER_WEIGHT_DECAY:g}", _optimizer,
+            _same_optimizer),
+    Setting("lr schedule", f"{PAPER_LR:g}, ÷10 at 32,000 and 48,000 (50% and 75% of training)", _schedule,
+            _same_schedule),
+    Setting("warm-up", f"none; ResNet-110 and -1202: lr {PAPER_WARMUP['lr']:g} until training error "
+            f"< {PAPER_WARMUP['until_error']:g}% (about 400 iterations)", _warmup, _same_warmup),
+    Setting("augmentation", "pad 4, random 32×32 crop, random horizontal flip",
+            lambda run: "pad 4, random 32×32 crop, random horizontal flip" if _key(run, "data.augment") else "none",
+            lambda run: bool(config_value(run, "data.augment"))),
+    # resexp has no other input normalisation (resexp/data/batcher.py), so no key records it.
+    Setting("input", "per-pixel training mean subtracted", lambda run: "per-pixel training mean subtracted",
+            lambda run: True),
+    Setting("shortcut", "option A: identity; at a shape change stride-2 subsampling + zero-padded channels",
+            _shortcut, lambda run: not run.residual or config_value(run, "model.shortcut") == "A"),
+    Setting("zero-pad", "not stated (fb.resnet.torch puts the zero channels after the old ones)", _zero_pad, None),
+    Setting("width", "1 (16, 32, 64 filters)", _width, lambda run: config_value(run, "model.width") == 1),
+    Setting("precision", "not stated", _summary("precision"), None),
+    Setting("device", "not stated", _summary("device"), None),
+)
+
+
+def comparison_gaps(run: Run) -> list[str]:
+    """Why the run's error is not the quantity the paper's Table 6 reports ([] if it is): the
+    same setting as Table 6's paper column (resexp/report/tables.py), said in words."""
+    gaps = []
+    if config_value(run, "model.arch") != "cifar_resnet":
+        gaps.append("not one of the paper's CIFAR nets")
+    if config_value(run, "data.name") != PAPER_DATA:
+        gaps.append(f"{config_value(run, 'data.name')} data")
+    if run.eval_split != "test":
+        gaps.append(f"{run.eval_split} error")
+    if run.residual and config_value(run, "model.shortcut") != "A":
+        gaps.append(f"shortcut option {config_value(run, 'model.shortcut')}")
+    if config_value(run, "model.width") != 1:
+        gaps.append(f"width {config_value(run, 'model.width'):g}")
+    return gaps
+
+
+def recipe_rows(labelled: Iterable[tuple[str, Run]]) -> list[tuple[str, str, str]]:
+    """(setting, the paper's, as run) for each setting of RECIPE; where runs differ, each value
+    is followed by the nets that ran with it."""
+    pairs = list(labelled)
+    return [(s.name, s.paper, _by_value([(label, _as_run(s, run)) for label, run in pairs])) for s in RECIPE]
+
+
+def recipe_differences(labelled: Iterable[tuple[str, Run]]) -> list[tuple[str, str]]:
+    """Every setting in which some run differs from the paper, and how: ("iterations", "500;
+    paper: 64,000"), with the nets that differ where not all do."""
+    pairs = list(labelled)
+    lines = []
+    for setting in RECIPE:
+        if setting.same is None:
+            continue
+        differing = [(label, _as_run(setting, run)) for label, run in pairs if not setting.same(run)]
+        if not differing:
+            continue
+        every = {label for label, _ in differing} == {label for label, _ in pairs}
+        lines.append((setting.name, f"{_by_value(differing, every)}; paper: {setting.paper}"))
+    return lines
+
+
+def _as_run(setting: Setting, run: Run) -> str:
+    try:
+        return setting.as_run(run)
+    except (TypeError, KeyError):  # a key this run's config lacks (None where a number is formatted)
+        return NOT_RECORDED
+
+
+def _by_value(pairs: list[tuple[str, str]], one_value_alone: bool = True) -> str:
+    """'value' if every net has it (and one_value_alone), else 'value (net, net); value (net)'."""
+    nets: dict[str, list[str]] = {}
+    for label, value in pairs:
+        members = nets.setdefault(value, [])
+        if label not in members:
+            members.append(label)
+    if len(nets) == 1 and one_value_alone:
+        return next(iter(nets))
+    return "; ".join(f"{value} ({', '.join(members)})" for value, members in nets.items())

@@ -1,0 +1,273 @@
+"""The reproduction report (resexp report): its statistics against hand computations, the
+paper's convention, the recipe's differences, and the report of fake sweeps."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fake_runs import write_final_run, write_run
+from resexp.cli import app
+from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows
+from resexp.report.reproduction import (
+    CLAIMS, MIN_RUNS, RULE, average_ranks, bootstrap_ci, difference, judge_claim, missing_seeds, paper_convention,
+    ordered_groups, rank_correlation, reproduction_report,
+)
+from resexp.report.runs import scan_runs
+
+DEGRADATION, NO_DEGRADATION = CLAIMS
+SEPARATED_RHO = math.sqrt(27 / 35)  # two depths of 3 runs each, every deeper run above every shallower one
+
+
+def spearman_by_hand(x, y):
+    """Spearman's rho from its textbook definition, in plain Python."""
+    def ranks(values):
+        return [sum(v < w for v in values) + (sum(v == w for v in values) + 1) / 2 for w in values]
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return num / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+
+
+def sweep_of(root, errors, residual=False, statuses=None, **changes):
+    """Runs of one kind: errors {depth: [final training error per seed]}; test error = training + 6."""
+    for depth, values in errors.items():
+        name = f"{'resnet' if residual else 'plain'}{depth}"
+        for seed, value in enumerate(values):
+            status = (statuses or {}).get((depth, seed), "finished")
+            write_final_run(root, name, depth, residual, seed, value, value + 6, status, **changes)
+    return ordered_groups(scan_runs(root)[0])
+
+
+def test_average_ranks_share_tied_ranks():
+    assert average_ranks(np.array([3.0, 1.0, 2.0, 2.0])).tolist() == [4.0, 1.0, 2.5, 2.5]
+    assert average_ranks(np.array([[5.0, 5.0, 5.0], [1.0, 3.0, 2.0]])).tolist() == [[2, 2, 2], [1, 3, 2]]
+
+
+def test_rank_correlation_is_spearmans_rho():
+    depths = [20, 20, 20, 56, 56, 56]
+    assert rank_correlation(depths, [1, 2, 3, 4, 5, 6])[0] == pytest.approx(SEPARATED_RHO, abs=1e-12)
+    assert rank_correlation(depths, [4, 5, 6, 1, 2, 3])[0] == pytest.approx(-SEPARATED_RHO, abs=1e-12)
+    assert rank_correlation(depths, [7, 7, 7, 7, 7, 7])[0] == 0.0  # all equal: no association
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x = rng.integers(0, 4, 9).tolist()
+        y = rng.integers(0, 5, 9).astype(float).tolist()  # ties in both
+        if len(set(x)) > 1 and len(set(y)) > 1:
+            assert rank_correlation(x, y)[0] == pytest.approx(spearman_by_hand(x, y), abs=1e-12)
+
+
+def test_bootstrap_ci_matches_the_exact_resampling_distribution():
+    by_depth = {20: [1.0, 5.0, 3.0], 56: [2.0, 6.0, 4.0]}
+    # every one of the 27 x 27 equally likely resamples, enumerated
+    exact = np.array([spearman_by_hand([20] * 3 + [56] * 3, [by_depth[20][i] for i in a] + [by_depth[56][j] for j in b])
+                      if len({by_depth[20][i] for i in a} | {by_depth[56][j] for j in b}) > 1 else 0.0
+                      for a in itertools.product(range(3), repeat=3) for b in itertools.product(range(3), repeat=3)])
+    low, high = bootstrap_ci(by_depth)
+    assert (low, high) == bootstrap_ci(by_depth)  # seeded: the same interval every time
+    assert np.isclose(exact, low).any() and np.isclose(exact, high).any()  # values the resampling can take
+    assert np.mean(exact < low - 1e-9) <= 0.035 and np.mean(exact > high + 1e-9) <= 0.035
+    assert low < 0 < high
+
+
+def test_bootstrap_ci_of_separated_depths_stays_above_zero():
+    low, high = bootstrap_ci({20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 6.0]})
+    # a resample keeps the separation: rho is between the all-distinct value and 1 (all tied within a depth)
+    assert SEPARATED_RHO - 1e-12 <= low <= high <= 1 + 1e-12
+
+
+def test_degradation_reproduced(tmp_path):
+    test = judge_claim(DEGRADATION, sweep_of(tmp_path, {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 6.0]}))
+    assert test.verdict == "reproduced" and test.reason == "the whole CI is above 0"
+    assert test.rho == pytest.approx(SEPARATED_RHO)
+    assert test.errors == {"plain-20": (20, [1.0, 2.0, 3.0]), "plain-56": (56, [4.0, 5.0, 6.0])}
+
+
+def test_degradation_not_reproduced_when_deeper_plain_nets_train_better(tmp_path):
+    test = judge_claim(DEGRADATION, sweep_of(tmp_path, {20: [4.0, 5.0, 6.0], 56: [1.0, 2.0, 3.0]}))
+    assert (test.verdict, test.reason) == ("not reproduced", "the whole CI is at or below 0")
+    assert test.rho == pytest.approx(-SEPARATED_RHO)
+
+
+def test_undecided_when_the_ci_straddles_zero(tmp_path):
+    test = judge_claim(DEGRADATION, sweep_of(tmp_path, {20: [1.0, 5.0, 3.0], 56: [2.0, 6.0, 4.0]}))
+    assert (test.verdict, test.reason) == ("undecided", "the CI straddles 0")
+    assert test.rho == pytest.approx(spearman_by_hand([20] * 3 + [56] * 3, [1, 5, 3, 2, 6, 4]))
+    assert test.ci[0] < 0 < test.ci[1]
+
+
+def test_undecided_with_too_few_finished_runs(tmp_path):
+    # three seeds of plain-56, one of them diverged: two finished, fewer than MIN_RUNS
+    groups = sweep_of(tmp_path, {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 90.0]}, statuses={(56, 2): "diverged"})
+    test = judge_claim(DEGRADATION, groups)
+    assert MIN_RUNS == 3
+    assert (test.verdict, test.reason) == ("undecided", "too few finished runs: plain-56 has 2 (3 per depth needed)")
+    assert test.errors["plain-56"] == (56, [4.0, 5.0])  # the diverged run is not averaged in
+    assert test.rho == pytest.approx(spearman_by_hand([20, 20, 20, 56, 56], [1, 2, 3, 4, 5]))
+
+
+def test_undecided_with_one_depth_or_none(tmp_path):
+    groups = sweep_of(tmp_path, {20: [1.0, 2.0, 3.0]})
+    one = judge_claim(DEGRADATION, groups)
+    assert (one.verdict, one.reason, one.rho, one.ci) == ("undecided", "1 plain depth(s) (plain-20), 2 needed",
+                                                          None, None)
+    none = judge_claim(NO_DEGRADATION, groups)
+    assert (none.verdict, none.reason) == ("undecided", "0 residual depth(s), 2 needed")
+
+
+def test_undecided_when_nets_differ_in_more_than_depth(tmp_path):
+    write_final_run(tmp_path, "plain20", 20, False, 0, 1.0, 7.0, model__width=0.5)
+    for seed in range(3):
+        write_final_run(tmp_path, "plain56", 56, False, seed, 5.0 + seed, 11.0)
+    test = judge_claim(DEGRADATION, ordered_groups(scan_runs(tmp_path)[0]))
+    assert (test.verdict, test.reason, test.rho) == ("undecided", "the plain nets differ in more than depth: "
+                                                     "model.width", None)
+
+
+def test_residual_claim_reproduced_and_warm_up_of_resnet110_allowed(tmp_path):
+    groups = sweep_of(tmp_path, {20: [3.0, 3.5, 4.0], 56: [1.0, 1.5, 2.0], 110: [0.5, 0.6, 0.7]}, residual=True)
+    test = judge_claim(NO_DEGRADATION, groups)
+    assert (test.verdict, test.reason) == ("reproduced", "the whole CI is below 0")
+    assert test.rho == pytest.approx(spearman_by_hand([20] * 3 + [56] * 3 + [110] * 3,
+                                                      [3, 3.5, 4, 1, 1.5, 2, 0.5, 0.6, 0.7]))
+    rising = sweep_of(tmp_path / "rising", {20: [1.0, 1.5, 2.0], 56: [3.0, 3.5, 4.0]}, residual=True)
+    assert judge_claim(NO_DEGRADATION, rising).verdict == "not reproduced"
+
+
+def test_paper_convention():
+    # best 6.43; mean 6.61; sample std sqrt(((-0.18)^2 + (-0.11)^2 + 0.29^2) / 2) = 0.2536
+    assert paper_convention([6.43, 6.5, 6.9]) == "6.43 (6.61 ± 0.25, 3 seeds)"
+    assert paper_convention([7.0]) == "7.00 (1 seed)"
+    assert paper_convention([]) == "— (no finished run)"
+
+
+def test_difference_in_standard_errors():
+    # mean 7.2, std 0.2, SE 0.2 / sqrt(3) = 0.1155: (7.2 - 6.97) / 0.1155 = +1.99
+    assert difference([7.0, 7.2, 7.4], 6.97) == "+0.23 pts = +2.0 SE"
+    # one seed: the paper's ResNet-110 std 0.16 stands in: (7.29 - 6.97) / 0.16 = +2.0
+    assert difference([7.29], 6.97) == "+0.32 pts = +2.0 SE†"
+    assert difference([6.5, 6.5], 6.97) == "-0.47 pts = -4.2 SE†"  # std 0: the same stand-in, / sqrt(2)
+
+
+def test_the_paper_recipe_has_no_difference(tmp_path):
+    groups = sweep_of(tmp_path, {20: [1.0], 110: [0.5]}, residual=True)
+    labelled = [(label, run) for label, runs in groups.items() for run in runs]
+    assert recipe_differences(labelled) == []
+    assert comparison_gaps(labelled[0][1]) == []
+    rows = {name: as_run for name, _, as_run in recipe_rows(labelled)}
+    assert rows["warm-up"] == ("none (ResNet-20); lr 0.01 until training error < 80% (at most 400 iterations) "
+                               "(ResNet-110)")
+    assert rows["lr schedule"] == "0.1, ÷10 at 32,000 and 48,000 (50% and 75% of training)"
+
+
+def test_recipe_differences_are_named(tmp_path):
+    changes = dict(data__name="synthetic", data__train_size=10000, data__test_size=2000, data__val_size=1000,
+                   trainer__max_iters=2000, trainer__batch_size=64, optim__warmup_iters=100, optim__nesterov=True,
+                   optim__milestones=[0.5], data__augment=False, model__width=0.5, model__shortcut="B")
+    write_final_run(tmp_path, "resnet20", 20, True, 0, 1.0, 7.0, **changes)
+    write_final_run(tmp_path, "plain20", 20, False, 0, 1.0, 7.0, **changes)
+    write_final_run(tmp_path, "resnet110", 110, True, 0, 1.0, 7.0, optim__error_warmup=None)
+    runs = scan_runs(tmp_path)[0]
+    labelled = [(label, run) for label, members in ordered_groups(runs).items() for run in members]
+    assert recipe_differences(labelled) == [
+        ("data", "synthetic (10,000 train / 2,000 test images, resexp/data/synthetic.py) (plain-20, ResNet-20); "
+                 "paper: CIFAR-10 (50,000 train / 10,000 test images)"),
+        ("split", "1,000 training images held out as val; trained on the rest, evaluated on val (plain-20, "
+                  "ResNet-20); paper: schedule chosen on a 45k/5k train/val split; final models trained on all "
+                  "50k, tested on the 10k test set"),
+        ("iterations", "2,000 (plain-20, ResNet-20); paper: 64,000"),
+        ("batch", "64 (plain-20, ResNet-20); paper: 128"),
+        ("optimizer", "SGD, momentum 0.9, Nesterov, weight decay 0.0001 (plain-20, ResNet-20); paper: SGD, "
+                      "momentum 0.9, weight decay 0.0001"),
+        ("lr schedule", "0.1, ÷10 at 1,000 (50% of training) (plain-20, ResNet-20); paper: 0.1, ÷10 at 32,000 and "
+                        "48,000 (50% and 75% of training)"),
+        ("warm-up", "linear from 0 over the first 100 iterations (plain-20, ResNet-20); none (ResNet-110); paper: "
+                    "none; ResNet-110 and -1202: lr 0.01 until training error < 80% (about 400 iterations)"),
+        ("augmentation", "none (plain-20, ResNet-20); paper: pad 4, random 32×32 crop, random horizontal flip"),
+        ("shortcut", "option B (1×1 projection + BN) (ResNet-20); paper: option A: identity; at a shape change "
+                     "stride-2 subsampling + zero-padded channels"),
+        ("width", "0.5 (8, 16, 32 filters) (plain-20, ResNet-20); paper: 1 (16, 32, 64 filters)"),
+    ]
+    resnet20 = next(run for label, run in labelled if label == "ResNet-20")
+    assert comparison_gaps(resnet20) == ["synthetic data", "val error", "shortcut option B", "width 0.5"]
+
+
+def test_missing_seeds_are_the_sweep_grid_less_the_runs(tmp_path):
+    groups = sweep_of(tmp_path, {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0]})
+    assert missing_seeds(groups) == {"plain-56": [2]}
+
+
+def write_seeds_sweep(root):
+    """Three seeds of plain-20/56 and ResNet-20/56 on CIFAR-10 with the paper's recipe, named as a
+    Hydra sweep names them (seed 0 not in the name); ResNet-56 seed 2 is missing and plain-56
+    seed 2 diverged."""
+    errors = {("plain", 20): [1.0, 1.2, 1.4], ("plain", 56): [5.0, 6.0, 90.0],
+              ("resnet", 20): [0.5, 0.6, 0.7], ("resnet", 56): [0.1, 0.2]}
+    for (kind, depth), values in errors.items():
+        for seed, value in enumerate(values):
+            name = f"{kind}{depth}"
+            test_error = {"plain": 10.0, "resnet": 7.0}[kind] + seed / 10
+            write_final_run(root, name, depth, kind == "resnet", seed, value, test_error,
+                            "diverged" if value == 90.0 else "finished",
+                            dir_name=f"model={name}" if seed == 0 else f"model={name},seed={seed}")
+
+
+def test_report_command_writes_the_report_with_missing_and_diverged_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_seeds_sweep(sweep)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["report", str(sweep), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"wrote {out / 'report.md'}, {out / 'figure6.png'}, {out / 'figure6.pdf'}"
+    assert (out / "figure6.png").read_bytes().startswith(b"\x89PNG")
+    md = (out / "report.md").read_text()
+    lines = md.splitlines()
+    assert f"Rule: {RULE}" in lines
+    # the seeds of a net group together whatever their directories are called
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines if line.startswith("| ")}
+    # plain-20: test errors 10.0, 10.1, 10.2: mean 10.1, std 0.1; paper ≈9.7; (10.1 - 9.7) / (0.1 / sqrt 3) = +6.9
+    assert rows["plain-20"][1:4] == ["≈9.7 (Fig. 6)", "10.00 (10.10 ± 0.10, 3 seeds)", "+0.40 pts = +6.9 SE"]
+    assert rows["plain-20"][4:] == ["final model; evaluated on test (no selection)", "3 finished |"]
+    # plain-56: 10.0, 10.1 (seed 2 diverged): SE 0.0707 / sqrt 2 = 0.05; (10.05 - 13.25) / 0.05 = -64.0
+    assert rows["plain-56"][2:] == ["10.00 (10.05 ± 0.07, 2 seeds)", "-3.20 pts = -64.0 SE",
+                                    "final model; evaluated on test (no selection)", "1 diverged, 2 finished |"]
+    assert rows["ResNet-56"][1:3] == ["6.97", "7.00 (7.05 ± 0.07, 2 seeds)"]
+    assert rows["ResNet-56"][5] == "2 finished, 1 missing |"
+    assert "- plain-56 seed 2 (`model=plain56,seed=2`): diverged at iteration 16000/64000: non-finite loss" in lines
+    assert ("- ResNet-56 seed 2: missing (no run with a summary.json; the sweep's other nets have this seed)"
+            in lines)
+    verdicts = {line.split(":")[0].strip("| "): line.rsplit(" | ", 1)[1] for line in lines if line.startswith("| (")}
+    assert verdicts["(a) degradation"] == ("**undecided** (too few finished runs: plain-56 has 2 (3 per depth "
+                                           "needed)) |")
+    assert verdicts["(b) no degradation with shortcuts"].startswith("**undecided** (too few finished runs: ResNet-56")
+    assert "Differences from the paper's recipe:" in lines and lines[lines.index(
+        "Differences from the paper's recipe:") + 2] == "- none"
+    assert "`resexp responses" in md  # Figure 7 is not in the logs: the report says where it comes from
+
+
+def test_report_copies_figure7_when_responses_drew_it(tmp_path):
+    write_seeds_sweep(tmp_path)
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "responses.png").write_bytes(b"\x89PNG fake")
+    paths = reproduction_report(tmp_path)
+    assert paths[-1] == tmp_path / "report" / "figure7.png"
+    assert (tmp_path / "report" / "figure7.png").read_bytes() == b"\x89PNG fake"
+    assert "![Figure 7: std of layer responses](figure7.png)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_of_a_folder_without_runs_fails_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"resexp: error: no run directories (config.yaml with summary.json) under {tmp_path}"]
+
+
+def test_a_run_without_the_recipe_keys_says_not_recorded(tmp_path):
+    write_run(tmp_path, "resnet20", 20, True, 0, "finished")  # config.yaml of model, data, optim.lr, trainer only
+    labelled = [(label, run) for label, runs in ordered_groups(scan_runs(tmp_path)[0]).items() for run in runs]
+    rows = {name: as_run for name, _, as_run in recipe_rows(labelled)}
+    assert rows["optimizer"] == rows["warm-up"] == "not recorded"
+    assert ("optimizer", "not recorded; paper: SGD, momentum 0.9, weight decay 0.0001") in recipe_differences(labelled)
