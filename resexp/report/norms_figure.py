@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from resexp.report.figures import SCI_LIMITS, UNFINISHED_MARKERS, Band, seed_band, save_figure
+from resexp.report.figures import UNFINISHED_MARKERS, Band, seed_band, save_figure
 from resexp.report.norms_lr import at_best_lr, varies_lr
 from resexp.report.norms_placements import (
     PLACEMENT_NAMES, placement_groups, placement_order, run_placement, run_warmup,
@@ -156,7 +156,7 @@ def _draw_loss(ax: Axes, runs: list[Run], curves: list[LossCurve], colours: dict
     if top is not None and any(not np.all(np.isfinite(c.band.max) & (c.band.max <= top)) for c in curves):
         notes.append(f"loss above {top:.3g} (or non-finite) not shown")
     ax.set_xlabel("iterations")
-    ax.ticklabel_format(axis="x", style="sci", scilimits=SCI_LIMITS)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.grid(alpha=0.3)
     _notes(ax, notes, empty=not curves)
 
