@@ -159,7 +159,8 @@ def status(
     show_status(directory, watch, interval)
 
 
-@app.command(help="A reproduction report of He et al. 2015 from a sweep directory, one Markdown file with its "
+@app.command(short_help="A reproduction report of a sweep: the paper's numbers beside ours, with verdicts.",
+             help="A reproduction report of He et al. 2015 from a sweep directory, one Markdown file with its "
              "figures: Table 6 beside the paper's numbers (best (mean ± std, n seeds), the difference in standard "
              "errors, how the model was selected), Figure 6's two claims (plain nets degrade with depth, residual "
              "nets do not) each with a rank correlation, its bootstrap CI and a verdict, the recipe as run with "

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from resexp.cli_support import complete_overrides, error_boundary, wrote
+from resexp.rundir import ANALYSIS_FOLDER
 
 analysis_app = typer.Typer()  # only a list of commands: resexp/cli.py registers them on its app
 
@@ -24,7 +25,7 @@ ANALYSIS_OUT = typer.Option(None, "-o", "--out-dir", help="where the figure (PNG
 
 
 def _analysis_dir(out: Optional[str], first: str) -> Path:
-    return Path(out) if out is not None else Path(first) / "analysis"
+    return Path(out) if out is not None else Path(first) / ANALYSIS_FOLDER
 
 
 @analysis_app.command(
@@ -58,6 +59,7 @@ def lesion(paths: list[str] = RUNS, out: Optional[str] = ANALYSIS_OUT,
 
 
 @analysis_app.command(
+    short_help="Loss landscape around the trained weights (Li et al. 2018), as contours, a surface or a line.",
     help="Loss landscape (Li et al. 2018): loss and error on a grid around the trained weights along random "
     "filter-normalised directions (BN and bias entries zeroed), with the run's BN statistics; contours and a 3-D "
     "surface (--dims 2) or a line (--dims 1), runs side by side. The grid is saved, so a re-plot with the same "

@@ -29,6 +29,10 @@ LOCK = ".lock"  # flocked by the process that trains the run; holds its pid
 DONE = ("finished", "diverged")
 MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
 CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
+# Beside a sweep's runs: where the analysis commands write by default (SWEEP_DIR/analysis), and the
+# stem of `resexp responses`' Figure 7 there (.png, .pdf), which `resexp report` copies.
+ANALYSIS_FOLDER = "analysis"
+RESPONSES_STEM = "responses"
 
 
 def model_label(model: Any) -> str:

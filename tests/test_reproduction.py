@@ -6,14 +6,15 @@ import math
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from fake_runs import write_final_run, write_run
 from resexp.cli import app
 from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows
 from resexp.report.reproduction import (
-    CLAIMS, MIN_RUNS, RULE, average_ranks, bootstrap_ci, difference, judge_claim, missing_seeds, paper_convention,
-    ordered_groups, rank_correlation, reproduction_report,
+    CLAIMS, MIN_RUNS, RULE, average_ranks, bootstrap_ci, deals, difference, judge_claim, missing_seeds,
+    ordered_groups, paper_convention, permutation_p, rank_correlation, reproduction_report,
 )
 from resexp.report.runs import scan_runs
 
@@ -79,24 +80,58 @@ def test_bootstrap_ci_of_separated_depths_stays_above_zero():
     assert SEPARATED_RHO - 1e-12 <= low <= high <= 1 + 1e-12
 
 
+def test_permutation_p_by_hand():
+    # 3 runs at each of 2 depths: C(6, 3) = 20 ways to deal the errors out; fully separated, only
+    # the observed way is as far up: p = 1/20. The other way round every way is as far: p = 1.
+    separated = {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 6.0]}
+    assert permutation_p(separated, +1) == pytest.approx(1 / 20)
+    assert permutation_p(separated, -1) == pytest.approx(1.0)
+    # {20: [1, 2, 4], 56: [3, 5, 6]}: the ways whose rank sum at 56 is at least the observed 3+5+6 = 14:
+    # {4,5,6} and {3,5,6}, two of 20.
+    assert permutation_p({20: [1.0, 2.0, 4.0], 56: [3.0, 5.0, 6.0]}, +1) == pytest.approx(2 / 20)
+    # equal errors: every way ties the observed rho 0, p = 1 both ways
+    assert permutation_p({20: [5.0] * 3, 56: [5.0] * 3}, +1) == pytest.approx(1.0)
+    # the sampled path agrees with the exact one where both can run
+    wide = {20: [1.0, 3.0, 2.0, 6.0], 56: [4.0, 5.0, 8.0, 7.0], 110: [9.0, 12.0, 10.0, 11.0]}
+    exact = permutation_p(wide, +1)
+    assert permutation_p(wide, +1, exact_limit=10) == pytest.approx(exact, abs=0.003)
+    assert [len(set(map(tuple, deals([2, 1]))))] == [3]  # C(3, 2) distinct ways, each once
+
+
 def test_degradation_reproduced(tmp_path):
     test = judge_claim(DEGRADATION, sweep_of(tmp_path, {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 6.0]}))
-    assert test.verdict == "reproduced" and test.reason == "the whole CI is above 0"
-    assert test.rho == pytest.approx(SEPARATED_RHO)
+    assert (test.verdict, test.reason) == ("reproduced", "p = 0.05 ≤ 0.05")
+    assert test.rho == pytest.approx(SEPARATED_RHO) and test.p == pytest.approx(1 / 20)
     assert test.errors == {"plain-20": (20, [1.0, 2.0, 3.0]), "plain-56": (56, [4.0, 5.0, 6.0])}
 
 
 def test_degradation_not_reproduced_when_deeper_plain_nets_train_better(tmp_path):
     test = judge_claim(DEGRADATION, sweep_of(tmp_path, {20: [4.0, 5.0, 6.0], 56: [1.0, 2.0, 3.0]}))
-    assert (test.verdict, test.reason) == ("not reproduced", "the whole CI is at or below 0")
+    assert (test.verdict, test.reason) == ("not reproduced", "the error falls with depth: p = 0.05 ≤ 0.05 that way")
     assert test.rho == pytest.approx(-SEPARATED_RHO)
 
 
-def test_undecided_when_the_ci_straddles_zero(tmp_path):
+def test_undecided_when_neither_way_is_beyond_chance(tmp_path):
     test = judge_claim(DEGRADATION, sweep_of(tmp_path, {20: [1.0, 5.0, 3.0], 56: [2.0, 6.0, 4.0]}))
-    assert (test.verdict, test.reason) == ("undecided", "the CI straddles 0")
+    # ranks at 56: 2 + 4 + 6 = 12; the 3-subsets of 1..6 with a sum of 12 or more: 7 of the 20 ways
+    assert (test.verdict, test.reason) == ("undecided", "p = 0.35 > 0.05 either way")
     assert test.rho == pytest.approx(spearman_by_hand([20] * 3 + [56] * 3, [1, 5, 3, 2, 6, 4]))
     assert test.ci[0] < 0 < test.ci[1]
+
+
+def test_a_flat_residual_error_is_undecided_not_refuted(tmp_path):
+    flat = judge_claim(NO_DEGRADATION, sweep_of(tmp_path, {20: [0.0] * 3, 56: [0.0] * 3}, residual=True))
+    assert (flat.verdict, flat.rho, flat.p) == ("undecided", 0.0, 1.0)
+
+
+def test_two_nets_of_one_depth_leave_the_claim_undecided(tmp_path):
+    for seed, (a, b, c) in enumerate([(1.0, 50.0, 10.0), (2.0, 51.0, 11.0), (3.0, 52.0, 12.0)]):
+        write_final_run(tmp_path, "plain20", 20, False, seed, a, a + 6)
+        write_final_run(tmp_path, "plain20b", 20, False, seed, b, b + 6, dir_name=f"b{seed}")
+        write_final_run(tmp_path, "plain56", 56, False, seed, c, c + 6)
+    test = judge_claim(DEGRADATION, ordered_groups(scan_runs(tmp_path)[0]))
+    assert test.verdict == "undecided" and test.reason.startswith("two plain nets have one depth: ")
+    assert test.rho is None
 
 
 def test_undecided_with_too_few_finished_runs(tmp_path):
@@ -112,8 +147,8 @@ def test_undecided_with_too_few_finished_runs(tmp_path):
 def test_undecided_with_one_depth_or_none(tmp_path):
     groups = sweep_of(tmp_path, {20: [1.0, 2.0, 3.0]})
     one = judge_claim(DEGRADATION, groups)
-    assert (one.verdict, one.reason, one.rho, one.ci) == ("undecided", "1 plain depth(s) (plain-20), 2 needed",
-                                                          None, None)
+    assert (one.verdict, one.reason, one.rho, one.p, one.ci) == (
+        "undecided", "1 plain depth(s) (plain-20), 2 needed", None, None, None)
     none = judge_claim(NO_DEGRADATION, groups)
     assert (none.verdict, none.reason) == ("undecided", "0 residual depth(s), 2 needed")
 
@@ -130,7 +165,8 @@ def test_undecided_when_nets_differ_in_more_than_depth(tmp_path):
 def test_residual_claim_reproduced_and_warm_up_of_resnet110_allowed(tmp_path):
     groups = sweep_of(tmp_path, {20: [3.0, 3.5, 4.0], 56: [1.0, 1.5, 2.0], 110: [0.5, 0.6, 0.7]}, residual=True)
     test = judge_claim(NO_DEGRADATION, groups)
-    assert (test.verdict, test.reason) == ("reproduced", "the whole CI is below 0")
+    # ranks 7-9, 4-6, 1-3 by depth: the one way of the 1680 (9! / 3!^3) as far down, p = 1/1680
+    assert (test.verdict, test.p) == ("reproduced", pytest.approx(1 / 1680))
     assert test.rho == pytest.approx(spearman_by_hand([20] * 3 + [56] * 3 + [110] * 3,
                                                       [3, 3.5, 4, 1, 1.5, 2, 0.5, 0.6, 0.7]))
     rising = sweep_of(tmp_path / "rising", {20: [1.0, 1.5, 2.0], 56: [3.0, 3.5, 4.0]}, residual=True)
@@ -145,11 +181,15 @@ def test_paper_convention():
 
 
 def test_difference_in_standard_errors():
-    # mean 7.2, std 0.2, SE 0.2 / sqrt(3) = 0.1155: (7.2 - 6.97) / 0.1155 = +1.99
-    assert difference([7.0, 7.2, 7.4], 6.97) == "+0.23 pts = +2.0 SE"
-    # one seed: the paper's ResNet-110 std 0.16 stands in: (7.29 - 6.97) / 0.16 = +2.0
-    assert difference([7.29], 6.97) == "+0.32 pts = +2.0 SE†"
-    assert difference([6.5, 6.5], 6.97) == "-0.47 pts = -4.2 SE†"  # std 0: the same stand-in, / sqrt(2)
+    # mean 7.2, std 0.2 over 3; the paper's one run, spread taken as ours: SE = 0.2 * sqrt(1/3 + 1) = 0.2309
+    assert difference([7.0, 7.2, 7.4], 6.97) == "+0.23 pts = +1.0 SE"
+    # one seed: the paper's ResNet-110 std 0.16 stands in: SE = 0.16 * sqrt(1 + 1) = 0.2263, 0.32 / 0.2263 = 1.41
+    assert difference([7.29], 6.97) == "+0.32 pts = +1.4 SE†"
+    assert difference([6.5, 6.5], 6.97) == "-0.47 pts = -2.4 SE†"  # std 0: 0.16 * sqrt(1/2 + 1) = 0.196
+    # ResNet-110 against the paper's mean of 5 runs, not its best: a match is 0 SE
+    assert difference([6.45, 6.61, 6.77], 6.43, (6.61, 0.16, 5)) == "+0.00 pts = +0.0 SE"
+    # 0.16 over 3 and over 5: SE = sqrt(0.16^2/3 + 0.16^2/5) = 0.1168; (6.81 - 6.61) / 0.1168 = 1.71
+    assert difference([6.65, 6.81, 6.97], 6.43, (6.61, 0.16, 5)) == "+0.20 pts = +1.7 SE"
 
 
 def test_the_paper_recipe_has_no_difference(tmp_path):
@@ -228,11 +268,12 @@ def test_report_command_writes_the_report_with_missing_and_diverged_runs(tmp_pat
     assert f"Rule: {RULE}" in lines
     # the seeds of a net group together whatever their directories are called
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines if line.startswith("| ")}
-    # plain-20: test errors 10.0, 10.1, 10.2: mean 10.1, std 0.1; paper ≈9.7; (10.1 - 9.7) / (0.1 / sqrt 3) = +6.9
-    assert rows["plain-20"][1:4] == ["≈9.7 (Fig. 6)", "10.00 (10.10 ± 0.10, 3 seeds)", "+0.40 pts = +6.9 SE"]
+    # plain-20: test errors 10.0, 10.1, 10.2: mean 10.1, std 0.1; paper ≈9.7, one run:
+    # (10.1 - 9.7) / (0.1 * sqrt(1/3 + 1)) = +3.5
+    assert rows["plain-20"][1:4] == ["≈9.7 (Fig. 6)", "10.00 (10.10 ± 0.10, 3 seeds)", "+0.40 pts = +3.5 SE"]
     assert rows["plain-20"][4:] == ["final model; evaluated on test (no selection)", "3 finished |"]
-    # plain-56: 10.0, 10.1 (seed 2 diverged): SE 0.0707 / sqrt 2 = 0.05; (10.05 - 13.25) / 0.05 = -64.0
-    assert rows["plain-56"][2:] == ["10.00 (10.05 ± 0.07, 2 seeds)", "-3.20 pts = -64.0 SE",
+    # plain-56: 10.0, 10.1 (seed 2 diverged): std 0.0707; SE 0.0707 * sqrt(1/2 + 1) = 0.0866; -3.2 / 0.0866 = -37.0
+    assert rows["plain-56"][2:] == ["10.00 (10.05 ± 0.07, 2 seeds)", "-3.20 pts = -37.0 SE",
                                     "final model; evaluated on test (no selection)", "1 diverged, 2 finished |"]
     assert rows["ResNet-56"][1:3] == ["6.97", "7.00 (7.05 ± 0.07, 2 seeds)"]
     assert rows["ResNet-56"][5] == "2 finished, 1 missing |"
@@ -271,3 +312,15 @@ def test_a_run_without_the_recipe_keys_says_not_recorded(tmp_path):
     rows = {name: as_run for name, _, as_run in recipe_rows(labelled)}
     assert rows["optimizer"] == rows["warm-up"] == "not recorded"
     assert ("optimizer", "not recorded; paper: SGD, momentum 0.9, weight decay 0.0001") in recipe_differences(labelled)
+
+
+def test_a_vit_run_in_the_folder_is_reported_not_compared(tmp_path):
+    write_seeds_sweep(tmp_path)
+    vit = write_final_run(tmp_path, "vit_pre", 6, True, 0, 30.0, 35.0, dir_name="model=vit_pre")
+    cfg = OmegaConf.load(vit / "config.yaml")
+    cfg.model = {"arch": "vit", "name": "vit_pre", "depth": 6, "dim": 64, "heads": 4, "mlp_ratio": 2.0,
+                 "patch_size": 8, "pool": "cls", "norm_placement": "pre", "residual": True, "norm": "layernorm"}
+    OmegaConf.save(cfg, vit / "config.yaml")
+    md = (reproduction_report(tmp_path)[0]).read_text()  # no model.width, no shortcut: no crash
+    row = next(line for line in md.splitlines() if line.startswith("| vit_pre |"))
+    assert row.split(" | ")[1:4] == ["—", "35.00 (1 seed)", "—"]  # its test error; no paper number, no gap

@@ -17,6 +17,7 @@ from torch import nn
 
 from resexp.analysis.trained import EVAL_BATCH, TrainedRun, expand_runs, load_run, require_arch
 from resexp.report.figures import save_figure
+from resexp.rundir import RESPONSES_STEM
 
 
 def response_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
@@ -79,15 +80,15 @@ def responses(paths: list[str | Path], out_dir: Path, limit: int | None = None, 
                         "layers": [name for name, _ in response_layers(run.model)], "std": stds})
     results.sort(key=lambda r: (r["residual"], r["depth"], r["run"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "responses.json").write_text(json.dumps(results, indent=1) + "\n")
-    with open(out_dir / "responses.csv", "w", newline="") as f:
+    (out_dir / f"{RESPONSES_STEM}.json").write_text(json.dumps(results, indent=1) + "\n")
+    with open(out_dir / f"{RESPONSES_STEM}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["run", "label", "layer_index", "layer", "std"])
         for r in results:
             writer.writerows([r["run"], r["label"], i + 1, name, std]
                              for i, (name, std) in enumerate(zip(r["layers"], r["std"])))
-    return [*save_figure(draw_responses(results), out_dir / "responses.png"), out_dir / "responses.json",
-            out_dir / "responses.csv"]
+    return [*save_figure(draw_responses(results), out_dir / f"{RESPONSES_STEM}.png"),
+            out_dir / f"{RESPONSES_STEM}.json", out_dir / f"{RESPONSES_STEM}.csv"]
 
 
 def draw_responses(results: list[dict]) -> Figure:

@@ -159,30 +159,32 @@ def download(spec: DatasetFiles, root: Path) -> str | None:
     """Run torchvision's download (with its progress bar) into root; None on success, else why
     it failed, on one line. Failures are not raised: the caller checks the files again and
     reports what is missing. A failed download leaves no empty folders behind."""
-    folders_before = set(existing_folders(root))
+    folders_before = set(download_folders(spec, root))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         spec.cls(str(root), train=False, download=True)
     # URLError and timeouts are OSErrors; torchvision wraps md5 and mirror failures in RuntimeError.
     except (OSError, RuntimeError) as error:
-        remove_empty_folders(root, folders_before)
+        remove_empty_folders(spec, root, folders_before)
         return f"{type(error).__name__}: {one_line(error)}"
     finally:
         socket.setdefaulttimeout(previous)
     return None
 
 
-def existing_folders(root: Path) -> list[Path]:
-    """root, the folders above it that exist, and the folders below it."""
-    found = [root, *root.parents]
-    below = list(root.rglob("*")) if root.is_dir() else []
-    return [path for path in [*found, *below] if path.is_dir()]
+def download_folders(spec: DatasetFiles, root: Path) -> list[Path]:
+    """The folders a download may create that exist now: root and those above it, and those from
+    root down to where the dataset's archives and files go (not the rest of a shared data root)."""
+    below = [root / spec.archive_dir, spec.folder(root)]
+    chains = [path for target in below for path in (target, *target.parents) if path.is_relative_to(root)]
+    return [path for path in {root, *root.parents, *chains} if path.is_dir()]
 
 
-def remove_empty_folders(root: Path, keep: set[Path]) -> None:
-    """Remove the folders under and above root that are not in keep and are empty, deepest first."""
-    made = [path for path in existing_folders(root) if path not in keep]
+def remove_empty_folders(spec: DatasetFiles, root: Path, keep: set[Path]) -> None:
+    """Remove those of download_folders that are not in keep (this download made them) and are
+    empty, deepest first."""
+    made = [path for path in download_folders(spec, root) if path not in keep]
     for path in sorted(made, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):  # not empty: the download left a file there
             path.rmdir()

@@ -31,7 +31,10 @@ class ProgressReport:
     def __init__(self, mode: str, name: str, start: int, total: int) -> None:
         self.mode, self.name, self.total = resolve_mode(mode), name, total
         self.last_time, self.last_iter = time.perf_counter(), start  # the last log point: its speed
-        self.last_shown, self.shown_iter = self.last_time, start  # the last line or bar refresh
+        # The last line or bar refresh; None until the first step is done, which may have compiled
+        # or captured the step for minutes: the first heartbeat's speed starts after it.
+        self.last_shown: float | None = None
+        self.shown_iter = start
         self.bar: Progress | None = None
         if self.mode == "bar":
             self.bar = Progress(
@@ -60,9 +63,13 @@ class ProgressReport:
         return speed
 
     def tick(self, iteration: int) -> None:
-        """Called every step, cheap: between log points the bar's count moves once a second, and in
-        lines mode a line (no error: reading it would wait for the device) comes every HEARTBEAT_S."""
+        """Called after every step, cheap: between log points the bar's count moves once a second, and
+        in lines mode a line (no error: reading it would wait for the device) comes every HEARTBEAT_S
+        of steps; building, evaluating and saving print their own lines or none."""
         now = time.perf_counter()
+        if self.last_shown is None:
+            self.last_shown, self.shown_iter = now, iteration
+            return
         due = HEARTBEAT_S if self.mode == "lines" else 1.0
         if self.mode == "none" or now - self.last_shown < due:
             return

@@ -28,8 +28,9 @@ def report_figure(kind: str, sweep_dir: str, out: str | None = None, ylim: str |
         raise ResexpError("--ylim and --log-y apply to --kind fig6")
     runs, _ = _scan_and_warn(sweep_dir)  # drawn without the unreadable ones
     if kind == "fig6":
+        paths = figure6(runs, out or f"{sweep_dir}/figure6.png", limits, log_y)  # nothing to draw: one error
         say_curves(figure6_series(runs))
-        return figure6(runs, out or f"{sweep_dir}/figure6.png", limits, log_y)
+        return paths
     target = Path(out or f"{sweep_dir}/norms.png")
     paths = norms_figure(runs, target)
     if varies_lr(runs):  # a learning-rate sweep: final loss against lr beside it

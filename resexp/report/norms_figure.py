@@ -18,10 +18,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from resexp.report.figures import UNFINISHED_MARKERS, Band, seed_band, save_figure
+from resexp.report.figures import UNFINISHED_MARKERS, Band, save_figure, seed_band
 from resexp.report.norms_lr import at_best_lr, varies_lr
 from resexp.report.norms_placements import (
-    PLACEMENT_NAMES, placement_groups, placement_order, run_placement, run_warmup,
+    PLACEMENT_NAMES,
+    placement_groups,
+    placement_order,
+    run_placement,
+    run_warmup,
 )
 from resexp.report.norms_probes import block_profile, resolve_step
 from resexp.report.runs import Run

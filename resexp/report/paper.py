@@ -24,8 +24,11 @@ PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 1e-4
 PAPER_WARMUP = {"lr": 0.01, "until_error": 80.0}  # ResNet-110 and -1202 only, about 400 iterations
 PAPER_WARMUP_DEPTH = 110
-# The only spread the paper reports: ResNet-110's std over 5 runs (Table 6, "6.61±0.16").
+# The only spread the paper reports: ResNet-110's std over 5 runs (Table 6, "6.43 (6.61±0.16)").
 PAPER_STD = 0.16
+# (mean, std, runs) of a Table 6 entry, keyed as resexp.report.tables.PAPER_CIFAR10, where the paper
+# gives them; every other entry is one number, one run.
+PAPER_RUNS = {(True, 110): (6.61, PAPER_STD, 5)}
 NOT_RECORDED = "not recorded"
 
 
@@ -185,8 +188,9 @@ def comparison_gaps(run: Run) -> list[str]:
         gaps.append(f"{run.eval_split} error")
     if run.residual and config_value(run, "model.shortcut") != "A":
         gaps.append(f"shortcut option {config_value(run, 'model.shortcut')}")
-    if config_value(run, "model.width") != 1:
-        gaps.append(f"width {config_value(run, 'model.width'):g}")
+    width = config_value(run, "model.width")
+    if width != 1:
+        gaps.append(f"width {width:g}" if width is not None else "no model.width")
     return gaps
 
 

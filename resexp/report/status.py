@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from resexp.errors import ResexpError
-from resexp.report.terminal import fitted_table
+from resexp.report.terminal import duration, fitted_table
 from resexp.rundir import RunDir, find_run_dirs, has_summary
 
 
@@ -116,9 +116,9 @@ def status_rows(statuses: list[RunStatus], root: Path, now: datetime) -> list[tu
         rows.append((
             name, s.status, f"{done}/{s.max_iters if s.max_iters is not None else '?'}",
             "-" if s.iters_per_s is None else f"{s.iters_per_s:.1f}",
-            "-" if s.eta_s is None else _duration(s.eta_s),
+            "-" if s.eta_s is None else duration(s.eta_s),
             "-" if s.train_error is None else f"{s.train_error:.2f}%", eval_error, s.device,
-            "-" if s.updated is None else f"{_duration((now - s.updated).total_seconds())} ago",
+            "-" if s.updated is None else f"{duration((now - s.updated).total_seconds())} ago",
         ))
     return rows
 
@@ -151,17 +151,6 @@ def _counts(statuses: list[RunStatus]) -> str:
         counts[s.status] = counts.get(s.status, 0) + 1
     runs = f"{len(statuses)} run{'' if len(statuses) == 1 else 's'}"
     return f"{runs}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def show_status(directory: str | Path, watch: bool = False, interval: float = 5.0) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from resexp.report.paper import PAPER_DATA
+from resexp.report.paper import comparison_gaps
 from resexp.report.runs import Run, UnreadableRun, group_runs, print_unreadable, scan_runs, unreadable_lines
 from resexp.report.terminal import fitted_table
 
@@ -124,13 +124,9 @@ def _row(label: str, runs: list[Run]) -> dict[str, Any]:
 
 
 def _paper(run: Run) -> tuple[float, str] | None:
-    """The paper's number, only for the paper's setting: CIFAR-10 test set, its CIFAR nets."""
-    model = run.config.model
-    same_setting = (
-        run.config.data.name == PAPER_DATA and run.eval_split == "test" and model.get("arch") == "cifar_resnet"
-        and model.get("shortcut", "A") == "A" and float(model.get("width", 1.0)) == 1.0
-    )
-    return PAPER_CIFAR10.get((run.residual, run.depth)) if same_setting else None
+    """The paper's number, only for the paper's setting (resexp.report.paper.comparison_gaps: CIFAR-10
+    test error of its CIFAR nets, option A, width 1)."""
+    return None if comparison_gaps(run) else PAPER_CIFAR10.get((run.residual, run.depth))
 
 
 def _paper_millions(params: int) -> str:

@@ -1,4 +1,4 @@
-"""Tables on a terminal that read at 80 columns: nothing cut to "Res…"."""
+"""Text for terminals and reports: tables that read at 80 columns (nothing cut to "Res…"), durations."""
 
 from __future__ import annotations
 
@@ -32,3 +32,15 @@ def fitted_table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: s
     if Console(width=width).measure(table).maximum > width - 2:
         table.width = width - 2
     return table
+
+
+def duration(seconds: float) -> str:
+    """A time span in the fewest units that say it: 42s, 6m24s, 1h05m, 2d03h."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
