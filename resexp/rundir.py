@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +33,11 @@ CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
 # stem of `resexp responses`' Figure 7 there (.png, .pdf), which `resexp report` copies.
 ANALYSIS_FOLDER = "analysis"
 RESPONSES_STEM = "responses"
+
+
+def count_runs(total: int, counts: Mapping[str, int]) -> str:
+    """The one line that sums up runs: "3 runs: 2 finished, 1 stopped" ("1 run: ..."), counts in their order."""
+    return f"{total} run{'' if total == 1 else 's'}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
 
 
 def model_label(model: Any) -> str:

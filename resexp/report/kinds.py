@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from resexp.errors import ResexpError
-from resexp.report.figures import Curve, figure6, figure6_notes, figure6_series
+from resexp.report.figures import Curve, draw_figure6, figure6_notes, figure6_series, save_figure
 from resexp.report.norms_figure import norms_figure
 from resexp.report.norms_lr import lr_figure, lr_rows, varies_lr
 from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
@@ -28,8 +28,9 @@ def report_figure(kind: str, sweep_dir: str, out: str | None = None, ylim: str |
         raise ResexpError("--ylim and --log-y apply to --kind fig6")
     runs, _ = _scan_and_warn(sweep_dir)  # drawn without the unreadable ones
     if kind == "fig6":
-        paths = figure6(runs, out or f"{sweep_dir}/figure6.png", limits, log_y)  # nothing to draw: one error
-        say_curves(figure6_series(runs))
+        curves = figure6_series(runs)
+        paths = save_figure(draw_figure6(curves, limits, log_y), out or f"{sweep_dir}/figure6.png")
+        say_curves(curves)  # after drawing: with nothing to draw, its error is the one line
         return paths
     target = Path(out or f"{sweep_dir}/norms.png")
     paths = norms_figure(runs, target)

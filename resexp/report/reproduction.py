@@ -45,7 +45,6 @@ import itertools
 import math
 import shutil
 import statistics
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +62,7 @@ from resexp.report.paper import (
     recipe_differences,
     recipe_rows,
 )
-from resexp.report.runs import Run, UnreadableRun, group_runs, scan_runs
+from resexp.report.runs import Run, UnreadableRun, group_runs, scan_runs, status_counts
 from resexp.report.tables import PAPER_CIFAR10
 from resexp.report.terminal import duration
 from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM
@@ -292,8 +291,7 @@ def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> 
             diff = "n/a, not the paper's setting: " + "; ".join(gaps)
         else:
             diff = difference(values, paper[0], PAPER_RUNS.get(key))
-        counts = Counter(r.status for r in runs)
-        status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        status = status_counts(runs)
         if label in missing:
             status += f", {len(missing[label])} missing"
         lines.append(f"| {label} | {paper[1] if paper else '—'} | {paper_convention(values)} | {diff} | "
@@ -349,7 +347,7 @@ def render(runs: list[Run], unreadable: Sequence[UnreadableRun], sweep_dir: Path
     finished = [r for r in runs if r.status == "finished"]
     wall = [float(r.summary["wall_time_s"]) for r in finished if "wall_time_s" in r.summary]
     differences = recipe_differences(labelled)
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(r.status for r in runs).items()))
+    counts = status_counts(runs)
     parts = [
         "# Reproduction report: He et al. 2015, plain vs residual CIFAR nets",
         "",

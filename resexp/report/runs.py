@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -227,6 +228,11 @@ def _check_records(run_dir: Path, path: Path) -> None:
         raise UnreadableRun(run_dir, f"{name} is truncated or corrupt") from None
     except OSError as e:
         raise UnreadableRun(run_dir, f"{name}: {e.strerror}") from None
+
+
+def status_counts(runs: Iterable[Run]) -> str:
+    """How many runs have each status, by status: "1 diverged, 2 finished"."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(Counter(r.status for r in runs).items()))
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from resexp.errors import ResexpError
 from resexp.report.terminal import duration, fitted_table
-from resexp.rundir import RunDir, find_run_dirs, has_summary
+from resexp.rundir import RunDir, count_runs, find_run_dirs, has_summary
 
 
 @dataclass
@@ -146,11 +147,7 @@ def status_notes(statuses: list[RunStatus], root: Path) -> list[str]:
 
 
 def _counts(statuses: list[RunStatus]) -> str:
-    counts: dict[str, int] = {}
-    for s in statuses:
-        counts[s.status] = counts.get(s.status, 0) + 1
-    runs = f"{len(statuses)} run{'' if len(statuses) == 1 else 's'}"
-    return f"{runs}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    return count_runs(len(statuses), Counter(s.status for s in statuses))
 
 
 def show_status(directory: str | Path, watch: bool = False, interval: float = 5.0) -> None:

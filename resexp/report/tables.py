@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import statistics
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,15 @@ from typing import Any
 from rich.console import Console
 
 from resexp.report.paper import comparison_gaps
-from resexp.report.runs import Run, UnreadableRun, group_runs, print_unreadable, scan_runs, unreadable_lines
+from resexp.report.runs import (
+    Run,
+    UnreadableRun,
+    group_runs,
+    print_unreadable,
+    scan_runs,
+    status_counts,
+    unreadable_lines,
+)
 from resexp.report.terminal import fitted_table
 
 # CIFAR-10 test error (%) from the paper, keyed by (residual, depth): value, how to show it.
@@ -112,7 +119,7 @@ def _row(label: str, runs: list[Run]) -> dict[str, Any]:
         "params": params,
         "params_m": _paper_millions(params) if params is not None else None,
         "seeds": len(runs),
-        "status": ", ".join(f"{n} {status}" for status, n in sorted(Counter(r.status for r in runs).items())),
+        "status": status_counts(runs),
         "test_error_best": min(final) if final else None,
         "test_error_mean": statistics.fmean(final) if final else None,
         "test_error_std": statistics.stdev(final) if len(final) > 1 else None,

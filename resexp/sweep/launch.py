@@ -32,7 +32,7 @@ from resexp.config import compose_with_hydra, config_dir
 from resexp.errors import ResexpError, explain, one_line
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
-from resexp.rundir import RunDir
+from resexp.rundir import RunDir, count_runs
 from resexp.sweep.plan import Job, Sweep, parse_overrides, prepare_sweep, summary_or_none, visible_gpus
 
 LOCAL_LAUNCHERS = ("basic", "joblib")  # their runs can be told to stop through a folder on this host
@@ -241,8 +241,8 @@ def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
         outcomes.setdefault(status, []).append(job.run)
     counts = {status: len(outcomes[status]) for status in OUTCOMES if outcomes.get(status)}
     where = jobs[0].run_dir.parent if jobs else ""
-    print(f"sweep {where}: {len(jobs)} run{'' if len(jobs) == 1 else 's'}: " + ", ".join(
-        f"{n} {status}{' (already done)' if status == 'skipped' else ''}" for status, n in counts.items()))
+    shown = {f"{status}{' (already done)' if status == 'skipped' else ''}": n for status, n in counts.items()}
+    print(f"sweep {where}: {count_runs(len(jobs), shown)}")
     failed = outcomes.get("failed", [])
     if failed and not stopped:
         never = [run for run in failed if not run.summary_path.is_file()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.config import GROUPS, compose_job, config_dir, group_choices, refuse_repeated_keys, unreadable_override
-from resexp.rundir import RunDir
+from resexp.rundir import RunDir, count_runs
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.model_size import model_size
 
@@ -235,13 +236,8 @@ def dry_run(overrides: list[str]) -> list[str]:
     common = [o for o in plan.common if not o.startswith("hydra/launcher=")]  # the launcher has its line
     lines.append(f"every run: {' '.join(common) or '(the defaults)'}")
     lines.append(describe_launcher(plan))
-    counts: dict[str, int] = {}
-    for action in actions:
-        kind = action.split()[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    runs = f"{len(plan.jobs)} run{'' if len(plan.jobs) == 1 else 's'}"
-    lines.append(f"{runs}: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
-                 + "; nothing launched (--dry-run)")
+    counts = Counter(action.split()[0] for action in actions)
+    lines.append(f"{count_runs(len(plan.jobs), counts)}; nothing launched (--dry-run)")
     return lines
 
 
