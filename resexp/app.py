@@ -104,10 +104,10 @@ def run_browser() -> None:
     except ResexpError as error:
         st.error(_message(error))
         return
-    st.caption(f"{len(runs)} runs under {sweep_dir}" + (f", {len(unreadable)} unreadable" if unreadable else ""))
+    st.caption(f"{len(runs)} runs under {sweep_dir}" + (f", {len(unreadable)} left out" if unreadable else ""))
     if unreadable:
-        st.warning("Unreadable runs (not in the report): "
-                   + "; ".join(f"{u.path} ({u.reason})" for u in unreadable))
+        st.warning("Runs left out (not in the report): "
+                   + "; ".join(f"{u.path} ({u.what}: {u.reason})" for u in unreadable))
     st.pyplot(figure)
     st.markdown("**Norm placements**" if kind == "norms" else "**Table 6**")
     st.dataframe(pd.DataFrame(rows))

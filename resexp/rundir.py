@@ -15,17 +15,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.config import identity_changes, run_identity
 from resexp.errors import ResexpError, one_line
-from resexp.files import atomic_path, load_data_only, read_json, write_json
+from resexp.files import atomic_path, load_data_only, read_json, read_limited, write_json
+from resexp.summary import check_summary
 
 CONFIG = "config.yaml"  # the run's resolved config, written when it starts
 SUMMARY = "summary.json"  # status, metrics and segments, rewritten at every log point
 CHECKPOINT = Path("checkpoints/last.pt")  # the run's one checkpoint
 EVENTS = "tb"  # TensorBoard event files
 LOCK = ".lock"  # flocked by the process that trains the run; holds its pid
+MAX_CONFIG = 2**20  # a run's config.yaml is a few kB
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it
 DONE = ("finished", "diverged")
 MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
 CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
@@ -91,10 +95,15 @@ class RunDir:
         return model_label(self.config.model)
 
     def read_summary(self) -> dict[str, Any] | None:
-        """summary.json as it is now (None if absent); corrupt: a one-line ResexpError."""
-        return read_json(self.summary_path)
+        """summary.json as it is now (None if absent), checked against resexp.summary's schema;
+        corrupt or off the schema: a one-line ResexpError."""
+        summary = read_json(self.summary_path)
+        if summary is not None:
+            check_summary(summary, str(self.summary_path))
+        return summary
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        check_summary(summary, str(self.summary_path))  # the engine writes through the readers' schema
         write_json(self.summary_path, summary)
 
     def write_config(self, cfg: DictConfig) -> None:
@@ -167,13 +176,35 @@ def is_reported(run: RunDir) -> bool:
     return run.config_path.is_file() and run.summary_path.is_file()
 
 
-def find_run_dirs(root: str | Path, having: Callable[[RunDir], bool] = is_reported) -> list[RunDir]:
-    """The run directories at or under root (root itself included) for which having(run), by path."""
+def find_run_dirs(root: str | Path, having: Callable[[RunDir], bool] = is_reported
+                  ) -> tuple[list[RunDir], list[tuple[Path, str]]]:
+    """The run directories at or under root (root itself included) for which having(run), by
+    path; and the folders that could not be looked into (a permission), with why: a run there
+    is not silently one fewer. Symbolic links to folders are followed, each folder once."""
     root = Path(root)
     if not root.is_dir():
         raise ResexpError(f"{root} is not a directory")
-    candidates = {p.parent for name in (CONFIG, SUMMARY) for p in root.rglob(name)}
-    return [run for run in map(RunDir, sorted(candidates)) if having(run)]
+    candidates, blocked, seen = set(), [], set()
+
+    def unlisted(error: OSError) -> None:
+        blocked.append((Path(error.filename), f"cannot list it ({error.strerror})"))
+
+    for folder, subfolders, files in os.walk(root, onerror=unlisted, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree
+            subfolders.clear()
+            continue
+        seen.add(real)
+        if CONFIG in files or SUMMARY in files:
+            candidates.add(Path(folder))
+    runs = []
+    for run in map(RunDir, sorted(candidates)):
+        try:
+            if having(run):
+                runs.append(run)
+        except OSError as e:  # a folder that lists but whose files cannot be looked at
+            blocked.append((run.path, f"cannot read it ({e.strerror})"))
+    return runs, sorted(blocked)
 
 
 def load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
@@ -187,13 +218,23 @@ def load_checkpoint(path: Path, device: Any) -> dict[str, Any]:
 
 
 def read_config(path: Path) -> DictConfig:
-    """A run's config.yaml; corrupt or not a run's: a one-line ResexpError."""
+    """A run's config.yaml (at most MAX_CONFIG bytes, no YAML aliases: OmegaConf.save writes none,
+    and a "billion laughs" of them would expand without bound); corrupt or not a run's: a one-line
+    ResexpError."""
+    text = read_limited(path, MAX_CONFIG)
     try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:  # YAML and OmegaConf errors alike: the file is not a config
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=YAML_LOADER)):
+            raise ResexpError(f"{path} has YAML aliases (*name), which resexp never writes; restore it or choose "
+                              "another run.name")
+        cfg = OmegaConf.create(text)
+    except ResexpError:
+        raise
+    except Exception as e:  # YAML and OmegaConf errors, a nesting too deep: the file is not a config
         raise ResexpError(f"{path} is corrupt ({type(e).__name__}); restore it or choose another run.name") from None
-    if not isinstance(cfg, DictConfig) or not CONFIG_SECTIONS <= set(cfg):
-        raise ResexpError(f"{path} is not a resexp run config; restore it or choose another run.name")
+    missing = sorted(CONFIG_SECTIONS - set(cfg)) if isinstance(cfg, DictConfig) else ["mapping"]
+    if missing:
+        raise ResexpError(f"{path} is not a resexp run config (no {', '.join(missing)}); restore it or choose "
+                          "another run.name")
     return cfg
 
 

@@ -227,14 +227,14 @@ def damaged(tmp_path_factory):
         write_run(root, name, depth, residual, seed, "finished")
     run = root / "plain56_cifar10_seed0"
     (run / "summary.json").write_text((run / "summary.json").read_text()[:40])  # cut short while written
-    broken[run] = "summary.json is not valid JSON"
+    broken[run] = "summary.json is corrupt (not valid JSON: Unterminated string starting at: line 1 column 33 (char 32))"
     run = root / "plain56_cifar10_seed1"
     (run / "config.yaml").write_text("seed: 1\nmodel: {name: plain56, depth: [56\n")
-    broken[run] = "config.yaml is not valid YAML"
+    broken[run] = "config.yaml is corrupt (ParserError)"
     run = root / "plain56_cifar10_seed2"
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text[:text.index("trainer:")])  # parses, but half of it is gone
-    broken[run] = "config.yaml has no trainer.max_iters"
+    broken[run] = "config.yaml is not a resexp run config (no trainer)"
     run = root / "resnet56_cifar10_seed0"
     data = event_file(run).read_bytes()
     event_file(run).write_bytes(data[:len(data) // 2])
@@ -251,7 +251,7 @@ def damaged(tmp_path_factory):
     summary = json.loads((run / "summary.json").read_text())
     del summary["test_error"]
     (run / "summary.json").write_text(json.dumps(summary))
-    broken[run] = "summary.json says finished but has no test_error"
+    broken[run] = "summary.json: a finished run's summary needs test_error"
     return root, broken, logged
 
 
@@ -304,11 +304,11 @@ def test_cli_table_and_figure_list_unreadable_runs(damaged, tmp_path):
     result = runner.invoke(app, ["table", str(root), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == warnings
-    listed = [f"- {path} ({reason})" for path, reason in sorted(broken.items())]
+    listed = [f"- {path} (unreadable: {reason})" for path, reason in sorted(broken.items())]
     assert all(line in result.stdout.splitlines() for line in listed)
 
     md = (tmp_path / "table6.md").read_text().splitlines()
-    start = md.index("Unreadable runs (not in the table):")
+    start = md.index("Runs left out (not in the table):")
     assert md[start + 1:] == listed
     want = table6(scan_runs(root)[0])
     table_lines = [line for line in md if line.startswith("|")][2:]

@@ -108,7 +108,8 @@ def sweep(tmp_path_factory):
     other = root / "resnet20_seed0"  # not a ViT: the norms report leaves it out
     other.mkdir()
     OmegaConf.save(OmegaConf.create({"seed": 0, "model": {"arch": "cifar_resnet", "name": "resnet20", "depth": 20},
-                                     "data": {"name": "cifar10"}, "trainer": {"max_iters": 10}}),
+                                     "data": {"name": "cifar10"}, "optim": {"name": "sgd", "lr": 0.1},
+                                     "trainer": {"max_iters": 10, "batch_size": 128}}),
                    other / "config.yaml")
     (other / "summary.json").write_text(json.dumps({"status": "finished", "train_error": 1.0, "test_error": 8.5,
                                                     "best_test_error": 8.2}))
@@ -374,7 +375,7 @@ def test_running_and_unreadable_runs_in_the_norms_table(tmp_path):
     assert (row["model"], row["runs"], row["d6"]) == ("vit_post", 2, f"{train:.1f}/{test:.1f}; running")
     assert (row["d6_train"], row["d6_test"]) == (train, test)
     md = (tmp_path / "norms_table.md").read_text().splitlines()
-    assert md[-2:] == ["Unreadable runs (not in the table):", f"- {corrupt} ({reason})"]
+    assert md[-2:] == ["Runs left out (not in the table):", f"- {corrupt} (unreadable: {reason})"]
     with (tmp_path / "norms_runs.csv").open() as f:
         back = {line["seed"]: line for line in csv.DictReader(f)}
     assert (back["1"]["status"], back["1"]["test_error"], back["1"]["train_loss"]) == ("running", "", "")

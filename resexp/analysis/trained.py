@@ -4,6 +4,7 @@ all refuse a missing, unfinished or foreign run the same way, in one line."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -78,7 +79,9 @@ def expand_runs(paths: list[str | Path]) -> list[Path]:
         if RunDir(given).config_path.is_file():
             found.append(given)
             continue
-        runs = find_run_dirs(given, is_trained)
+        runs, blocked = find_run_dirs(given, is_trained)
+        for path, why in blocked:
+            print(f"resexp: warning: unreadable run {path}: {why}", file=sys.stderr)
         if not runs:
             raise ResexpError(f"no trained runs under {given} (no config.yaml beside {CHECKPOINT})")
         found += [run.path for run in runs]

@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from resexp.errors import ResexpError
+from resexp.files import output_path
 from resexp.report.paper import PAPER_DATA
 from resexp.report.runs import Run, group_runs, require_runs
 
@@ -161,7 +162,8 @@ def save_figure(fig: Figure, out_path: str | Path) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path in paths:
-        fig.savefig(path, dpi=150)
+        with output_path(path) as tmp:  # written whole: a full disk keeps the previous figure
+            fig.savefig(tmp, dpi=150, format=path.suffix[1:])
     return paths
 
 

@@ -11,7 +11,7 @@ from resexp.report.figures import Curve, draw_figure6, figure6_notes, figure6_se
 from resexp.report.norms_figure import norms_figure
 from resexp.report.norms_lr import lr_figure, lr_rows, varies_lr
 from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
-from resexp.report.runs import Run, UnreadableRun, scan_runs
+from resexp.report.runs import LeftOut, Run, scan_runs
 from resexp.report.tables import print_table, table6, write_table
 
 REPORT_KINDS = ("fig6", "norms")
@@ -78,7 +78,7 @@ def _parse_ylim(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _scan_and_warn(sweep_dir: str) -> tuple[list[Run], list[UnreadableRun]]:
+def _scan_and_warn(sweep_dir: str) -> tuple[list[Run], list[LeftOut]]:
     """The readable runs under sweep_dir and the unreadable ones, each of those a warning line."""
     runs, unreadable = scan_runs(sweep_dir)
     for run in unreadable:

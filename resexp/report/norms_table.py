@@ -9,7 +9,6 @@ Notebook use:
 
 from __future__ import annotations
 
-import csv
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +17,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from resexp.files import write_csv, write_text
 from resexp.report.norms_lr import at_best_lr, lr_columns, lr_markdown, run_lr
 from resexp.report.norms_placements import placement_groups, run_placement, run_warmup
 from resexp.report.norms_probes import block_profile, probe_steps
-from resexp.report.runs import Run, UnreadableRun, print_unreadable, unreadable_lines
+from resexp.report.runs import LeftOut, Run, print_unreadable, unreadable_lines
 
 # Keys of a norms_runs row, in order: the header of norms_runs.csv.
 RUN_COLUMNS = ("model", "placement", "residual", "depth", "warmup_iters", "lr", "seed", "status", "diverged_at",
@@ -73,7 +73,7 @@ def norms_table(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows: list[dict[str, Any]] | None = None,
-                      unreadable: Sequence[UnreadableRun] = (),
+                      unreadable: Sequence[LeftOut] = (),
                       lr_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write out_dir/norms_table.md (for reading; the unreadable runs listed at its end) and
     norms_table.csv (full precision), with run_rows (norms_runs) the long form out_dir/norms_runs.csv,
@@ -84,24 +84,24 @@ def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows:
     headers = _headers(rows)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
-    md_path.write_text("\n".join([*lines, "", *(f"- {line}" for line in _note(rows)), *unreadable_lines(unreadable)])
-                       + "\n")
-    _write_csv(csv_path, rows, list(rows[0]) if rows else [])
+    write_text(md_path, "\n".join([*lines, "", *(f"- {line}" for line in _note(rows)),
+                                    *unreadable_lines(unreadable)]) + "\n")
+    write_csv(csv_path, rows, list(rows[0]) if rows else [])
     paths = [md_path, csv_path]
     if run_rows is not None:
         paths.append(out / "norms_runs.csv")
-        _write_csv(paths[-1], run_rows, list(RUN_COLUMNS))
+        write_csv(paths[-1], run_rows, list(RUN_COLUMNS))
     if lr_rows:
         paths += [out / "norms_lr.md", out / "norms_lr.csv"]
-        paths[-2].write_text(lr_markdown(lr_rows))
+        write_text(paths[-2], lr_markdown(lr_rows))
         columns = ["model", "depth", *(c for lr in lr_columns(lr_rows) for c in (lr, f"{lr}_status")),
                    "best_lr", "lr_range", "lrs_near_best"]
-        _write_csv(paths[-1], lr_rows, columns)
+        write_csv(paths[-1], lr_rows, columns)
     return paths
 
 
 def print_norms_table(rows: list[dict[str, Any]], console: Console | None = None,
-                      unreadable: Sequence[UnreadableRun] = ()) -> None:
+                      unreadable: Sequence[LeftOut] = ()) -> None:
     """The table on the terminal, as in the Markdown file."""
     table = Table(*_headers(rows), title="Transformer norm placement", caption="\n".join(_note(rows)),
                   caption_justify="left")
@@ -246,9 +246,3 @@ def _note(rows: list[dict[str, Any]]) -> list[str]:
         "n/a: no finished run logged the probes.",
     ]
 
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ import numpy as np
 
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
+from resexp.files import copy_file, write_text
 from resexp.report.figures import figure6
 from resexp.report.paper import (
     PAPER_RUNS,
@@ -62,7 +62,7 @@ from resexp.report.paper import (
     recipe_differences,
     recipe_rows,
 )
-from resexp.report.runs import Run, UnreadableRun, group_runs, scan_runs, status_counts
+from resexp.report.runs import LeftOut, Run, group_runs, scan_runs, status_counts
 from resexp.report.tables import PAPER_CIFAR10
 from resexp.report.terminal import duration
 from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM
@@ -317,7 +317,7 @@ def claim_lines(tests: list[ClaimTest]) -> list[str]:
 
 
 def not_counted_lines(runs: list[Run], groups: dict[str, list[Run]], missing: dict[str, list[int]],
-                      unreadable: Sequence[UnreadableRun], sweep_dir: Path) -> list[str]:
+                      unreadable: Sequence[LeftOut], sweep_dir: Path) -> list[str]:
     """The runs left out of every number: unfinished, failed or diverged; missing; unreadable."""
     label_of = {id(run): label for label, members in groups.items() for run in members}
     lines = []
@@ -332,11 +332,11 @@ def not_counted_lines(runs: list[Run], groups: dict[str, list[Run]], missing: di
                      + (f": {note}" if note else ""))
     lines += [f"- {label} seed {seed}: missing (no run with a summary.json; the sweep's other nets have this seed)"
               for label, seeds in missing.items() for seed in seeds]
-    lines += [f"- `{_relative(u.path, sweep_dir)}`: unreadable ({u.reason})" for u in unreadable]
+    lines += [f"- `{_relative(u.path, sweep_dir)}`: {u.what} ({u.reason})" for u in unreadable]
     return lines or ["None: every run of the sweep finished and is counted."]
 
 
-def render(runs: list[Run], unreadable: Sequence[UnreadableRun], sweep_dir: Path, figure6_note: str | None,
+def render(runs: list[Run], unreadable: Sequence[LeftOut], sweep_dir: Path, figure6_note: str | None,
            figure7: str | None) -> str:
     """The report's Markdown. figure6_note: why Figure 6 was not drawn (None: it was); figure7: the
     file name of the copied Figure 7 (None: there is none)."""
@@ -353,7 +353,7 @@ def render(runs: list[Run], unreadable: Sequence[UnreadableRun], sweep_dir: Path
         "",
         f"Sweep `{sweep_dir}`: {len(runs)} runs read ({counts}) of {len(groups)} nets"
         + (f", {sum(map(len, missing.values()))} missing" if missing else "")
-        + (f", {len(unreadable)} unreadable" if unreadable else "")
+        + (f", {len(unreadable)} left out (unreadable or duplicate, listed below)" if unreadable else "")
         + (f". Budget: {duration(sum(wall))} of training in all over the {len(wall)} finished runs "
            f"(their summary.json wall_time_s; {duration(min(wall))} to {duration(max(wall))} per run)." if wall
            else "."),
@@ -433,9 +433,8 @@ def reproduction_report(sweep_dir: str | Path, out_dir: str | Path | None = None
     drawn = [(sweep / RESPONSES).with_suffix(suffix) for suffix in (".png", ".pdf")]
     figure7 = "figure7" if drawn[0].is_file() else None
     if figure7:
-        written += [Path(shutil.copyfile(p, out / f"{figure7}{p.suffix}")) for p in drawn if p.is_file()]
-    path = out / REPORT
-    path.write_text(render(runs, unreadable, sweep, figure6_note, figure7))
+        written += [copy_file(p, out / f"{figure7}{p.suffix}") for p in drawn if p.is_file()]
+    path = write_text(out / REPORT, render(runs, unreadable, sweep, figure6_note, figure7))
     return [path, *written]
 
 

@@ -1,7 +1,7 @@
 """Finished (or unfinished) runs on disk: their config, summary.json and TensorBoard scalars.
 
 Notebook use:
-    runs = find_runs("runs/fig6")
+    runs = find_runs("runs/fig6")             # each run once (a copy of one is a DuplicateRun)
     groups = group_runs(runs)                 # {"plain-20": [Run, Run], "ResNet-56": [...]}
     steps, values = runs[0].series["test/error"]
     runs, unreadable = scan_runs("runs/fig6")  # and the run directories that cannot be read, with why
@@ -10,6 +10,8 @@ Notebook use:
 from __future__ import annotations
 
 import json
+import logging
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -20,30 +22,46 @@ from typing import Any
 import yaml
 from google.protobuf.message import DecodeError
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
-from tensorboard.backend.event_processing import event_file_loader, io_wrapper
+from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.compat import tf
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from resexp.config import flatten_keys, run_identity
-from resexp.errors import ResexpError
-from resexp.rundir import RunDir, find_run_dirs, is_reported
+from resexp.errors import ResexpError, one_line
+from resexp.rundir import CONFIG, SUMMARY, RunDir, find_run_dirs, is_reported
 
 Series = dict[str, tuple[list[int], list[float]]]
 
-# What the reports read of every run's config, and of a finished run's summary (train.py writes
-# these at its last evaluation; {split} is the summary's eval_split).
-REQUIRED_CONFIG_KEYS = ("seed", "model.name", "model.depth", "data.name", "trainer.max_iters")
-FINISHED_SUMMARY_KEYS = ("train_error", "{split}_error", "best_{split}_error")
+# What the reports read of every run's config (its summary's keys are resexp.summary's schema).
+REQUIRED_CONFIG_KEYS = ("seed", "model.name", "model.depth", "data.name", "optim.name", "trainer.max_iters",
+                        "trainer.batch_size")
 
 
-class UnreadableRun(ResexpError):
-    """A run directory whose config.yaml, summary.json or TensorBoard events cannot be read."""
+class LeftOut(ResexpError):
+    """A run directory a report leaves out, with why (one phrase, e.g. "summary.json: ...")."""
+
+    what = "left out"  # what the run is, as the lists of left-out runs say it
 
     def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"unreadable run {path}: {reason}")
+        super().__init__(f"{self.what} run {path}: {reason}")
         self.path = Path(path)
-        self.reason = reason  # one phrase, e.g. "summary.json is not valid JSON"
+        self.reason = reason
+
+
+class UnreadableRun(LeftOut):
+    """A run directory whose config.yaml, summary.json or TensorBoard events cannot be read, or
+    break their schema (resexp.summary, resexp.rundir.read_config)."""
+
+    what = "unreadable"
+
+
+class DuplicateRun(LeftOut):
+    """A second run directory of a run already read (the same resexp.config.run_identity and
+    max_iters): a copy or a backup, which must not count as another seed."""
+
+    what = "duplicate"
 
 
 class Run(RunDir):
@@ -89,9 +107,10 @@ class Run(RunDir):
         return {**same_run, "max_iters": int(self.config.trainer.max_iters)}
 
 
-def scan_runs(sweep_dir: str | Path) -> tuple[list[Run], list[UnreadableRun]]:
-    """The run directories under sweep_dir (see find_runs): those that read and those that do
-    not, with why. An error with a one-line message when there is nothing to report on."""
+def scan_runs(sweep_dir: str | Path) -> tuple[list[Run], list[LeftOut]]:
+    """The run directories under sweep_dir (see find_runs): those that read, each run once, and
+    those left out (unreadable, or a duplicate), with why. An error with a one-line message when
+    there is nothing to report on."""
     if not Path(sweep_dir).is_dir():
         raise ResexpError(f"{sweep_dir} is not a directory")
     runs, unreadable = _read_runs(sweep_dir)
@@ -109,7 +128,8 @@ def find_runs(sweep_dir: str | Path) -> list[Run]:
     A run directory holds config.yaml and summary.json; directories with only a config.yaml
     (Hydra's .hydra/, runs that failed before starting) are skipped. Its TensorBoard events are
     read here, so that no report stops part-way on a corrupt file, and kept in Run.series. A run
-    whose config, summary or events cannot be read is a warning (warnings.warn).
+    whose config, summary or events cannot be read (or break their schema), and a second folder of
+    a run already read, are a warning each (warnings.warn).
     """
     runs, unreadable = _read_runs(sweep_dir)
     _warn(unreadable)
@@ -123,87 +143,107 @@ def require_runs(sweep_dir: str | Path) -> list[Run]:
     return runs
 
 
-def unreadable_lines(unreadable: Sequence[UnreadableRun]) -> list[str]:
-    """What a table says at its end of the runs it could not read (Markdown, after a blank line);
-    [] if none."""
+def unreadable_lines(unreadable: Sequence[LeftOut]) -> list[str]:
+    """What a table says at its end of the runs it left out (Markdown, after a blank line); [] if none."""
     if not unreadable:
         return []
-    return ["", "Unreadable runs (not in the table):", *(f"- {u.path} ({u.reason})" for u in unreadable)]
+    return ["", "Runs left out (not in the table):", *(f"- {u.path} ({u.what}: {u.reason})" for u in unreadable)]
 
 
-def print_unreadable(unreadable: Sequence[UnreadableRun], console: Console) -> None:
+def print_unreadable(unreadable: Sequence[LeftOut], console: Console) -> None:
     """unreadable_lines on the terminal: a path is neither wrapped nor read as markup."""
     for line in unreadable_lines(unreadable):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def _read_runs(sweep_dir: str | Path) -> tuple[list[Run], list[UnreadableRun]]:
-    runs, unreadable = [], []
-    for found in find_run_dirs(sweep_dir, is_reported):
+def _read_runs(sweep_dir: str | Path) -> tuple[list[Run], list[LeftOut]]:
+    """The runs that read, each run once; the others, with why: unreadable (by path), then the
+    duplicates. Of two folders of one run, a finished one is kept, else the first by path."""
+    found, blocked = find_run_dirs(sweep_dir, is_reported)
+    runs, left_out = [], [UnreadableRun(path, why) for path, why in blocked]
+    for run_dir in found:
         try:
-            run = _load_run(found)
+            run = _load_run(run_dir)
             run.series  # read now: a corrupt event file raises UnreadableRun here
         except UnreadableRun as e:
-            unreadable.append(e)
+            left_out.append(e)
         else:
             runs.append(run)
-    return runs, unreadable
+    kept: dict[str, Run] = {}
+    duplicates = []
+    for run in sorted(runs, key=lambda r: (r.status != "finished", r.path)):
+        first = kept.setdefault(json.dumps({**run.identity, "seed": run.seed}, sort_keys=True, default=str), run)
+        if first is not run:
+            duplicates.append(DuplicateRun(run.path, f"the same run as {first.path} (config and seed), counted once"))
+    return sorted(kept.values(), key=lambda r: r.path), sorted(left_out, key=lambda u: u.path) + duplicates
 
 
-def _warn(unreadable: list[UnreadableRun]) -> None:
+def _warn(unreadable: list[LeftOut]) -> None:
     for run in unreadable:
         warnings.warn(str(run), stacklevel=3)  # pointing at the caller of find_runs / require_runs
 
 
 def _load_run(found: RunDir) -> Run:
-    """The Run in run_dir, or UnreadableRun if its config or summary cannot be read or lacks what
-    the reports read (a truncated file may still parse)."""
-    run_dir = found.path
+    """The Run in run_dir, or UnreadableRun if its config or summary cannot be read, breaks its
+    schema or lacks what the reports read."""
     try:
-        config = OmegaConf.load(found.config_path)
-    except OSError as e:
-        raise UnreadableRun(run_dir, f"config.yaml: {e.strerror}") from None
-    except (UnicodeDecodeError, yaml.YAMLError):
-        raise UnreadableRun(run_dir, "config.yaml is not valid YAML") from None
-    if not isinstance(config, DictConfig):
-        raise UnreadableRun(run_dir, "config.yaml is not a mapping")
+        config = found.config
+    except ResexpError as e:
+        raise UnreadableRun(found.path, _reason(e, found.config_path, CONFIG)) from None
     for key in REQUIRED_CONFIG_KEYS:
-        if OmegaConf.select(config, key, default=None) is None:
-            raise UnreadableRun(run_dir, f"config.yaml has no {key}")
+        try:
+            present = OmegaConf.select(config, key, default=None) is not None
+        except OmegaConfBaseException:  # a section that is no mapping
+            present = False
+        if not present:
+            raise UnreadableRun(found.path, f"config.yaml has no {key}")
     try:
-        summary = json.loads(found.summary_path.read_bytes())
-    except OSError as e:
-        raise UnreadableRun(run_dir, f"summary.json: {e.strerror}") from None
-    except ValueError:  # JSONDecodeError, or bytes that are no text
-        raise UnreadableRun(run_dir, "summary.json is not valid JSON") from None
-    if not isinstance(summary, dict):
-        raise UnreadableRun(run_dir, "summary.json is not a JSON object")
-    run = Run(run_dir, config, summary)
-    if run.status == "finished":
-        for key in (k.format(split=run.eval_split) for k in FINISHED_SUMMARY_KEYS):
-            if key not in summary:
-                raise UnreadableRun(run_dir, f"summary.json says finished but has no {key}")
+        summary = found.read_summary()
+    except ResexpError as e:
+        raise UnreadableRun(found.path, _reason(e, found.summary_path, SUMMARY)) from None
+    if summary is None:  # removed since it was found
+        raise UnreadableRun(found.path, "summary.json: no such file")
+    run = Run(found.path, config, summary)
+    try:
+        run.identity  # what groups the runs and tells duplicates: a config.yaml must give it
+    except (KeyError, TypeError, ValueError, AttributeError, OmegaConfBaseException) as e:
+        raise UnreadableRun(found.path, f"config.yaml does not describe a run ({type(e).__name__}: {e})"[:300]) from None
     return run
+
+
+def _reason(error: ResexpError, path: Path, name: str) -> str:
+    """A reader's error as the phrase of an unreadable run: the file by its name, no advice for train."""
+    return one_line(error).replace(str(path), name).split("; restore it")[0].split("; move it away")[0]
 
 
 def read_series(run_dir: str | Path) -> Series:
     """Every scalar the run logged: {tag: (steps, values)}, steps ascending, all points kept.
 
     size_guidance 0 keeps every point; EventAccumulator's default keeps a random sample of
-    1000 per tag. Its purge logic drops points a killed run logged after its last checkpoint.
+    1000 per tag. Its purge logic drops points a killed run logged after its last checkpoint
+    (and says so in a warning per resume, which is TensorBoard's, not the user's: not shown).
     Raises UnreadableRun for an event file that is truncated, corrupt or does not parse.
     """
     tb_dir = RunDir(run_dir).events_path
     if not tb_dir.is_dir():  # e.g. a sweep copied without its event files: nothing to plot
         return {}
-    for path in sorted(tb_dir.iterdir()):
+    try:
+        paths = sorted(tb_dir.iterdir())
+    except OSError as e:
+        raise UnreadableRun(run_dir, f"tb/: {e.strerror}") from None
+    for path in paths:
         if io_wrapper.IsSummaryEventsFile(str(path)):
-            _check_records(Path(run_dir), path)
+            check_records(Path(run_dir), path)
     accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    tensorboard_log = logging.getLogger("tensorboard")
+    level = tensorboard_log.level
+    tensorboard_log.setLevel(logging.ERROR)
     try:
         accumulator.Reload()
     except DecodeError:  # a record whose checksum is right but whose bytes are no Event
         raise UnreadableRun(run_dir, "tb/ holds a record that is no TensorBoard event") from None
+    finally:
+        tensorboard_log.setLevel(level)
     series: Series = {}
     for tag in accumulator.Tags()["scalars"]:
         # One value per step; if a step was written twice the later write wins.
@@ -213,19 +253,36 @@ def read_series(run_dir: str | Path) -> Series:
     return series
 
 
-def _check_records(run_dir: Path, path: Path) -> None:
-    """UnreadableRun if an event file is truncated or fails a CRC check.
+MAX_RECORD = 16 * 2**20  # bytes of one event record: resexp logs scalars and short texts (a few hundred bytes)
+MAX_EVENTS = 256 * 2**20  # bytes of one event file: 64k iterations of every tag are a few MB
+
+
+def check_records(run_dir: Path, path: Path) -> None:
+    """UnreadableRun if an event file is larger than MAX_EVENTS, truncated, holds a record larger
+    than MAX_RECORD or fails a CRC check.
 
     EventAccumulator stops reading a file at its first bad record and says so only in a debug
-    log, keeping the records before it: a short or empty curve without a word. Its record
-    reader (TensorFlow's, or tensorboard's stub without TensorFlow) raises DataLossError there.
+    log, keeping the records before it: a short or empty curve without a word. And it believes
+    a record's length field, however large. So the TFRecord framing (length, its CRC, the data,
+    its CRC) is checked here first.
     """
     name = path.relative_to(run_dir)
     try:
-        for _ in event_file_loader._make_tf_record_iterator(str(path)):
-            pass
-    except tf.errors.DataLossError:
-        raise UnreadableRun(run_dir, f"{name} is truncated or corrupt") from None
+        if path.stat().st_size > MAX_EVENTS:
+            raise UnreadableRun(run_dir, f"{name} is larger than {MAX_EVENTS // 2**20} MiB")
+        with open(path, "rb") as file:
+            while header := file.read(12):
+                if len(header) < 12:
+                    raise UnreadableRun(run_dir, f"{name} is truncated or corrupt")
+                length, header_crc = struct.unpack("<QI", header)
+                if masked_crc32c(header[:8]) != header_crc:
+                    raise UnreadableRun(run_dir, f"{name} is truncated or corrupt")
+                if length > MAX_RECORD:
+                    raise UnreadableRun(run_dir, f"{name} has a record of {length} bytes (at most "
+                                                 f"{MAX_RECORD // 2**20} MiB)")
+                data, data_crc = file.read(length), file.read(4)
+                if len(data) < length or len(data_crc) < 4 or masked_crc32c(data) != struct.unpack("<I", data_crc)[0]:
+                    raise UnreadableRun(run_dir, f"{name} is truncated or corrupt")
     except OSError as e:
         raise UnreadableRun(run_dir, f"{name}: {e.strerror}") from None
 

@@ -17,9 +17,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from resexp.errors import ResexpError
+from resexp.errors import ResexpError, one_line
 from resexp.report.terminal import duration, fitted_table
-from resexp.rundir import RunDir, count_runs, find_run_dirs, has_summary
+from resexp.rundir import SUMMARY, RunDir, count_runs, find_run_dirs, has_summary
 
 
 @dataclass
@@ -43,20 +43,24 @@ class RunStatus:
 def run_statuses(directory: str | Path, now: datetime | None = None) -> list[RunStatus]:
     """A row per run directory (one with summary.json) at or under `directory`, by path."""
     root = Path(directory)
-    runs = find_run_dirs(root, has_summary)
-    if not runs:
+    runs, blocked = find_run_dirs(root, has_summary)
+    if not runs and not blocked:
         raise ResexpError(f"no runs under {root} (no summary.json): not started yet, or not a run or sweep directory")
     now = now or datetime.now(timezone.utc)
-    return [_status(run, now) for run in runs]
+    rows = [_status(run, now) for run in runs] + [_unreadable(path, why) for path, why in blocked]
+    return sorted(rows, key=lambda row: row.path)
+
+
+def _unreadable(path: Path, why: str) -> RunStatus:
+    return RunStatus(path, "unreadable", None, None, None, None, None, None, "test", "", None, why)
 
 
 def _status(run: RunDir, now: datetime) -> RunStatus:
     run_dir = run.path
     try:
         summary = run.read_summary() or {}
-    except ResexpError:
-        return RunStatus(run_dir, "unreadable", None, None, None, None, None, None, "test", "", None,
-                         "summary.json is corrupt")
+    except ResexpError as e:  # corrupt, or off resexp.summary's schema: said, and the other runs shown
+        return _unreadable(run_dir, one_line(e).replace(f"{run.summary_path}", SUMMARY))
     split = summary.get("eval_split", "test")
     status, note = summary.get("status", "unknown"), ""
     updated = _parse_time(summary.get("updated"))

@@ -14,7 +14,6 @@ With eval_split "val" (the 45k/5k tuning split) the "test" columns hold validati
 
 from __future__ import annotations
 
-import csv
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +21,11 @@ from typing import Any
 
 from rich.console import Console
 
+from resexp.files import write_csv, write_text
 from resexp.report.paper import comparison_gaps
 from resexp.report.runs import (
+    LeftOut,
     Run,
-    UnreadableRun,
     group_runs,
     print_unreadable,
     scan_runs,
@@ -69,7 +69,7 @@ def table6(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "table6",
-                unreadable: Sequence[UnreadableRun] = ()) -> list[Path]:
+                unreadable: Sequence[LeftOut] = ()) -> list[Path]:
     """Write rows as out_dir/stem.md (rounded, for reading; the unreadable runs listed below it)
     and stem.csv (full precision)."""
     out = Path(out_dir)
@@ -77,16 +77,13 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "ta
     md_path, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
-    md_path.write_text("\n".join([*lines, "", _NOTE, *unreadable_lines(unreadable)]) + "\n")
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    write_text(md_path, "\n".join([*lines, "", _NOTE, *unreadable_lines(unreadable)]) + "\n")
+    write_csv(csv_path, rows, COLUMNS)
     return [md_path, csv_path]
 
 
 def print_table(rows: list[dict[str, Any]], console: Console | None = None,
-                unreadable: Sequence[UnreadableRun] = ()) -> None:
+                unreadable: Sequence[LeftOut] = ()) -> None:
     """The table on the terminal, as in the Markdown file."""
     console = console or Console()
     table = fitted_table(HEADERS, [_display(row) for row in rows], "Table 6 (He et al. 2015)", console.width,
