@@ -67,6 +67,16 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose_with_hydra(overrides, config_name, return_hydra_config=False)
     validate(cfg)
+    return at_home(cfg)
+
+
+def at_home(cfg: DictConfig) -> DictConfig:
+    """The one rule for '~': at the start of run.root or run.dir it is the home folder, for train
+    and sweep alike (run.dir follows run.root unless set itself)."""
+    if "run" in cfg:
+        cfg.run.root = str(Path(cfg.run.root).expanduser())
+        if not OmegaConf.is_interpolation(cfg.run, "dir"):
+            cfg.run.dir = str(Path(cfg.run.dir).expanduser())
     return cfg
 
 
@@ -127,18 +137,26 @@ def load_model_config(name: str) -> DictConfig:
     return compose([f"model={name}"]).model
 
 
+def home_overrides(cfg: DictConfig) -> list[str]:
+    """at_home's rule for Hydra's launcher, which composes each job again from overrides: the
+    sweep's folder (hydra.sweep.dir) with '~' expanded, as an override; [] where it has none."""
+    sweep_dir = str(cfg.hydra.sweep.dir)
+    home = str(Path(sweep_dir).expanduser())
+    return [] if home == sweep_dir else [f"hydra.sweep.dir={_hydra_quote(home)}"]
+
+
 def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
     """One job of a sweep (inside initialize_config_dir): its run config, with run.dir its
     sub-directory of the sweep, validated; and the launcher's settings (hydra.launcher, resolved)."""
     cfg = compose_with_hydra(overrides)
     HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.override_dirname}
     settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    run_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
+    run_dir = Path(cfg.hydra.sweep.dir).expanduser() / cfg.hydra.sweep.subdir
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.run.dir = str(run_dir)
     validate(cfg)
-    return cfg, settings
+    return at_home(cfg), settings
 
 
 def compose_with_hydra(overrides: list[str], config_name: str = "train", return_hydra_config: bool = True) -> DictConfig:

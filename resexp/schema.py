@@ -23,7 +23,9 @@ Fraction = Annotated[float, rule("a number in [0, 1)", lambda v: 0 <= v < 1)]
 Milestones = Annotated[list[float], rule("ascending fractions of trainer.max_iters in (0, 1], e.g. [0.5,0.75]",
                                          lambda m: all(0 < f <= 1 for f in m) and m == sorted(m))]
 Directory = Annotated[str, rule("a directory path", bool)]
-RunName = Annotated[str, rule("a non-empty name without '/'", lambda n: bool(n) and "/" not in n)]
+# A name is one folder inside run.root (run.sweep: inside run.root/sweeps): never '.', '..' or a path.
+RunName = Annotated[str, rule("a folder name: not empty, '.' or '..', without '/'",
+                              lambda n: n not in ("", ".", "..") and "/" not in n and "\0" not in n)]
 Schedule = Literal["step", "cosine", "constant"]
 
 

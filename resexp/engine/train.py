@@ -43,7 +43,7 @@ def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, A
 
     Nothing is written before the data and model are built, this process holds the run
     directory's lock and the checkpoint (if any) has loaded."""
-    run = RunDir(Path(cfg.run.dir).expanduser())
+    run = RunDir(cfg.run.dir)
     done = run.check(cfg)  # refuse before the build, which can take minutes
     if done is not None:
         return done

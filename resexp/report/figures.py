@@ -5,7 +5,7 @@ plain nets on the left, residual nets in the middle, ResNet-110 vs ResNet-1202 o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class Curve:
     train: Band | None  # None: nothing logged yet
     test: Band | None
     data: str = ""  # the data config's name: the paper's y range is for CIFAR-10
+    unlogged: list[str] = field(default_factory=list)  # "seed 2 logged no train/error": seeds out of a band
 
 
 def figure6_series(runs: list[Run]) -> list[Curve]:
@@ -79,6 +80,7 @@ def figure6_notes(curves: list[Curve]) -> list[str]:
     for curve in curves:
         points = {name: len(band.steps) for name, band in (("training", curve.train), (curve.eval_split, curve.test))
                   if band is not None}
+        notes += [f"{curve.label}: {what}, so its curve leaves it out" for what in curve.unlogged]
         if not points:
             notes.append(f"{curve.label}: not drawn, no error logged yet")
         elif max(points.values()) == 1:
@@ -174,19 +176,22 @@ def make_figure(sweep_dir: str | Path, out: str | Path | None = None) -> list[Pa
 
 def _curve(label: str, runs: list[Run], status: str) -> Curve:
     first = runs[0]
+    tags = ("train/error", f"{first.eval_split}/error")
+    unlogged = [f"seed {r.seed} logged no {tag}" for tag in tags for r in runs if tag not in r.series]
     return Curve(
         label=label, residual=first.residual, depth=first.depth, status=status,
         seeds=[r.seed for r in runs], eval_split=first.eval_split,
         max_iters=int(first.config.trainer.max_iters),
-        train=seed_band(runs, "train/error"), test=seed_band(runs, f"{first.eval_split}/error"),
-        data=str(first.config.data.name),
+        train=seed_band(runs, tags[0]), test=seed_band(runs, tags[1]),
+        data=str(first.config.data.name), unlogged=unlogged if len(runs) > 1 else [],
     )
 
 
 def seed_band(runs: list[Run], tag: str) -> Band | None:
-    if any(tag not in r.series for r in runs):
+    """The band of the runs that logged `tag` (None if none did), on the steps all of them logged."""
+    by_step = [dict(zip(*r.series[tag])) for r in runs if tag in r.series]
+    if not by_step:
         return None
-    by_step = [dict(zip(*r.series[tag])) for r in runs]
     common = sorted(set.intersection(*(set(d) for d in by_step)))
     if not common:
         return None

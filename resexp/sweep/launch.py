@@ -28,7 +28,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from resexp.config import compose_with_hydra, config_dir
+from resexp.config import at_home, compose_with_hydra, config_dir, home_overrides
 from resexp.errors import ResexpError, explain, one_line
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
@@ -92,6 +92,10 @@ def launch(plan: Sweep, jobs: list[Job]) -> None:
     fixed = [o.input_line for o in parse_overrides(plan.argv) if not o.is_sweep_override()]
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose_with_hydra(fixed)  # the launcher's settings and Hydra's, from the fixed overrides
+        home = home_overrides(cfg)
+        if home:  # '~' is the home folder for the launcher's jobs too, never a folder named ~
+            fixed += home
+            cfg = compose_with_hydra(fixed)
         HydraConfig.instance().set_config(cfg)
         context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
         launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_job, config=cfg)
@@ -210,7 +214,7 @@ def _train_job(cfg: DictConfig, control: SweepControl | None) -> str:
 
     hydra_cfg = HydraConfig.get()
     parallel = OmegaConf.select(hydra_cfg.launcher, "n_jobs", default=1)
-    with open_dict(cfg):
+    with open_dict(at_home(cfg)):
         cfg.run.dir = hydra_cfg.runtime.output_dir
         gpus = visible_gpus()
         if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
