@@ -114,7 +114,8 @@ KIND = "fig6 or norms: He et al. {}, or Transformer norm placements"  # REPORT_K
 def figure(
     sweep_dir: str = SWEEP_DIR,
     out: Optional[str] = typer.Option(None, "-o", "--out",
-                                      help="output file (default SWEEP_DIR/figure6.png, or norms.png)"),
+                                      help="output file, or a folder to write figure6.png (norms.png) "
+                                      "in (default SWEEP_DIR)"),
     kind: str = typer.Option("fig6", "--kind", help=KIND.format("Figure 6")),
     ylim: Optional[str] = typer.Option(None, "--ylim", help="LOW,HIGH error range (%) of every Figure 6 panel "
                                        "(default: each panel its own; the paper's 0,20 on CIFAR-10 where the "

@@ -128,6 +128,16 @@ class RunDir:
             raise ResexpError(f"{self.checkpoint_path} is not a resexp checkpoint (no iteration)")
         return int(state["iteration"])
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """The temporary files (resexp.files.atomic_path) of the checkpoint, summary and config that
+        a killed process left half-written; called with the lock held, so none is being written.
+        Returns those removed."""
+        stale = [p for target in (self.checkpoint_path, self.summary_path, self.config_path)
+                 for p in target.parent.glob(f".{target.name}.*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     # -- the guard --
 
     def lock(self) -> RunDirLock:

@@ -172,7 +172,6 @@ def landscape(
         raise ResexpError(f"two runs share a directory name ({', '.join(sorted(names))}); their saved grids would "
                           "overwrite each other: draw them into separate output directories")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     coords = np.stack([grid_coordinates(grid, span)] * dims)
     runs, results, written = [], [], []
     for run_dir in run_dirs:
@@ -184,6 +183,7 @@ def landscape(
             directions = random_directions(run.model, dims, seed)
             loss, error = evaluate_grid(run.model, run.data, directions, coords, limit, run.label)
             result = {"coords": coords, "loss": loss, "error": error}
+        out_dir.mkdir(parents=True, exist_ok=True)  # once the run has loaded: a wrong path creates nothing
         json_path = npz_path.with_suffix(".json")
         save_grid(npz_path, json_path, run, settings, result)
         runs.append(run)

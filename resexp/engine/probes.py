@@ -225,19 +225,24 @@ def log_probes(writer: SummaryWriter, step: TrainStep, iteration: int, probe_bat
     angular distance) and the loss change when the block is skipped, at this iteration's weights
     (step 0 = initialisation), between the step's backward and its update. A host sync, an
     eager step and depth + 2 forwards, so only every trainer.probe_every steps. A copy of the
-    batch is kept in `probe_batch` for the final probes (the batcher's buffers are reused)."""
+    batch is kept in `probe_batch` (keep_batch)."""
     if step.scaler.is_enabled():
         step.scaler.unscale_(step.optimizer)  # fp16: measure the true gradients, not the scaled ones
-    probe_batch[:] = [images.clone(), labels.clone()]
+    keep_batch(probe_batch, images, labels)
     probes = {"grad_norm": block_grad_norms(step.model), **stream_probes(step.model, images),
               "skip_loss_delta": skip_loss_delta(step.model, images, labels)}
     _write_probes(writer, probes, iteration)
 
 
+def keep_batch(probe_batch: list[torch.Tensor], images: torch.Tensor, labels: torch.Tensor) -> None:
+    """A copy of a step's batch in `probe_batch` (the batcher's buffers are reused)."""
+    probe_batch[:] = [images.clone(), labels.clone()]
+
+
 def log_final_probes(writer: SummaryWriter, model: torch.nn.Module, iteration: int, images: torch.Tensor,
                      labels: torch.Tensor) -> None:
     """At the end of the run, after its last evaluation: skip_loss_delta of the trained model on
-    the latest probe step's batch. Only it: the other probes stay at probe steps, which the
+    the last training step's batch. Only it: the other probes stay at probe steps, which the
     norms report reads as "the last probe step"."""
     _write_probes(writer, {"skip_loss_delta": skip_loss_delta(model, images, labels)}, iteration)
 

@@ -25,7 +25,7 @@ from resexp.config import run_identity
 from resexp.data import Data, build_data
 from resexp.engine.checkpoint import TrainState, save_checkpoint
 from resexp.engine.evaluate import evaluate
-from resexp.engine.probes import log_final_probes, log_probes, supports_probes
+from resexp.engine.probes import keep_batch, log_final_probes, log_probes, supports_probes
 from resexp.engine.record import RunRecord
 from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.engine.schedules import learning_rate
@@ -65,7 +65,7 @@ def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, st
     probe_every = int(t.probe_every) if supports_probes(model) else 0
     start, start_iteration, wall_before = time.perf_counter(), state.iteration, state.wall_time
     diverged = None
-    probe_batch: list = []  # the latest probe step's images and labels, for the final probes
+    probe_batch: list = []  # the last step's images and labels, for the final probes
     model.train()
     with StopSignal(stop_source) as stop, record.failed_on_error(), explain_compile_errors(), closing(progress), \
             closing(writer):
@@ -73,7 +73,10 @@ def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, st
             lr = learning_rate(cfg.optim, state.iteration, max_iters, state.in_warmup)
             step.set_lr(lr)
             probing = probe_every and state.iteration % probe_every == 0  # iteration 0: at initialisation
-            step(partial(log_probes, writer, step, state.iteration, probe_batch) if probing else None)
+            last = probe_every and state.iteration == max_iters - 1  # its batch is the final probes': a
+            # resumed run has it as an uninterrupted one does, whenever its last probe step was
+            step(partial(log_probes, writer, step, state.iteration, probe_batch) if probing else
+                 partial(keep_batch, probe_batch) if last else None)
             state.iteration += 1
             iteration = state.iteration
             progress.tick(iteration)
@@ -122,6 +125,7 @@ def _start(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data,
     """Load the checkpoint (refusing one this run cannot continue before anything is written),
     then write the config and the summary, and open the event writer and the progress report."""
     max_iters = int(cfg.trainer.max_iters)
+    run.remove_stale_temporaries()  # a save that a kill -9 cut short: never read, only litter
     state = TrainState(step, run_identity(cfg), in_warmup=cfg.optim.error_warmup is not None)
     checkpointed = run.checkpoint_path.is_file()
     if checkpointed:

@@ -29,10 +29,10 @@ def report_figure(kind: str, sweep_dir: str, out: str | None = None, ylim: str |
     runs, _ = _scan_and_warn(sweep_dir)  # drawn without the unreadable ones
     if kind == "fig6":
         curves = figure6_series(runs)
-        paths = save_figure(draw_figure6(curves, limits, log_y), out or f"{sweep_dir}/figure6.png")
+        paths = save_figure(draw_figure6(curves, limits, log_y), figure_path(out, sweep_dir, "figure6.png"))
         say_curves(curves)  # after drawing: with nothing to draw, its error is the one line
         return paths
-    target = Path(out or f"{sweep_dir}/norms.png")
+    target = figure_path(out, sweep_dir, "norms.png")
     paths = norms_figure(runs, target)
     if varies_lr(runs):  # a learning-rate sweep: final loss against lr beside it
         paths += lr_figure(runs, target.with_name(f"{target.stem}_lr{target.suffix}"))
@@ -53,6 +53,16 @@ def report_table(kind: str, sweep_dir: str, out_dir: str | None = None) -> list[
     rows = table6(runs)
     print_table(rows, unreadable=unreadable)
     return write_table(rows, out_dir or sweep_dir, unreadable=unreadable)
+
+
+def figure_path(out: str | None, sweep_dir: str, name: str) -> Path:
+    """Where -o puts a figure: the file it names, or `name` in the folder it names (one that exists,
+    or written with a trailing '/': never DIR.png beside it); SWEEP_DIR/name without -o."""
+    if out is None:
+        return Path(sweep_dir) / name
+    if out.endswith("/") or Path(out).is_dir():
+        return Path(out) / name
+    return Path(out)
 
 
 def say_curves(curves: list[Curve]) -> None:
