@@ -11,7 +11,7 @@ from resexp.report.figures import Curve, draw_figure6, figure6_notes, figure6_se
 from resexp.report.norms_figure import norms_figure
 from resexp.report.norms_lr import lr_figure, lr_rows, varies_lr
 from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
-from resexp.report.runs import LeftOut, Run, scan_runs
+from resexp.report.runs import LeftOut, Run, say_left_out, scan_runs
 from resexp.report.tables import print_table, table6, write_table
 
 REPORT_KINDS = ("fig6", "norms")
@@ -91,6 +91,5 @@ def _parse_ylim(text: str) -> tuple[float, float]:
 def _scan_and_warn(sweep_dir: str) -> tuple[list[Run], list[LeftOut]]:
     """The readable runs under sweep_dir and the unreadable ones, each of those a warning line."""
     runs, unreadable = scan_runs(sweep_dir)
-    for run in unreadable:
-        print(f"resexp: warning: {run}", file=sys.stderr)  # plain print: a path is not rich markup
+    say_left_out(unreadable)
     return runs, unreadable

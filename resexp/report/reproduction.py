@@ -53,7 +53,7 @@ import numpy as np
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
 from resexp.files import copy_file, write_text
-from resexp.report.figures import figure6
+from resexp.report.figures import draw_figure6, figure6_series, save_figure
 from resexp.report.paper import (
     PAPER_RUNS,
     PAPER_STD,
@@ -62,7 +62,7 @@ from resexp.report.paper import (
     recipe_differences,
     recipe_rows,
 )
-from resexp.report.runs import LeftOut, Run, group_runs, scan_runs, status_counts
+from resexp.report.runs import LeftOut, Run, group_runs, say_left_out, scan_runs, status_counts
 from resexp.report.tables import PAPER_CIFAR10
 from resexp.report.terminal import duration
 from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM
@@ -423,13 +423,14 @@ def reproduction_report(sweep_dir: str | Path, out_dir: str | Path | None = None
     ResexpError for a folder without readable runs."""
     sweep = Path(sweep_dir)
     runs, unreadable = scan_runs(sweep)
+    say_left_out(unreadable)
     out = Path(out_dir) if out_dir is not None else sweep / "report"
     out.mkdir(parents=True, exist_ok=True)
     try:
-        written = figure6(runs, out / "figure6.png")
-        figure6_note = None
+        drawing, figure6_note = draw_figure6(figure6_series(runs)), None
     except ResexpError as e:  # no run has logged an error yet: the report says so instead
-        written, figure6_note = [], str(e)
+        drawing, figure6_note = None, str(e)
+    written = save_figure(drawing, out / "figure6.png") if drawing is not None else []  # a full disk is an error
     drawn = [(sweep / RESPONSES).with_suffix(suffix) for suffix in (".png", ".pdf")]
     figure7 = "figure7" if drawn[0].is_file() else None
     if figure7:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -148,6 +149,12 @@ def unreadable_lines(unreadable: Sequence[LeftOut]) -> list[str]:
     if not unreadable:
         return []
     return ["", "Runs left out (not in the table):", *(f"- {u.path} ({u.what}: {u.reason})" for u in unreadable)]
+
+
+def say_left_out(left_out: Sequence[LeftOut]) -> None:
+    """A warning line on stderr per run left out, as `resexp table`, `figure` and `report` say them."""
+    for run in left_out:
+        print(f"resexp: warning: {run}", file=sys.stderr)  # plain print: a path is not rich markup
 
 
 def print_unreadable(unreadable: Sequence[LeftOut], console: Console) -> None:
