@@ -36,8 +36,20 @@ from resexp.rundir import CONFIG, SUMMARY, RunDir, find_run_dirs, is_reported
 Series = dict[str, tuple[list[int], list[float]]]
 
 # What the reports read of every run's config (its summary's keys are resexp.summary's schema).
-REQUIRED_CONFIG_KEYS = ("seed", "model.name", "model.depth", "data.name", "optim.name", "trainer.max_iters",
-                        "trainer.batch_size")
+# Each with what it must be: the reports compute with them.
+def _count(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+REQUIRED_CONFIG = {
+    "seed": ("an integer >= 0", _count(0, 2**63 - 1)),
+    "model.name": ("a name", lambda v: isinstance(v, str) and v != ""),
+    "model.depth": ("an integer from 1 to 100000", _count(1, 100_000)),
+    "data.name": ("a name", lambda v: isinstance(v, str) and v != ""),
+    "optim.name": ("a name", lambda v: isinstance(v, str) and v != ""),
+    "trainer.max_iters": ("a positive integer", _count(1, 2**63 - 1)),
+    "trainer.batch_size": ("a positive integer", _count(1, 2**63 - 1)),
+}
 
 
 class LeftOut(ResexpError):
@@ -197,13 +209,15 @@ def _load_run(found: RunDir) -> Run:
         config = found.config
     except ResexpError as e:
         raise UnreadableRun(found.path, _reason(e, found.config_path, CONFIG)) from None
-    for key in REQUIRED_CONFIG_KEYS:
+    for key, (allowed, valid) in REQUIRED_CONFIG.items():
         try:
-            present = OmegaConf.select(config, key, default=None) is not None
-        except OmegaConfBaseException:  # a section that is no mapping
-            present = False
-        if not present:
+            value = OmegaConf.select(config, key, default=None)
+        except OmegaConfBaseException:  # a section that is no mapping, an interpolation to nowhere
+            value = None
+        if value is None:
             raise UnreadableRun(found.path, f"config.yaml has no {key}")
+        if not valid(value):
+            raise UnreadableRun(found.path, f"config.yaml: {key} must be {allowed}; got {str(value)[:80]!r}")
     try:
         summary = found.read_summary()
     except ResexpError as e:
