@@ -9,7 +9,8 @@ The convention (README.md, "Contributing"):
   or, in a results README, any committed file of its own folder (and below): a results folder is the source
   of its README.
 - The figure holds if a source file has a number equal to it at the printed precision (as
-  written, or scaled by 100, 1000 or 1/1000: a fraction shown as a percentage, seconds as ms).
+  written, or scaled by 100, 1000, 1/1000, 1/60 or 1/3600: a fraction shown as a percentage,
+  seconds as ms, minutes or seconds as hours).
 - What is not a measurement (a target, a limit, a setting, a command) goes in a code span
   (`15 min`), which the check skips; the paper's numbers link the module that holds them.
 """
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURE = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?)\s?(%|ms\b|µs\b|s\b|min\b|h\b|GiB\b|MiB\b|GB\b|MB\b|×|x\b)")
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 LINK = re.compile(r"\]\(([^)\s#]+)")
-SCALES = (1, 100, 1000, 0.001)
+SCALES = (1, 100, 1000, 0.001, 1 / 60, 1 / 3600)  # as written; %; ms and s; minutes or seconds as hours
 BINARY = {".png", ".pdf", ".npz", ".pt", ".gz"}
 
 
@@ -55,8 +56,9 @@ def holds(figure: str, sources: list[Path]) -> bool:
 
 
 def blocks(text: str) -> list[str]:
-    """Paragraphs, list items and tables, code removed."""
+    """Paragraphs, list items and tables, code (fenced, indented 4 or more, in backticks) removed."""
     text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"^ {4,}\S.*$", "", text, flags=re.M)  # indented code (list items continue with 2 spaces)
     text = re.sub(r"`[^`\n]*`", "", text)
     return [b for b in re.split(r"\n\s*\n|\n(?=\s*[-*] )", text) if b.strip()]
 
