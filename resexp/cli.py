@@ -164,7 +164,7 @@ def status(
              help="A reproduction report of He et al. 2015 from a sweep directory, one Markdown file with its "
              "figures: Table 6 beside the paper's numbers (best (mean ± std, n seeds), the difference in standard "
              "errors, how the model was selected), Figure 6's two claims (plain nets degrade with depth, residual "
-             "nets do not) each with a rank correlation, its bootstrap CI and a verdict, the recipe as run with "
+             "nets do not) each with a rank correlation, a permutation test, the deep-minus-shallow gap and a verdict in its setting, the recipe as run with "
              "every difference from the paper's, Figure 6 with seed bands, and the unfinished, failed, diverged "
              "and missing runs. Example: resexp report runs/sweeps/figure6_seeds")
 @error_boundary

@@ -269,3 +269,27 @@ def test_cnn_probes_leave_training_unchanged(tmp_path):
     for probe in ("angular_distance", "stream_norm"):
         assert tags[f"probe/{probe}/block_000"][0] == [0, 1, 2], probe
     assert tags["probe/skip_loss_delta/block_000"][0] == [0, 1, 2, 3]  # and at the end, after the last eval
+
+
+def test_figure7_draws_one_line_per_net_with_a_band_over_its_seeds():
+    from resexp.analysis.responses import draw_responses
+
+    def result(label, depth, residual, std, run):
+        return {"label": label, "depth": depth, "residual": residual, "std": std, "images": 500, "run": run}
+
+    results = [result("plain-20", 20, False, [1.0, 3.0, 2.0], "p0"), result("plain-20", 20, False, [3.0, 1.0, 2.0], "p1"),
+               result("ResNet-20", 20, True, [0.5, 0.7, 0.6], "r0")]
+    fig = draw_responses(results)
+    top, bottom = fig.axes
+    lines = {line.get_label(): line for line in top.get_lines()}
+    assert sorted(lines) == ["ResNet-20", "plain-20 (2 seeds)"]  # one line per net, not per seed
+    assert lines["plain-20 (2 seeds)"].get_ydata().tolist() == [2.0, 2.0, 2.0]  # the seeds' mean per layer
+    assert lines["plain-20 (2 seeds)"].get_linestyle() == "--" and lines["ResNet-20"].get_linestyle() == "-"
+    # the band: min to max of the seeds, drawn for the net with 2 seeds only
+    (band,) = top.collections
+    ys = band.get_paths()[0].vertices[:, 1]
+    assert ys.min() == 1.0 and ys.max() == 3.0
+    # bottom panel: each seed sorted on its own, then averaged: [3, 2, 1] for both seeds
+    sorted_lines = {line.get_label(): line for line in bottom.get_lines()}
+    assert sorted_lines["plain-20 (2 seeds)"].get_ydata().tolist() == [3.0, 2.0, 1.0]
+    assert "pooled over 500 evaluation images, channels and positions" in fig.texts[0].get_text()

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import nn
@@ -91,18 +92,41 @@ def responses(paths: list[str | Path], out_dir: Path, limit: int | None = None, 
             out_dir / f"{RESPONSES_STEM}.json", out_dir / f"{RESPONSES_STEM}.csv"]
 
 
+def net_curves(results: list[dict]) -> dict[str, dict]:
+    """The seeds of each net as one curve: per layer the mean std over its runs and the min and
+    max, for the layers in network order and sorted by magnitude (each run sorted on its own, as
+    the paper's bottom panel). Keyed by the net's label, in the order of results."""
+    nets: dict[str, list[dict]] = {}
+    for r in results:
+        nets.setdefault(r["label"], []).append(r)
+    curves = {}
+    for label, runs in nets.items():
+        original = np.array([r["std"] for r in runs])
+        ordered = -np.sort(-original, axis=1)
+        curves[label] = {"depth": runs[0]["depth"], "residual": runs[0]["residual"], "runs": len(runs),
+                         "original": (original.mean(0), original.min(0), original.max(0)),
+                         "sorted": (ordered.mean(0), ordered.min(0), ordered.max(0))}
+    return curves
+
+
 def draw_responses(results: list[dict]) -> Figure:
     """The paper's two panels: std per layer in network order (top) and sorted descending (bottom).
-    Plain nets dashed, ResNets solid, one colour per depth."""
+    The seeds of a net are one line (their mean) in a band (their min to max); plain nets dashed,
+    ResNets solid, one colour per depth."""
     fig = Figure(figsize=(7.5, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1)
-    depths = sorted({r["depth"] for r in results})
+    curves = net_curves(results)
+    depths = sorted({c["depth"] for c in curves.values()})
     colours = {d: f"C{i % 10}" for i, d in enumerate(depths)}
-    for r in results:
-        style = {"color": colours[r["depth"]], "ls": "-" if r["residual"] else "--", "lw": 1.2, "label": r["label"]}
-        index = range(1, len(r["std"]) + 1)
-        top.plot(index, r["std"], **style)
-        bottom.plot(index, sorted(r["std"], reverse=True), **style)
+    for label, c in curves.items():
+        colour = colours[c["depth"]]
+        seeds = f" ({c['runs']} seeds)" if c["runs"] > 1 else ""
+        for ax, key in ((top, "original"), (bottom, "sorted")):
+            mean, low, high = c[key]
+            index = np.arange(1, len(mean) + 1)
+            ax.plot(index, mean, color=colour, ls="-" if c["residual"] else "--", lw=1.2, label=label + seeds)
+            if c["runs"] > 1:
+                ax.fill_between(index, low, high, color=colour, alpha=0.2, lw=0)
     top.set_xlabel("layer index (original)")
     bottom.set_xlabel("layer index (sorted by magnitude)")
     highest = max(max(r["std"]) for r in results)
@@ -112,6 +136,7 @@ def draw_responses(results: list[dict]) -> Figure:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncols=2)
     images = sorted({r["images"] for r in results})
-    fig.suptitle(f"std of each 3x3 layer's response (after BN, before addition/ReLU), "
-                 f"{'/'.join(map(str, images))} evaluation images", fontsize=9)
+    fig.suptitle(f"std of each 3x3 layer's response (after BN, before addition/ReLU), pooled over "
+                 f"{'/'.join(map(str, images))} evaluation images, channels and positions;\n"
+                 "plain nets dashed, ResNets solid; a net's seeds: mean line, min-max band", fontsize=9)
     return fig

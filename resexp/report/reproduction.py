@@ -9,14 +9,17 @@ run (its depth, its final training error: summary.json's train_error):
   (b) no degradation: residual nets' final training error does not rise with depth; tested as
       "falls with depth" (expects rho < 0), as the paper's deeper ResNets end lower.
 rho: Spearman's rank correlation of depth and final training error over all those runs
-(average ranks for ties; 0 where all errors are equal). p: a one-sided permutation test of rho in
-the claim's direction: the share of the ways to deal the observed errors out to the runs' depths
-(each depth keeping its number of runs) whose rho is at least as far on the claim's side; exact
-(every way) up to EXACT_LIMIT ways, else RESAMPLES random ones (numpy default_rng(0), p =
-(1 + as far) / (1 + RESAMPLES)). Its error rate is what it says: with no depth effect, p <= 0.05
-in at most 5% of sweeps. Beside it, for description only, a percentile bootstrap interval of rho
-(the runs resampled within each depth): with every deeper run above every shallower one it
-cannot reach below the observed rho, so it is not the verdict's test.
+(scipy.stats.spearmanr's definition: average ranks for ties; 0 here where all errors are equal).
+p: a one-sided permutation test of rho in the claim's direction (scipy.stats.permutation_test,
+pairings): the share of the orderings of the observed errors over the runs' depths whose rho is at
+least as far on the claim's side; exact (every ordering) up to RESAMPLES orderings, else RESAMPLES
+random ones (seed SEED, p = (1 + as far) / (1 + RESAMPLES)). Its error rate is what it says: with
+no depth effect, p <= 0.05 in at most 5% of sweeps. Beside it, for description: the deepest net's
+mean final training error minus the shallowest's, with a LEVEL Welch t interval over seeds
+(scipy.stats.ttest_ind, unequal variances; none with fewer than 2 seeds at either depth).
+A verdict is said in its setting: where the runs' data, iterations, width or batch are not the
+paper's, the cell says "reproduced at this budget: synthetic, 500 it., width 0.5, batch 64", never
+the bare word, which is kept for the paper's setting.
 Verdict, the first rule that applies:
   1. undecided if the nets differ in more than depth (the paper's ResNet-110 warm-up aside), two
      nets have one depth, there are fewer than 2 depths, or a depth has fewer than MIN_RUNS
@@ -34,29 +37,31 @@ ddof=1). The difference from the paper: our mean minus the paper's mean (ResNet-
 runs; for the other nets the paper's one number), in points and in standard errors of that
 difference, sqrt(s²/n + s_p²/n_p): s our std over n seeds; s_p, n_p the paper's (0.16 over 5
 runs for ResNet-110; a single number is one run, whose spread is taken to be ours). With one seed,
-or seeds that agree exactly (std 0), the paper's only reported spread, 0.16, stands in for ours
-(marked †). Only where the run's setting is the paper's (CIFAR-10 test error of its nets, option
+or seeds that agree exactly (std 0), there is no spread of ours: no SE, the cell says so (the
+paper's 0.16 is not borrowed: public ResNet-56 spreads over seeds are 0.27-0.5 points). Only where the run's setting is the paper's (CIFAR-10 test error of its nets, option
 A, width 1); otherwise the gap is named.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
 from resexp.files import copy_file, write_text
 from resexp.report.figures import draw_figure6, figure6_series, save_figure
 from resexp.report.paper import (
+    PAPER_BATCH,
+    PAPER_DATA,
+    PAPER_ITERS,
     PAPER_RUNS,
-    PAPER_STD,
     comparison_gaps,
     config_value,
     recipe_differences,
@@ -69,9 +74,9 @@ from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM
 
 MIN_RUNS = 3  # finished runs per depth for a verdict
 ALPHA = 0.05  # one-sided: the claims have a direction
-EXACT_LIMIT = 50_000  # ways to deal the errors out to the depths, enumerated when no more than this
-RESAMPLES = 10_000
-LEVEL = 0.95  # of the descriptive bootstrap interval
+RESAMPLES = 10_000  # orderings of the permutation test; every ordering when there are no more
+BATCH = 500  # orderings ranked at once: memory grows with BATCH x runs, not with runs² x RESAMPLES
+LEVEL = 0.95  # of the descriptive interval of the deep-minus-shallow difference
 SEED = 0
 REPORT = "report.md"
 RESPONSES = f"{ANALYSIS_FOLDER}/{RESPONSES_STEM}"  # what `resexp responses SWEEP_DIR` writes (.png, .pdf)
@@ -79,20 +84,21 @@ RESPONSES = f"{ANALYSIS_FOLDER}/{RESPONSES_STEM}"  # what `resexp responses SWEE
 RULE = (
     "ρ is Spearman's rank correlation of depth and final training error over the finished runs of one "
     "kind (plain or residual), one point per run (average ranks for ties; 0 where all errors are equal). "
-    "p is a one-sided permutation test of ρ in the claim's direction: the share of the ways to deal the "
-    "observed errors out to the runs' depths (each depth keeping its number of runs) whose ρ is at least as far "
-    f"on the claim's side; exact up to {EXACT_LIMIT:,} ways, else {RESAMPLES:,} random ones (numpy seed {SEED}). "
-    "Verdict, the first rule that applies: (1) **undecided** if the nets differ in more than depth (the "
+    "p is a one-sided permutation test of ρ in the claim's direction (scipy.stats.permutation_test): the share "
+    "of the orderings of the observed errors over the runs' depths whose ρ is at least as far on the claim's "
+    f"side; exact up to {RESAMPLES:,} orderings, else {RESAMPLES:,} random ones (seed {SEED}). "
+    "Verdict, the first rule that applies: (1) undecided if the nets differ in more than depth (the "
     "paper's ResNet-110 warm-up aside), two nets have one depth, there are fewer than 2 depths, or a depth has "
     f"fewer than {MIN_RUNS} finished runs (running, stopped, failed and diverged runs do not count); "
-    f"(2) **reproduced** if p ≤ {ALPHA:g} in the claim's direction; (3) **not reproduced** if p ≤ {ALPHA:g} in "
-    "the other direction; (4) **undecided** otherwise (no trend the runs can tell from chance). (b) is tested "
+    f"(2) reproduced if p ≤ {ALPHA:g} in the claim's direction; (3) not reproduced if p ≤ {ALPHA:g} in "
+    "the other direction; (4) undecided otherwise (no trend the runs can tell from chance). (b) is tested "
     "as \"falls with depth\", as the paper's deeper ResNets end lower: a flat error is undecided. With no depth "
     f"effect, p ≤ {ALPHA:g} happens in at most {ALPHA:.0%} of sweeps; with {MIN_RUNS} runs at each of 2 depths "
-    f"the smallest p there is, every deeper run beyond every shallower one, is 1/20 = {ALPHA:g}. The "
-    f"{LEVEL:.0%} interval is a percentile bootstrap of ρ ({RESAMPLES:,} resamples of the runs within each "
-    "depth), a description of its spread over seeds, not the test: with every deeper run above every shallower "
-    "one it cannot reach below the observed ρ."
+    f"the smallest p there is, every deeper run beyond every shallower one, is 1/20 = {ALPHA:g}. Off the "
+    "paper's setting (its data, iterations, width, batch) a verdict says the setting it holds in: it is what "
+    "this budget shows, not a verdict on the paper. Deepest − shallowest: the deepest net's mean final "
+    f"training error minus the shallowest's, with a {LEVEL:.0%} Welch t interval over seeds (a description "
+    "of the size of the effect, not the test)."
 )
 
 
@@ -117,73 +123,72 @@ class ClaimTest:
     errors: dict[str, tuple[int, list[float]]]  # net label: (depth, final training errors of its finished runs)
     rho: float | None  # None: fewer than 2 depths with a finished run
     p: float | None  # one-sided, in the claim's direction; None without a rho
-    ci: tuple[float, float] | None  # descriptive; None unless every depth has 2 or more runs
+    gap: tuple[float, float, float] | None  # deepest minus shallowest mean, its interval; None: fewer than 2 seeds
     verdict: str  # reproduced, not reproduced, undecided
     reason: str
+    setting: str = ""  # where the runs are off the paper's setting: which, in words ("" in the paper's)
 
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks along the last axis; tied values share the mean of their ranks."""
-    below = (values[..., :, None] > values[..., None, :]).sum(-1)
-    tied = (values[..., :, None] == values[..., None, :]).sum(-1)  # itself included
-    return below + (tied + 1) / 2
+    def verdict_cell(self) -> str:
+        """The verdict in its setting: bold only in the paper's setting."""
+        if self.setting:
+            return f"{self.verdict} at this budget: {self.setting} ({self.reason})"
+        return f"**{self.verdict}** ({self.reason})"
 
 
 def rank_correlation(x: Sequence[float], y: np.ndarray) -> np.ndarray:
-    """Spearman's rho of x against each row of y (Pearson's r of their average ranks); 0 for a
-    row (or x) whose values are all equal."""
-    rx = average_ranks(np.asarray(x, dtype=float))
-    ry = average_ranks(np.atleast_2d(np.asarray(y, dtype=float)))
+    """Spearman's rho of x against each row of y (Pearson's r of their average ranks, as
+    scipy.stats.spearmanr); 0 for a row (or x) whose values are all equal, where spearmanr has none."""
+    rx = stats.rankdata(np.asarray(x, dtype=float))
+    ry = stats.rankdata(np.atleast_2d(np.asarray(y, dtype=float)), axis=-1)
     dx, dy = rx - rx.mean(), ry - ry.mean(-1, keepdims=True)
     num = (dy * dx).sum(-1)
     den = np.sqrt((dx**2).sum() * (dy**2).sum(-1))
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def bootstrap_ci(by_depth: dict[int, list[float]], resamples: int = RESAMPLES, level: float = LEVEL,
-                 seed: int = SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of rho(depth, error): the runs resampled with replacement within
-    each depth. A description of rho's spread over seeds, not a test (see the module's docstring)."""
-    rng = np.random.default_rng(seed)
+def permutation_p(by_depth: dict[int, list[float]], sign: int, resamples: int = RESAMPLES, seed: int = SEED) -> float:
+    """One-sided p of rho(depth, error) in the direction `sign` (+1: rises with depth): the share
+    of the orderings of the errors over the runs' depths whose rho is at least as far that way as
+    the observed one; every ordering when there are at most `resamples`, else `resamples` random ones."""
     depths = sorted(by_depth)
     x = np.repeat(depths, [len(by_depth[d]) for d in depths])
-    y = np.concatenate([np.asarray(by_depth[d], dtype=float)[rng.integers(0, len(by_depth[d]),
-                                                                            (resamples, len(by_depth[d])))]
-                        for d in depths], axis=1)
-    low, high = np.quantile(rank_correlation(x, y), [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
-
-
-def deals(sizes: Sequence[int]) -> Iterator[list[int]]:
-    """Every way to deal the positions 0..sum(sizes)-1 out to groups of these sizes, as a list of
-    positions, group after group."""
-    if not sizes:
-        yield []
-        return
-    left = sum(sizes)
-    for first in itertools.combinations(range(left), sizes[0]):
-        rest = [i for i in range(left) if i not in first]
-        for tail in deals(sizes[1:]):
-            yield [*first, *(rest[i] for i in tail)]
-
-
-def permutation_p(by_depth: dict[int, list[float]], sign: int, exact_limit: int = EXACT_LIMIT,
-                  resamples: int = RESAMPLES, seed: int = SEED) -> float:
-    """One-sided p of rho(depth, error) in the direction `sign` (+1: rises with depth): the share
-    of the ways to deal the errors out to the depths whose rho is at least as far that way as the
-    observed one; every way when there are at most exact_limit, else `resamples` random ones."""
-    depths = sorted(by_depth)
-    sizes = [len(by_depth[d]) for d in depths]
-    x = np.repeat(depths, sizes)
     errors = np.concatenate([np.asarray(by_depth[d], dtype=float) for d in depths])
-    observed = sign * float(rank_correlation(x, errors)[0])
-    ways = math.factorial(len(errors)) // math.prod(math.factorial(n) for n in sizes)
-    if ways <= exact_limit:
-        orders = np.array(list(deals(sizes)))
-        return float(np.mean(sign * rank_correlation(x, errors[orders]) >= observed - 1e-12))
-    orders = np.random.default_rng(seed).permuted(np.tile(np.arange(len(errors)), (resamples, 1)), axis=1)
-    beyond = np.sum(sign * rank_correlation(x, errors[orders]) >= observed - 1e-12)
-    return float((1 + beyond) / (1 + resamples))
+    result = stats.permutation_test((errors,), lambda e, axis: rank_correlation(x, e), permutation_type="pairings",
+                                    vectorized=True, n_resamples=resamples, batch=BATCH,
+                                    alternative="greater" if sign > 0 else "less", rng=seed)
+    return float(result.pvalue)
+
+
+def depth_gap(by_depth: dict[int, list[float]], level: float = LEVEL) -> tuple[float, float, float] | None:
+    """The deepest depth's mean error minus the shallowest's and its Welch t interval over seeds;
+    None with fewer than 2 runs at either (no spread to say), or with no spread at all."""
+    shallow, deep = by_depth[min(by_depth)], by_depth[max(by_depth)]
+    if min(len(shallow), len(deep)) < 2:
+        return None
+    gap = statistics.fmean(deep) - statistics.fmean(shallow)
+    if statistics.stdev(deep) == 0 and statistics.stdev(shallow) == 0:
+        return None
+    low, high = stats.ttest_ind(deep, shallow, equal_var=False).confidence_interval(level)
+    return gap, float(low), float(high)
+
+
+def off_paper_setting(runs: Sequence[Run]) -> str:
+    """Which of the paper's data, iterations, width and batch the runs do not have, in words
+    ("synthetic, 500 it., width 0.5, batch 64"); "" in the paper's setting."""
+    def values(key: str) -> list:
+        return sorted({config_value(run, key) for run in runs}, key=repr)
+
+    parts = []
+    if values("data.name") != [PAPER_DATA]:
+        parts.append("/".join(map(str, values("data.name"))))
+    if values("trainer.max_iters") != [PAPER_ITERS]:
+        parts.append("/".join(f"{v:,}" if isinstance(v, int) else str(v) for v in values("trainer.max_iters")) + " it.")
+    if values("model.width") != [1]:
+        parts.append("width " + "/".join(f"{v:g}" if isinstance(v, (int, float)) else str(v)
+                                         for v in values("model.width")))
+    if values("trainer.batch_size") != [PAPER_BATCH]:
+        parts.append("batch " + "/".join(map(str, values("trainer.batch_size"))))
+    return ", ".join(parts)
 
 
 def judge_claim(claim: Claim, groups: dict[str, list[Run]]) -> ClaimTest:
@@ -194,9 +199,15 @@ def judge_claim(claim: Claim, groups: dict[str, list[Run]]) -> ClaimTest:
               for label, runs in sorted(nets.items(), key=lambda item: item[1][0].depth)}
     kind = "residual" if claim.residual else "plain"
 
+    setting = off_paper_setting([run for runs in nets.values() for run in runs])
+
+    def verdict(word: str, reason: str, rho: float | None = None, p: float | None = None,
+                gap: tuple[float, float, float] | None = None) -> ClaimTest:
+        return ClaimTest(claim, errors, rho, p, gap, word, reason, setting)
+
     def undecided(reason: str, rho: float | None = None, p: float | None = None,
-                  ci: tuple[float, float] | None = None) -> ClaimTest:
-        return ClaimTest(claim, errors, rho, p, ci, "undecided", reason)
+                  gap: tuple[float, float, float] | None = None) -> ClaimTest:
+        return verdict("undecided", reason, rho, p, gap)
 
     differing = _differing_keys([runs[0] for runs in nets.values()])
     if differing:
@@ -206,27 +217,26 @@ def judge_claim(claim: Claim, groups: dict[str, list[Run]]) -> ClaimTest:
     if shared:  # their runs would be one point set: which net degrades?
         return undecided(f"two {kind} nets have one depth: {'; '.join(shared)}")
     scored = {depth: values for depth, values in errors.values() if values}
-    rho = p = ci = None
+    rho = p = gap = None
     if len(scored) >= 2:  # shown even when too few runs leave the verdict undecided
         x = [depth for depth, values in scored.items() for _ in values]
         rho = float(rank_correlation(x, [v for values in scored.values() for v in values])[0])
         p = permutation_p(scored, claim.sign)
-        if min(map(len, scored.values())) >= 2:  # one run at a depth has no spread to resample
-            ci = bootstrap_ci(scored)
+        gap = depth_gap(scored)
     if len(errors) < 2:
         found = f" ({', '.join(errors)})" if errors else ""
-        return undecided(f"{len(errors)} {kind} depth(s){found}, 2 needed", rho, p, ci)
+        return undecided(f"{len(errors)} {kind} depth(s){found}, 2 needed", rho, p, gap)
     short = [f"{label} has {len(values)}" for label, (_, values) in errors.items() if len(values) < MIN_RUNS]
     if short:
-        return undecided(f"too few finished runs: {', '.join(short)} ({MIN_RUNS} per depth needed)", rho, p, ci)
+        return undecided(f"too few finished runs: {', '.join(short)} ({MIN_RUNS} per depth needed)", rho, p, gap)
     if p <= ALPHA:
-        return ClaimTest(claim, errors, rho, p, ci, "reproduced", f"p = {p:.3g} ≤ {ALPHA:g}")
+        return verdict("reproduced", f"p = {p:.3g} ≤ {ALPHA:g}", rho, p, gap)
     other = permutation_p(scored, -claim.sign)
     if other <= ALPHA:
         way = "falls" if claim.sign > 0 else "rises"
-        return ClaimTest(claim, errors, rho, p, ci, "not reproduced",
-                         f"the error {way} with depth: p = {other:.3g} ≤ {ALPHA:g} that way")
-    return undecided(f"p = {p:.3g} > {ALPHA:g} either way", rho, p, ci)
+        return verdict("not reproduced", f"the error {way} with depth: p = {other:.3g} ≤ {ALPHA:g} that way",
+                       rho, p, gap)
+    return undecided(f"p = {p:.3g} > {ALPHA:g} either way", rho, p, gap)
 
 
 def paper_convention(values: Sequence[float]) -> str:
@@ -242,16 +252,18 @@ def paper_convention(values: Sequence[float]) -> str:
 def difference(values: Sequence[float], paper: float, paper_runs: tuple[float, float, int] | None = None) -> str:
     """Our mean minus the paper's, in points and in standard errors of the difference (see the
     module's docstring). paper_runs: the paper's (mean, std, runs) where it reports them; else
-    `paper` is one run. † where the paper's std stands in for ours (one seed, or std 0)."""
+    `paper` is one run. With one seed, or seeds that agree exactly, the points alone: no SE."""
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    stand_in = std == 0
-    ours = PAPER_STD if stand_in else std
-    paper_mean, paper_std, paper_n = paper_runs if paper_runs else (paper, ours, 1)
-    gap = mean - paper_mean
-    z = gap / math.sqrt(ours**2 / len(values) + paper_std**2 / paper_n)
-    # + 0.0: a rounded -0.0 (a mean a hair below the paper's) is shown as +0.00
-    return f"{round(gap, 2) + 0.0:+.2f} pts = {round(z, 1) + 0.0:+.1f} SE{'†' if stand_in else ''}"
+    paper_mean, paper_std, paper_n = paper_runs if paper_runs else (paper, None, 1)
+    gap = f"{round(mean - paper_mean, 2) + 0.0:+.2f} pts"  # + 0.0: a rounded -0.0 is shown as +0.00
+    if len(values) < 2:
+        return f"{gap}, one seed (no SE)"
+    std = statistics.stdev(values)
+    if std == 0:
+        return f"{gap}, {len(values)} seeds agree exactly (no SE)"
+    paper_std = std if paper_std is None else paper_std  # the paper's one run: its spread taken to be ours
+    z = (mean - paper_mean) / math.sqrt(std**2 / len(values) + paper_std**2 / paper_n)
+    return f"{gap} = {round(z, 1) + 0.0:+.1f} SE"
 
 
 def evaluation(run: Run) -> str:
@@ -301,13 +313,13 @@ def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> 
 
 def claim_lines(tests: list[ClaimTest]) -> list[str]:
     """The claims' verdicts, a table of their numbers, and the final training errors they rest on."""
-    lines = [f"| claim | ρ (depth, final train error) | p (one-sided) | {LEVEL:.0%} bootstrap interval of ρ | "
-             "verdict |", "|---|---|---|---|---|"]
+    lines = [f"| claim | ρ (depth, final train error) | p (one-sided) | deepest − shallowest, mean final train "
+             f"error (pts, {LEVEL:.0%} interval over seeds) | verdict |", "|---|---|---|---|---|"]
     for t in tests:
         rho = "—" if t.rho is None else f"{t.rho:+.3f}"
         p = "—" if t.p is None else f"{t.p:.3g}"
-        ci = "—" if t.ci is None else f"[{t.ci[0]:+.3f}, {t.ci[1]:+.3f}]"
-        lines.append(f"| {t.claim.name}: {t.claim.statement} | {rho} | {p} | {ci} | **{t.verdict}** ({t.reason}) |")
+        gap = "—" if t.gap is None else f"{t.gap[0]:+.2f} [{t.gap[1]:+.2f}, {t.gap[2]:+.2f}]"
+        lines.append(f"| {t.claim.name}: {t.claim.statement} | {rho} | {p} | {gap} | {t.verdict_cell()} |")
     lines += ["", "Final training error (%) of each finished run, the points the tests use:", ""]
     for t in tests:
         for label, (_, values) in t.errors.items():
@@ -379,9 +391,9 @@ def render(runs: list[Run], unreadable: Sequence[LeftOut], sweep_dir: Path, figu
         "Ours: the final model's error on the run's evaluation split, over the finished seeds (sample std). "
         "ours − paper: our mean minus the paper's (ResNet-110: its mean 6.61 over 5 runs; the others: their one "
         "number), in points and in standard errors of the difference, √(s²/n + s_p²/n_p) with our std s over n "
-        f"seeds and the paper's s_p over n_p runs (ResNet-110: {PAPER_STD} over 5; one number is one run, its "
-        f"spread taken to be ours); † = one seed or std 0, so the paper's only reported spread, {PAPER_STD}, "
-        "stands in for ours. n/a: the run's setting is not the paper's, named there.",
+        "seeds and the paper's s_p over n_p runs (ResNet-110: 0.16 over 5; one number is one run, its "
+        "spread taken to be ours); with one seed or seeds that agree exactly there is no spread of ours, so no SE. "
+        "n/a: the run's setting is not the paper's, named there.",
         "",
         "## Figure 6",
         "",
