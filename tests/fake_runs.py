@@ -63,7 +63,7 @@ PAPER_CONFIG = {
     "trainer": {"max_iters": 64000, "batch_size": 128, "eval_every": 1000, "log_every": 100, "device": "auto",
                 "precision": "auto"},
     "model": {"arch": "cifar_resnet", "name": "resnet20", "depth": 20, "residual": True, "shortcut": "A",
-              "width": 1.0, "zero_pad": "end"},
+              "width": 1.0, "zero_pad": "end", "bn_batch": 64},
     "seed": 0,
     "run": {"sweep": "fake"},
 }
