@@ -65,10 +65,12 @@ class SyntheticData(Section):
 # ---- optim ----
 
 class ErrorWarmup(Section):
-    """The paper's ResNet-110 warm-up: lr `lr` until the training error is below until_error (%)."""
+    """The paper's ResNet-110 warm-up: lr `lr` until the training error over the last `window` images
+    is below until_error (%), or max_iters iterations (resexp/engine/schedules.py)."""
 
     lr: NonNegative
     until_error: Annotated[float, rule("a percentage from 0 to 100", lambda v: 0 <= v <= 100)]
+    window: PositiveInt
     max_iters: PositiveInt
 
 

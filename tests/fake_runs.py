@@ -67,7 +67,7 @@ PAPER_CONFIG = {
     "seed": 0,
     "run": {"sweep": "fake"},
 }
-ERROR_WARMUP = {"lr": 0.01, "until_error": 80.0, "max_iters": 400}
+ERROR_WARMUP = {"lr": 0.01, "until_error": 80.0, "window": 6400, "max_iters": 4000}
 
 
 def write_final_run(root, name, depth, residual, seed, train_error, eval_error, status="finished",

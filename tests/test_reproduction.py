@@ -2,6 +2,7 @@
 paper's convention, the recipe's differences, and the report of fake sweeps."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from fake_runs import write_final_run, write_run
 from resexp.cli import app
-from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows
+from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows, warmup_ends
 from resexp.report.reproduction import (
     CLAIMS, MIN_RUNS, RULE, average_ranks, bootstrap_ci, deals, difference, judge_claim, missing_seeds,
     ordered_groups, paper_convention, permutation_p, rank_correlation, reproduction_report,
@@ -203,9 +204,26 @@ def test_the_paper_recipe_differs_only_in_the_classifier_init(tmp_path):
                                     "to the batch statistics, from each batch's first 64 images only)")
     assert rows["init"].startswith("He normal, fan_out (n = k²·c_out")
     assert rows["weight decay on"].startswith("every parameter: conv and classifier weights, classifier bias, BN")
-    assert rows["warm-up"] == ("none (ResNet-20); lr 0.01 until training error < 80% (at most 400 iterations) "
-                               "(ResNet-110)")
+    assert rows["warm-up"] == ("none (ResNet-20); lr 0.01 until the training error over the last 6,400 images "
+                               "< 80% (at most 4,000 iterations) (ResNet-110)")
     assert rows["lr schedule"] == "0.1, ÷10 at 32,000 and 48,000 (50% and 75% of training)"
+
+
+def test_the_report_shows_where_each_warm_up_ended_beside_the_papers_400(tmp_path):
+    ends = {0: {"ended_at": 431, "ended_by": "error", "train_error": 79.94, "over_images": 6400},
+            1: {"ended_at": 4000, "ended_by": "max_iters", "train_error": 83.5, "over_images": 6400}, 2: None}
+    for seed, end in ends.items():
+        run_dir = write_final_run(tmp_path, "resnet110", 110, True, seed, 1.0, 7.0)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "error_warmup": end} if end else summary))
+    write_final_run(tmp_path, "resnet20", 20, True, 0, 1.0, 7.0)
+    runs = scan_runs(tmp_path)[0]
+    labelled = [(label, run) for label, members in ordered_groups(runs).items() for run in members]
+    line = ("- ResNet-110: seed 0: 431 (79.9% over 6,400 images); seed 1: 4,000 (83.5% over 6,400 images, at its "
+            "limit max_iters); seed 2: not recorded; paper: about 400")
+    assert warmup_ends(labelled) == [line]
+    reproduction_report(tmp_path)
+    assert line in (tmp_path / "report" / "report.md").read_text().splitlines()
 
 
 def test_recipe_differences_are_named(tmp_path):

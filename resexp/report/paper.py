@@ -31,6 +31,7 @@ PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 1e-4
 PAPER_WARMUP = {"lr": 0.01, "until_error": 80.0}  # ResNet-110 and -1202 only, about 400 iterations
 PAPER_WARMUP_DEPTH = 110
+PAPER_WARMUP_ITERS = 400  # "(about 400 iterations)": where the paper's warm-up ended
 # The only spread the paper reports: ResNet-110's std over 5 runs (Table 6, "6.43 (6.61±0.16)").
 PAPER_STD = 0.16
 # (mean, std, runs) of a Table 6 entry, keyed as resexp.report.tables.PAPER_CIFAR10, where the paper
@@ -116,9 +117,28 @@ def _warmup(run: Run) -> str:
         parts.append(f"linear from 0 over the first {_key(run, 'optim.warmup_iters'):,} iterations")
     error_warmup = config_value(run, "optim.error_warmup")
     if error_warmup:
-        parts.append(f"lr {error_warmup['lr']:g} until training error < {error_warmup['until_error']:g}% "
+        # Runs written before optim.error_warmup.window existed judged one batch's error.
+        over = f"over the last {error_warmup['window']:,} images" if "window" in error_warmup else "of one batch"
+        parts.append(f"lr {error_warmup['lr']:g} until the training error {over} < {error_warmup['until_error']:g}% "
                      f"(at most {error_warmup['max_iters']:,} iterations)")
     return "; ".join(parts) or "none"
+
+
+def warmup_ends(labelled: Iterable[tuple[str, Run]]) -> list[str]:
+    """One line per net with the error warm-up: the iteration where each seed's ended (summary.json's
+    error_warmup), beside the paper's "about 400"; [] where no net has the warm-up."""
+    nets: dict[str, list[str]] = {}
+    for label, run in labelled:
+        if not config_value(run, "optim.error_warmup"):
+            continue
+        end = run.summary.get("error_warmup")
+        if end is None:
+            where = "not recorded" if run.status == "finished" else f"not ended ({run.status})"
+        else:
+            limit = ", at its limit max_iters" if end["ended_by"] == "max_iters" else ""
+            where = f"{end['ended_at']:,} ({end['train_error']:.1f}% over {end['over_images']:,} images{limit})"
+        nets.setdefault(label, []).append(f"seed {run.seed}: {where}")
+    return [f"- {label}: {'; '.join(seeds)}; paper: about {PAPER_WARMUP_ITERS}" for label, seeds in nets.items()]
 
 
 def _same_warmup(run: Run) -> bool:

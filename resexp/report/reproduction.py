@@ -61,6 +61,7 @@ from resexp.report.paper import (
     config_value,
     recipe_differences,
     recipe_rows,
+    warmup_ends,
 )
 from resexp.report.runs import Run, UnreadableRun, group_runs, scan_runs, status_counts
 from resexp.report.tables import PAPER_CIFAR10
@@ -410,6 +411,8 @@ def render(runs: list[Run], unreadable: Sequence[UnreadableRun], sweep_dir: Path
         "",
         *([f"- {name}: {text}" for name, text in differences] or ["- none"]),
         "",
+        *(["Where the error warm-up ended (iteration; the training error over the window that ended it; "
+           "summary.json's error_warmup):", "", *ends, ""] if (ends := warmup_ends(labelled)) else []),
         "## Runs not counted",
         "",
         *not_counted_lines(runs, groups, missing, unreadable, sweep_dir),
