@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import typing
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field
 
@@ -21,6 +21,16 @@ Shortcut = Literal["A", "B"]  # A: zero-padded identity (parameter-free); B: 1x1
 ZeroPad = Literal["end", "split"]  # where option A's zero channels go (ZeroPadShortcut)
 DEFAULT_ZERO_PAD: ZeroPad = "end"
 STAGE_CHANNELS = (16, 32, 64)  # the three stages' channels at width 1
+# Images per BatchNorm batch in training: None normalises the whole mini-batch at once; the paper's
+# 128 "on two GPUs" normalised each 64-image half on its own GPU (resexp/models/cifar_resnet.py, SplitBatchNorm2d).
+DEFAULT_BN_BATCH: int | None = None
+PAPER_BN_BATCH = 64
+# Fixed choices of the code, named here so that the report's recipe table (resexp/report/paper.py) states
+# what ran: He init's fan mode (resexp/models/cifar_resnet.py, he_init_) and BatchNorm's running-average
+# momentum (PyTorch's default: each training step moves the running averages 10% of the way to the
+# batch's statistics; evaluation normalises with them).
+HE_INIT_MODE = "fan_out"
+BN_MOMENTUM = 0.1
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -90,6 +100,9 @@ class CifarResNetModel(Section):
     width: Positive
     # Runs written before this key existed lack it and count as the default (resexp.config.run_identity).
     zero_pad: ZeroPad = DEFAULT_ZERO_PAD
+    # Images per BatchNorm batch in training (null: the whole mini-batch; the paper's presets: 64, its two
+    # GPUs' halves of 128). trainer.batch_size must be a multiple of it (resexp.schema).
+    bn_batch: Annotated[Optional[int], rule("a positive integer or null", lambda v: v >= 1)] = DEFAULT_BN_BATCH
     name: Label = None
 
 

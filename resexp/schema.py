@@ -67,10 +67,12 @@ class SyntheticData(Section):
 # ---- optim ----
 
 class ErrorWarmup(Section):
-    """The paper's ResNet-110 warm-up: lr `lr` until the training error is below until_error (%)."""
+    """The paper's ResNet-110 warm-up: lr `lr` until the training error over the last `window` images
+    is below until_error (%), or max_iters iterations (resexp/engine/schedules.py)."""
 
     lr: NonNegative
     until_error: Annotated[float, rule("a percentage from 0 to 100", lambda v: 0 <= v <= 100)]
+    window: PositiveInt
     max_iters: PositiveInt
 
 
@@ -165,6 +167,10 @@ class TrainConfig(Section):
         if isinstance(data, SyntheticData) and trainer.batch_size > data.train_size - data.val_size:
             problems.append(f"trainer.batch_size must be at most the {data.train_size - data.val_size} "
                             f"training images (data.train_size - data.val_size); got {trainer.batch_size}")
+        bn_batch = getattr(self.model, "bn_batch", None)  # cifar_resnet's only
+        if bn_batch is not None and trainer.batch_size % bn_batch:
+            problems.append(f"trainer.batch_size must be a multiple of model.bn_batch={bn_batch} (BatchNorm's groups "
+                            f"of the batch); got {trainer.batch_size}: set model.bn_batch to a divisor of it, or null")
         if trainer.recompute_blocks and self.model.arch != "cifar_resnet":
             problems.append(f"trainer.recompute_blocks applies to the cifar_resnet models (plainN, resnetN), not "
                             f"model.arch={self.model.arch}; set trainer.recompute_blocks=0")

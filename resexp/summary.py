@@ -53,6 +53,17 @@ class Segment(Section):
     started: Optional[Time] = None
 
 
+class WarmupEnd(Section):
+    """Where the error warm-up ended (resexp.engine.schedules.ErrorWarmup.end)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=True)
+
+    ended_at: NonNegativeInt
+    ended_by: Literal["error", "max_iters"]
+    train_error: Percent
+    over_images: NonNegativeInt
+
+
 class Summary(Section):
     """summary.json: the status, what ran, how far, its latest metrics."""
 
@@ -92,6 +103,7 @@ class Summary(Section):
     error: Text = None
     diverged_reason: Text = None
     diverged_at: Count = None
+    error_warmup: Optional[WarmupEnd] = None
 
     def relations(self) -> list[str]:
         if self.status != "finished":

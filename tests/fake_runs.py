@@ -63,11 +63,11 @@ PAPER_CONFIG = {
     "trainer": {"max_iters": 64000, "batch_size": 128, "eval_every": 1000, "log_every": 100, "device": "auto",
                 "precision": "auto"},
     "model": {"arch": "cifar_resnet", "name": "resnet20", "depth": 20, "residual": True, "shortcut": "A",
-              "width": 1.0, "zero_pad": "end"},
+              "width": 1.0, "zero_pad": "end", "bn_batch": 64},
     "seed": 0,
     "run": {"sweep": "fake"},
 }
-ERROR_WARMUP = {"lr": 0.01, "until_error": 80.0, "max_iters": 400}
+ERROR_WARMUP = {"lr": 0.01, "until_error": 80.0, "window": 6400, "max_iters": 4000}
 
 
 def write_final_run(root, name, depth, residual, seed, train_error, eval_error, status="finished",

@@ -136,3 +136,13 @@ def test_shell_completion_through_the_bash_protocol():
     assert complete("resexp train trainer.graph =", 3) == ["auto", "always", "never"]
     assert complete("resexp sweep fig", 2) == ["figure6", "figure6_seeds"]
     assert complete("resexp sta", 1) == ["status"]
+
+
+def test_paper_presets_split_batch_norm_into_64_image_halves_and_others_do_not():
+    for preset in ("figure6", "figure6_seeds", "table6"):
+        cfg = compose([f"sweep={preset}", "model=resnet56"])
+        assert (cfg.model.bn_batch, cfg.trainer.batch_size) == (64, 128), preset
+    assert compose(["model=resnet56"]).model.bn_batch is None
+    assert compose(["sweep=demo", "model=resnet56"]).model.bn_batch is None
+    with pytest.raises(ConfigError, match=r"trainer.batch_size must be a multiple of model.bn_batch=48 .*got 128"):
+        compose(["model=resnet20", "model.bn_batch=48"])

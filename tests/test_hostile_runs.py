@@ -199,6 +199,9 @@ SUMMARY_DAMAGE = {
     "params abc": lambda s: json.dumps({**s, "params": "abc"}),
     "segments abc": lambda s: json.dumps({**s, "segments": "abc"}),
     "test_error Infinity": lambda s: json.dumps({**s, "test_error": float("inf")}),
+    "error_warmup abc": lambda s: json.dumps({**s, "error_warmup": "abc"}),
+    "error_warmup ended_by x": lambda s: json.dumps({**s, "error_warmup": {"ended_at": 400, "ended_by": "x",
+                                                                           "train_error": 79.0, "over_images": 6400}}),
 }
 
 

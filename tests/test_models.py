@@ -180,3 +180,55 @@ def test_depth_not_6n_plus_2_is_config_error(depth: int) -> None:
 def test_bad_model_config_is_config_error(cfg: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_model(cfg)
+
+
+def test_split_batch_norm_equals_two_separate_64_image_halves() -> None:
+    """model.bn_batch=64 on a batch of 128 computes what the paper's two GPUs did: each half
+    normalised by its own statistics (the outputs of two separate copies of the net, one per half),
+    the gradient the mean of the two halves', and the running statistics the first half's copy's."""
+    torch.manual_seed(0)
+    split = build_model({**resnet_config(8, width=0.5), "bn_batch": 64})
+    for module in split.modules():  # BN's identity init would hide a mix-up of weight and bias
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5), nn.init.uniform_(module.bias, -0.5, 0.5)
+    halves = [build_model(resnet_config(8, width=0.5)) for _ in range(2)]
+    for half in halves:
+        half.load_state_dict(split.state_dict())
+    images = torch.randn(128, 3, 32, 32) * 2 + 1  # far from BN's initial running mean 0, variance 1
+    labels = torch.randint(0, 10, (128,))
+    for model in (split, *halves):
+        model.train()
+
+    out = split(images)
+    out_halves = [half(part) for half, part in zip(halves, images.split(64))]
+    torch.testing.assert_close(out, torch.cat(out_halves))
+    whole = build_model(resnet_config(8, width=0.5))
+    whole.load_state_dict(split.state_dict())
+    assert not torch.allclose(whole.train()(images), out, atol=1e-3)  # not plain BN over the 128
+
+    F.cross_entropy(out, labels).backward()
+    for half, part_out, part_labels in zip(halves, out_halves, labels.split(64)):
+        F.cross_entropy(part_out, part_labels).backward()
+    for (name, p), p0, p1 in zip(split.named_parameters(), halves[0].parameters(), halves[1].parameters()):
+        torch.testing.assert_close(p.grad, (p0.grad + p1.grad) / 2, msg=name)
+
+    first, second = halves[0].state_dict(), halves[1].state_dict()
+    for name, buffer in split.named_buffers():
+        assert torch.equal(buffer, first[name]), name  # the first half's running statistics
+    moved = [name for name, buffer in split.named_buffers() if name.endswith("running_mean")
+             and not torch.allclose(buffer, second[name])]
+    assert moved  # and not the second half's, which differ
+
+    split.eval(), halves[0].eval()
+    torch.testing.assert_close(split(images), halves[0](images))  # evaluation: plain BN with those statistics
+
+
+def test_split_batch_norm_leaves_batches_it_does_not_split_alone() -> None:
+    torch.manual_seed(0)
+    split = build_model({**resnet_config(8, width=0.5), "bn_batch": 64})
+    plain = build_model(resnet_config(8, width=0.5))
+    plain.load_state_dict(split.state_dict())
+    images = torch.randn(32, 3, 32, 32)
+    torch.testing.assert_close(split.train()(images), plain.train()(images))
+    with pytest.raises(ValueError, match="does not split into BatchNorm groups of 64"):
+        split(torch.randn(96, 3, 32, 32))

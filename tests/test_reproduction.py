@@ -2,6 +2,7 @@
 paper's convention, the recipe's differences, and the report of fake sweeps."""
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from fake_runs import write_final_run, write_run
 from resexp.cli import app
-from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows
+from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows, warmup_ends
 from resexp.report.reproduction import (
     CLAIMS, MIN_RUNS, RULE, depth_gap, difference, judge_claim, missing_seeds, off_paper_setting,
     ordered_groups, paper_convention, permutation_p, rank_correlation, reproduction_report,
@@ -190,15 +191,37 @@ def test_difference_in_standard_errors():
     assert difference([6.65, 6.81, 6.97], 6.43, (6.61, 0.16, 5)) == "+0.20 pts = +1.7 SE"
 
 
-def test_the_paper_recipe_has_no_difference(tmp_path):
+def test_the_paper_recipe_differs_only_in_the_classifier_init(tmp_path):
     groups = sweep_of(tmp_path, {20: [1.0], 110: [0.5]}, residual=True)
     labelled = [(label, run) for label, runs in groups.items() for run in runs]
-    assert recipe_differences(labelled) == []
+    assert [name for name, _ in recipe_differences(labelled)] == ["init"]
     assert comparison_gaps(labelled[0][1]) == []
     rows = {name: as_run for name, _, as_run in recipe_rows(labelled)}
-    assert rows["warm-up"] == ("none (ResNet-20); lr 0.01 until training error < 80% (at most 400 iterations) "
-                               "(ResNet-110)")
+    assert rows["BN batch"] == "64 (each of the 2 groups of the 128 batch on its own)"
+    assert rows["test-time BN"] == ("running averages (momentum 0.1: each training step moves them 10% of the way "
+                                    "to the batch statistics, from each batch's first 64 images only)")
+    assert rows["init"].startswith("He normal, fan_out (n = k²·c_out")
+    assert rows["weight decay on"].startswith("every parameter: conv and classifier weights, classifier bias, BN")
+    assert rows["warm-up"] == ("none (ResNet-20); lr 0.01 until the training error over the last 6,400 images "
+                               "< 80% (at most 4,000 iterations) (ResNet-110)")
     assert rows["lr schedule"] == "0.1, ÷10 at 32,000 and 48,000 (50% and 75% of training)"
+
+
+def test_the_report_shows_where_each_warm_up_ended_beside_the_papers_400(tmp_path):
+    ends = {0: {"ended_at": 431, "ended_by": "error", "train_error": 79.94, "over_images": 6400},
+            1: {"ended_at": 4000, "ended_by": "max_iters", "train_error": 83.5, "over_images": 6400}, 2: None}
+    for seed, end in ends.items():
+        run_dir = write_final_run(tmp_path, "resnet110", 110, True, seed, 1.0, 7.0)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "error_warmup": end} if end else summary))
+    write_final_run(tmp_path, "resnet20", 20, True, 0, 1.0, 7.0)
+    runs = scan_runs(tmp_path)[0]
+    labelled = [(label, run) for label, members in ordered_groups(runs).items() for run in members]
+    line = ("- ResNet-110: seed 0: 431 (79.9% over 6,400 images); seed 1: 4,000 (83.5% over 6,400 images, at its "
+            "limit max_iters); seed 2: not recorded; paper: about 400")
+    assert warmup_ends(labelled) == [line]
+    reproduction_report(tmp_path)
+    assert line in (tmp_path / "report" / "report.md").read_text().splitlines()
 
 
 def test_recipe_differences_are_named(tmp_path):
@@ -207,10 +230,12 @@ def test_recipe_differences_are_named(tmp_path):
                    optim__milestones=[0.5], data__augment=False, model__width=0.5, model__shortcut="B")
     write_final_run(tmp_path, "resnet20", 20, True, 0, 1.0, 7.0, **changes)
     write_final_run(tmp_path, "plain20", 20, False, 0, 1.0, 7.0, **changes)
-    write_final_run(tmp_path, "resnet110", 110, True, 0, 1.0, 7.0, optim__error_warmup=None)
+    write_final_run(tmp_path, "resnet110", 110, True, 0, 1.0, 7.0, optim__error_warmup=None, model__bn_batch=None)
     runs = scan_runs(tmp_path)[0]
     labelled = [(label, run) for label, members in ordered_groups(runs).items() for run in members]
-    assert recipe_differences(labelled) == [
+    differences = recipe_differences(labelled)
+    assert differences.pop(5)[0] == "init"  # every run's: the classifier's init (test above)
+    assert differences == [
         ("data", "synthetic (10,000 train / 2,000 test images, resexp/data/synthetic.py) (plain-20, ResNet-20); "
                  "paper: CIFAR-10 (50,000 train / 10,000 test images)"),
         ("split", "1,000 training images held out as val; trained on the rest, evaluated on val (plain-20, "
@@ -218,13 +243,16 @@ def test_recipe_differences_are_named(tmp_path):
                   "50k, tested on the 10k test set"),
         ("iterations", "2,000 (plain-20, ResNet-20); paper: 64,000"),
         ("batch", "64 (plain-20, ResNet-20); paper: 128"),
+        ("BN batch", "128 (the whole mini-batch) (ResNet-110); paper: 64: the batch of 128 ran \"on two GPUs\", "
+                     "each normalising its own half (no synchronised BN in 2015)"),
         ("optimizer", "SGD, momentum 0.9, Nesterov, weight decay 0.0001 (plain-20, ResNet-20); paper: SGD, "
                       "momentum 0.9, weight decay 0.0001"),
         ("lr schedule", "0.1, ÷10 at 1,000 (50% of training) (plain-20, ResNet-20); paper: 0.1, ÷10 at 32,000 and "
                         "48,000 (50% and 75% of training)"),
         ("warm-up", "linear from 0 over the first 100 iterations (plain-20, ResNet-20); none (ResNet-110); paper: "
                     "none; ResNet-110 and -1202: lr 0.01 until training error < 80% (about 400 iterations)"),
-        ("augmentation", "none (plain-20, ResNet-20); paper: pad 4, random 32×32 crop, random horizontal flip"),
+        ("augmentation", "none (plain-20, ResNet-20); paper: pad 4 (with what not stated), random 32×32 crop, "
+                         "random horizontal flip"),
         ("shortcut", "option B (1×1 projection + BN) (ResNet-20); paper: option A: identity; at a shape change "
                      "stride-2 subsampling + zero-padded channels"),
         ("width", "0.5 (8, 16, 32 filters) (plain-20, ResNet-20); paper: 1 (16, 32, 64 filters)"),
@@ -283,7 +311,7 @@ def test_report_command_writes_the_report_with_missing_and_diverged_runs(tmp_pat
                                            "needed)) |")
     assert verdicts["(b) no degradation with shortcuts"].startswith("**undecided** (too few finished runs: ResNet-56")
     assert "Differences from the paper's recipe:" in lines and lines[lines.index(
-        "Differences from the paper's recipe:") + 2] == "- none"
+        "Differences from the paper's recipe:") + 2].startswith("- init: He normal, fan_out")
     assert "`resexp responses" in md  # Figure 7 is not in the logs: the report says where it comes from
 
 

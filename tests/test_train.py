@@ -96,8 +96,29 @@ def test_error_warmup_runs_at_low_lr_until_the_error_drops(tmp_path):
     cfg = compose(["model=resnet110", *SMALL, "model.depth=8", "trainer.max_iters=6", "trainer.eval_every=2",
                    "trainer.log_every=1", "optim.error_warmup.max_iters=2", f"run.root={tmp_path}"])
     train(cfg)
-    lrs = [v for _, v in scalars(tmp_path / "resnet110_synthetic_seed0")["lr"]]
+    run_dir = tmp_path / "resnet110_synthetic_seed0"
+    lrs = [v for _, v in scalars(run_dir)["lr"]]
     assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
+    end = json.loads((run_dir / "summary.json").read_text())["error_warmup"]
+    assert (end["ended_at"], end["ended_by"], end["over_images"]) == (2, "max_iters", 64)
+
+
+def test_error_warmup_ends_when_its_window_is_below_the_error_and_the_summary_keeps_where(tmp_path):
+    """until_error=100 ends it as soon as the window (3 batches of 32) is full: at iteration 3, not
+    at the first batch; lr 0.01 for those 3 steps, 0.1 after; summary.json says so, also after a resume."""
+    base = ["model=resnet110", *SMALL, "model.depth=8", "trainer.eval_every=2", "trainer.log_every=1",
+            "optim.schedule=constant", "optim.error_warmup.until_error=100", "optim.error_warmup.window=96",
+            f"run.root={tmp_path}"]
+    train(compose([*base, "trainer.max_iters=4"]))
+    run_dir = tmp_path / "resnet110_synthetic_seed0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["error_warmup"]["ended_at"] == 3 and summary["error_warmup"]["ended_by"] == "error"
+    lrs = scalars(run_dir)["lr"]
+    assert [round(v, 4) for _, v in lrs] == [0.01, 0.01, 0.01, 0.1]
+    train(compose([*base, "trainer.max_iters=8"]))  # resumed from iteration 4, after the warm-up
+    resumed = json.loads((run_dir / "summary.json").read_text())
+    assert resumed["iterations"] == 8 and resumed["error_warmup"] == summary["error_warmup"]
+    assert [round(v, 4) for _, v in scalars(run_dir)["lr"]][4:] == [0.1, 0.1, 0.1, 0.1]
 
 
 def test_existing_run_with_other_settings_is_never_overwritten(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from resexp.config import identity_changes
+from resexp.engine.schedules import ErrorWarmup
 from resexp.engine.step import TrainStep
 from resexp.errors import ResexpError, one_line
 from resexp.files import atomic_path
@@ -32,11 +33,16 @@ class TrainState:
     iteration: int = 0
     wall_time: float = 0.0  # seconds trained before this process, summed over resumptions
     best_eval_error: float = math.inf
-    in_warmup: bool = False  # the paper's ResNet-110 error warm-up
+    warmup: ErrorWarmup | None = None  # the paper's ResNet-110 error warm-up, where the run has one
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.warmup is not None and self.warmup.active
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.step.state_dict(), "iteration": self.iteration, "wall_time": self.wall_time,
                 "best_eval_error": self.best_eval_error, "in_warmup": self.in_warmup,
+                "warmup": self.warmup.state_dict() if self.warmup is not None else None,
                 "torch_rng": torch.get_rng_state(), **self.what_it_is()}
 
     def what_it_is(self) -> dict[str, str]:
@@ -53,7 +59,9 @@ class TrainState:
         try:
             self.step.load_state_dict(state)
             self.iteration, self.wall_time = int(state["iteration"]), float(state["wall_time"])
-            self.best_eval_error, self.in_warmup = float(state["best_eval_error"]), bool(state["in_warmup"])
+            self.best_eval_error = float(state["best_eval_error"])
+            if self.warmup is not None:  # its config is in the run identity: a checkpoint of this run has its state
+                self.warmup.load_state_dict(state["warmup"])
             torch.set_rng_state(state["torch_rng"].cpu())  # a checkpoint loaded onto CUDA moved it
         except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
             raise ResexpError(f"{path} is not a resexp checkpoint of this run ({type(e).__name__}: "

@@ -65,6 +65,11 @@ class RunRecord:
     def evaluated(self, split: str, error: float, loss: float, best_error: float) -> None:
         self.summary.update({f"{split}_error": error, f"{split}_loss": loss, f"best_{split}_error": best_error})
 
+    def warmup_ended(self, end: dict[str, Any]) -> None:
+        """The error warm-up ended (resexp.engine.schedules.ErrorWarmup.end): where, by what, at what error."""
+        self.summary["error_warmup"] = dict(end)
+        self.save()
+
     def checkpointed(self, iteration: int) -> None:
         self.summary["checkpoint_iteration"] = iteration  # where the same command resumes
         self.save()

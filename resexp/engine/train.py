@@ -28,7 +28,7 @@ from resexp.engine.evaluate import evaluate
 from resexp.engine.probes import keep_batch, log_final_probes, log_probes, supports_probes
 from resexp.engine.record import RunRecord
 from resexp.engine.runtime import Runtime, explain_compile_errors
-from resexp.engine.schedules import learning_rate
+from resexp.engine.schedules import ErrorWarmup, learning_rate
 from resexp.engine.step import TrainStep
 from resexp.engine.stopping import StopSignal, StopSource
 from resexp.engine.tracking import ProgressReport, announce, tensorboard_writer
@@ -80,8 +80,9 @@ def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, st
             state.iteration += 1
             iteration = state.iteration
             progress.tick(iteration)
-            if state.in_warmup:  # the paper's ResNet-110 warm-up: a host read per step, <= 400 steps
-                _end_warmup_when_due(cfg.optim.error_warmup, step, state, progress)
+            if state.in_warmup and state.warmup.observe(int(step.last_errors.item()), iteration):  # a host read
+                record.warmup_ended(state.warmup.end)  # per step during the warm-up, about 400 steps
+                progress.message(f"[{run.name}] error warm-up ended at iteration {iteration} ({_warmup_end(state)})")
 
             at_eval = iteration % t.eval_every == 0 or iteration == max_iters
             if iteration % t.log_every == 0 or at_eval:  # training metrics of the batches since the last read
@@ -126,7 +127,9 @@ def _start(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data,
     then write the config and the summary, and open the event writer and the progress report."""
     max_iters = int(cfg.trainer.max_iters)
     run.remove_stale_temporaries()  # a save that a kill -9 cut short: never read, only litter
-    state = TrainState(step, run_identity(cfg), in_warmup=cfg.optim.error_warmup is not None)
+    warmup = cfg.optim.error_warmup
+    state = TrainState(step, run_identity(cfg),
+                       warmup=ErrorWarmup(warmup, int(cfg.trainer.batch_size)) if warmup is not None else None)
     checkpointed = run.checkpoint_path.is_file()
     if checkpointed:
         state.load_state_dict(load_checkpoint(run.checkpoint_path, runtime.device), run.checkpoint_path)
@@ -136,6 +139,8 @@ def _start(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data,
     size = model_size(cfg.model, data.channels, data.num_classes)
     run.write_config(cfg)
     record = RunRecord.start(run, cfg, runtime, data, size.params, size.macs, state.iteration)
+    if state.warmup is not None and state.warmup.end is not None:  # resumed after the warm-up ended
+        record.warmup_ended(state.warmup.end)
     writer = tensorboard_writer(run.events_path, state.iteration if checkpointed else None)
     progress = ProgressReport(cfg.trainer.progress, run.name, state.iteration, max_iters)
     step.notify = lambda text: progress.message(f"[{run.name}] {text}")
@@ -146,11 +151,10 @@ def _start(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data,
     return state, record, writer, progress
 
 
-def _end_warmup_when_due(warmup: DictConfig, step: TrainStep, state: TrainState, progress: ProgressReport) -> None:
-    batch_error = 100.0 * step.last_errors.item() / step.batcher.batch_size
-    if batch_error < warmup.until_error or state.iteration >= warmup.max_iters:
-        state.in_warmup = False
-        progress.message(f"error warm-up ended at iteration {state.iteration} (batch error {batch_error:.1f}%)")
+def _warmup_end(state: TrainState) -> str:
+    end = state.warmup.end
+    cause = "its limit, optim.error_warmup.max_iters" if end["ended_by"] == "max_iters" else "the error"
+    return f"training error {end['train_error']:.1f}% over the last {end['over_images']:,} images; ended by {cause}"
 
 
 def _log_training(writer: SummaryWriter, record: RunRecord, progress: ProgressReport, step: TrainStep,

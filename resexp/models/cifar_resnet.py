@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resexp.model_config import DEFAULT_ZERO_PAD, STAGE_CHANNELS, Shortcut, ZeroPad, scaled_channels
+from resexp.model_config import (
+    BN_MOMENTUM,
+    DEFAULT_BN_BATCH,
+    DEFAULT_ZERO_PAD,
+    HE_INIT_MODE,
+    STAGE_CHANNELS,
+    Shortcut,
+    ZeroPad,
+    scaled_channels,
+)
 from resexp.models.recompute import run_blocks
 
 
@@ -23,12 +32,39 @@ def he_init_(model: nn.Module) -> None:
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(module.weight, mode=HE_INIT_MODE, nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises each group of `group_size` images of the batch
+    with that group's own statistics, as the paper's mini-batch of 128 "on two GPUs" was: each
+    GPU's BN saw its own 64 images (no synchronised BN existed in 2015). The running statistics,
+    which evaluation uses, are the first group's, as the first GPU's copy under PyTorch's
+    DataParallel and Torch7's DataParallelTable (the one those save). group_size None, or a batch
+    no larger than it: plain BatchNorm2d. Evaluation is plain BatchNorm2d's."""
+
+    def __init__(self, channels: int, group_size: int | None = DEFAULT_BN_BATCH) -> None:
+        super().__init__(channels, momentum=BN_MOMENTUM)
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.group_size is None or x.shape[0] <= self.group_size:
+            return super().forward(x)
+        if x.shape[0] % self.group_size:
+            raise ValueError(f"a batch of {x.shape[0]} images does not split into BatchNorm groups of "
+                             f"{self.group_size} (model.bn_batch)")
+        first, *others = x.split(self.group_size)
+        # The other groups' statistics normalise their own images and are then dropped, as the other GPUs' were.
+        return torch.cat([super().forward(first), *(
+            F.batch_norm(group, None, None, self.weight, self.bias, True, 0.0, self.eps) for group in others)])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group_size={self.group_size}"
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -59,11 +95,12 @@ class ZeroPadShortcut(nn.Module):
         return f"out_channels={self.out_channels}, stride={self.stride}, zero_pad={self.zero_pad}"
 
 
-def projection_shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+def projection_shortcut(in_channels: int, out_channels: int, stride: int,
+                        bn_batch: int | None = DEFAULT_BN_BATCH) -> nn.Sequential:
     """Option B: 1x1 conv + BN, used only where the shape changes."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_channels),
+        SplitBatchNorm2d(out_channels, bn_batch),
     )
 
 
@@ -72,13 +109,13 @@ class BasicBlock(nn.Module):
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: int, residual: bool, shortcut: Shortcut,
-        zero_pad: ZeroPad = DEFAULT_ZERO_PAD,
+        zero_pad: ZeroPad = DEFAULT_ZERO_PAD, bn_batch: int | None = DEFAULT_BN_BATCH,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = SplitBatchNorm2d(out_channels, bn_batch)
         self.conv2 = conv3x3(out_channels, out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = SplitBatchNorm2d(out_channels, bn_batch)
         # None marks the plain twin: no addition at all, not an addition of zeros.
         self.shortcut: nn.Module | None = None
         if residual:
@@ -88,7 +125,7 @@ class BasicBlock(nn.Module):
             elif shortcut == "A":
                 self.shortcut = ZeroPadShortcut(out_channels, stride, zero_pad)
             else:
-                self.shortcut = projection_shortcut(in_channels, out_channels, stride)
+                self.shortcut = projection_shortcut(in_channels, out_channels, stride, bn_batch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -108,6 +145,7 @@ class CifarResNet(nn.Module):
         shortcut: Shortcut = "A",
         width: float = 1.0,
         zero_pad: ZeroPad = DEFAULT_ZERO_PAD,
+        bn_batch: int | None = DEFAULT_BN_BATCH,
         in_channels: int = 3,
         num_classes: int = 10,
     ) -> None:
@@ -116,7 +154,7 @@ class CifarResNet(nn.Module):
         channels = [scaled_channels(c, width) for c in STAGE_CHANNELS]
 
         self.stem = nn.Sequential(
-            conv3x3(in_channels, channels[0]), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)
+            conv3x3(in_channels, channels[0]), SplitBatchNorm2d(channels[0], bn_batch), nn.ReLU(inplace=True)
         )
         stages = []
         stage_in = channels[0]
@@ -125,7 +163,7 @@ class CifarResNet(nn.Module):
             for block_index in range(blocks_per_stage):
                 downsample = stage_index > 0 and block_index == 0
                 blocks.append(
-                    BasicBlock(stage_in, stage_out, 2 if downsample else 1, residual, shortcut, zero_pad)
+                    BasicBlock(stage_in, stage_out, 2 if downsample else 1, residual, shortcut, zero_pad, bn_batch)
                 )
                 stage_in = stage_out
             stages.append(nn.Sequential(*blocks))

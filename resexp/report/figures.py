@@ -165,7 +165,9 @@ def save_figure(fig: Figure, out_path: str | Path) -> list[Path]:
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path in paths:
         with output_path(path) as tmp:  # written whole: a full disk keeps the previous figure
-            fig.savefig(tmp, dpi=150, format=path.suffix[1:])
+            # No creation date in the PDF: the same runs redraw the same bytes.
+            fig.savefig(tmp, dpi=150, format=path.suffix[1:],
+                        metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     return paths
 
 

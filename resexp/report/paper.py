@@ -11,7 +11,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from resexp.model_config import DEFAULT_ZERO_PAD, STAGE_CHANNELS, scaled_channels
+from resexp.model_config import (
+    BN_MOMENTUM,
+    DEFAULT_ZERO_PAD,
+    HE_INIT_MODE,
+    PAPER_BN_BATCH,
+    STAGE_CHANNELS,
+    scaled_channels,
+)
 from resexp.report.runs import Run
 
 PAPER_DATA = "cifar10"
@@ -24,6 +31,7 @@ PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 1e-4
 PAPER_WARMUP = {"lr": 0.01, "until_error": 80.0}  # ResNet-110 and -1202 only, about 400 iterations
 PAPER_WARMUP_DEPTH = 110
+PAPER_WARMUP_ITERS = 400  # "(about 400 iterations)": where the paper's warm-up ended
 # The only spread the paper reports: ResNet-110's std over 5 runs (Table 6, "6.43 (6.61±0.16)").
 PAPER_STD = 0.16
 # (mean, std, runs) of a Table 6 entry, keyed as resexp.report.tables.PAPER_CIFAR10, where the paper
@@ -109,9 +117,28 @@ def _warmup(run: Run) -> str:
         parts.append(f"linear from 0 over the first {_key(run, 'optim.warmup_iters'):,} iterations")
     error_warmup = config_value(run, "optim.error_warmup")
     if error_warmup:
-        parts.append(f"lr {error_warmup['lr']:g} until training error < {error_warmup['until_error']:g}% "
+        # Runs written before optim.error_warmup.window existed judged one batch's error.
+        over = f"over the last {error_warmup['window']:,} images" if "window" in error_warmup else "of one batch"
+        parts.append(f"lr {error_warmup['lr']:g} until the training error {over} < {error_warmup['until_error']:g}% "
                      f"(at most {error_warmup['max_iters']:,} iterations)")
     return "; ".join(parts) or "none"
+
+
+def warmup_ends(labelled: Iterable[tuple[str, Run]]) -> list[str]:
+    """One line per net with the error warm-up: the iteration where each seed's ended (summary.json's
+    error_warmup), beside the paper's "about 400"; [] where no net has the warm-up."""
+    nets: dict[str, list[str]] = {}
+    for label, run in labelled:
+        if not config_value(run, "optim.error_warmup"):
+            continue
+        end = run.summary.get("error_warmup")
+        if end is None:
+            where = "not recorded" if run.status == "finished" else f"not ended ({run.status})"
+        else:
+            limit = ", at its limit max_iters" if end["ended_by"] == "max_iters" else ""
+            where = f"{end['ended_at']:,} ({end['train_error']:.1f}% over {end['over_images']:,} images{limit})"
+        nets.setdefault(label, []).append(f"seed {run.seed}: {where}")
+    return [f"- {label}: {'; '.join(seeds)}; paper: about {PAPER_WARMUP_ITERS}" for label, seeds in nets.items()]
 
 
 def _same_warmup(run: Run) -> bool:
@@ -119,6 +146,45 @@ def _same_warmup(run: Run) -> bool:
     wanted = run.residual and run.depth >= PAPER_WARMUP_DEPTH
     paper_like = bool(error_warmup) and all(error_warmup.get(k) == v for k, v in PAPER_WARMUP.items())
     return not config_value(run, "optim.warmup_iters") and (paper_like if wanted else not error_warmup)
+
+
+def _bn_images(run: Run) -> int | None:
+    """The images each BatchNorm normalised together in training: model.bn_batch, or the whole batch
+    where it is null or absent (runs written before it existed); None where neither is recorded."""
+    return config_value(run, "model.bn_batch") or config_value(run, "trainer.batch_size")
+
+
+def _bn_batch(run: Run) -> str:
+    images, batch = _bn_images(run), _key(run, "trainer.batch_size")
+    if images >= batch:
+        return f"{batch} (the whole mini-batch)"
+    return f"{images} (each of the {batch // images} groups of the {batch} batch on its own)"
+
+
+def _init(run: Run) -> str:
+    return (f"He normal, {HE_INIT_MODE} (n = k²·c_out, as fb.resnet.torch and torchvision); the classifier keeps "
+            "PyTorch's default Linear init (uniform ±1/√c_in, bias too), not [13]'s; BN γ = 1, β = 0. fan_out and "
+            "fan_in differ only where c_in ≠ c_out: the stem and the first conv of stages 2 and 3")
+
+
+def _momentum_update(run: Run) -> str:
+    if _key(run, "optim.name") != "sgd":
+        return "n/a: not SGD"
+    return ("PyTorch's: v ← μ·v + g, w ← w − lr·v (Caffe's v ← μ·v + lr·g, w ← w − v differs only for about "
+            "1/(1 − μ) = 10 steps after each lr drop)")
+
+
+def _decayed(run: Run) -> str:
+    if _key(run, "optim.name") == "sgd":
+        return "every parameter: conv and classifier weights, classifier bias, BN γ and β (resexp/engine/step.py)"
+    return "weight matrices only: no biases, norm gains or scalars (resexp/engine/step.py)"
+
+
+def _test_bn(run: Run) -> str:
+    images, batch = _bn_images(run), _key(run, "trainer.batch_size")
+    source = f", from each batch's first {images} images only" if images < batch else ""
+    return (f"running averages (momentum {BN_MOMENTUM:g}: each training step moves them {BN_MOMENTUM:.0%} of the "
+            f"way to the batch statistics{source})")
 
 
 def _shortcut(run: Run) -> str:
@@ -155,14 +221,22 @@ RECIPE = (
             lambda run: config_value(run, "trainer.max_iters") == PAPER_ITERS),
     Setting("batch", str(PAPER_BATCH), lambda run: str(_key(run, "trainer.batch_size")),
             lambda run: config_value(run, "trainer.batch_size") == PAPER_BATCH),
+    Setting("BN batch", f"{PAPER_BN_BATCH}: the batch of {PAPER_BATCH} ran \"on two GPUs\", each normalising "
+            "its own half (no synchronised BN in 2015)", _bn_batch, lambda run: _bn_images(run) == PAPER_BN_BATCH),
+    Setting("test-time BN", "not stated (which GPU's running averages were kept is not known)", _test_bn, None),
+    Setting("init", "\"as in [13]\" (He et al. 2015b: normal, std √(2/n); its derivation takes n = k²·c_in and "
+            "says n = k²·c_out works as well); BN's not stated", _init, lambda run: False),
     Setting("optimizer", f"SGD, momentum {PAPER_MOMENTUM:g}, weight decay {PAPER_WEIGHT_DECAY:g}", _optimizer,
             _same_optimizer),
+    Setting("weight decay on", "not stated", _decayed, None),
+    Setting("momentum update", "not stated", _momentum_update, None),
     Setting("lr schedule", f"{PAPER_LR:g}, ÷10 at 32,000 and 48,000 (50% and 75% of training)", _schedule,
             _same_schedule),
     Setting("warm-up", f"none; ResNet-110 and -1202: lr {PAPER_WARMUP['lr']:g} until training error "
             f"< {PAPER_WARMUP['until_error']:g}% (about 400 iterations)", _warmup, _same_warmup),
-    Setting("augmentation", "pad 4, random 32×32 crop, random horizontal flip",
-            lambda run: "pad 4, random 32×32 crop, random horizontal flip" if _key(run, "data.augment") else "none",
+    Setting("augmentation", "pad 4 (with what not stated), random 32×32 crop, random horizontal flip",
+            lambda run: ("pad 4 (zeros after the mean subtraction: the mean image), random 32×32 crop, random "
+                         "horizontal flip") if _key(run, "data.augment") else "none",
             lambda run: bool(config_value(run, "data.augment"))),
     # resexp has no other input normalisation (resexp/data/batcher.py), so no key records it.
     Setting("input", "per-pixel training mean subtracted", lambda run: "per-pixel training mean subtracted",
@@ -171,7 +245,8 @@ RECIPE = (
             _shortcut, lambda run: not run.residual or config_value(run, "model.shortcut") == "A"),
     Setting("zero-pad", "not stated (fb.resnet.torch puts the zero channels after the old ones)", _zero_pad, None),
     Setting("width", "1 (16, 32, 64 filters)", _width, lambda run: config_value(run, "model.width") == 1),
-    Setting("precision", "not stated", _summary("precision"), None),
+    Setting("precision", "not stated: fp32 (2015's Caffe and Torch trained in fp32 only)", _summary("precision"),
+            lambda run: run.summary.get("precision") == "fp32"),
     Setting("device", "not stated", _summary("device"), None),
 )
 

@@ -66,6 +66,7 @@ from resexp.report.paper import (
     config_value,
     recipe_differences,
     recipe_rows,
+    warmup_ends,
 )
 from resexp.report.runs import LeftOut, Run, group_runs, say_left_out, scan_runs, status_counts
 from resexp.report.tables import PAPER_CIFAR10
@@ -422,6 +423,8 @@ def render(runs: list[Run], unreadable: Sequence[LeftOut], sweep_dir: Path, figu
         "",
         *([f"- {name}: {text}" for name, text in differences] or ["- none"]),
         "",
+        *(["Where the error warm-up ended (iteration; the training error over the window that ended it; "
+           "summary.json's error_warmup):", "", *ends, ""] if (ends := warmup_ends(labelled)) else []),
         "## Runs not counted",
         "",
         *not_counted_lines(runs, groups, missing, unreadable, sweep_dir),
