@@ -389,7 +389,7 @@ def test_bench_sweep_refusals_are_one_line(args, message):
 def test_bench_sweep_times_a_real_sweep_and_leaves_no_process(tmp_path, monkeypatch):
     """Three runs, two at once on the CPU, stopped after 30 s: the two running ones report their
     speed, the third is projected from theirs, and no process of the sweep survives the bench."""
-    from resexp.sweep.plan import prepare_sweep
+    from resexp.sweep.launch import prepare_sweep
 
     monkeypatch.setattr(sweep_bench, "STOP_GRACE_S", 20)
     started = []
@@ -402,7 +402,7 @@ def test_bench_sweep_times_a_real_sweep_and_leaves_no_process(tmp_path, monkeypa
     monkeypatch.setattr(sweep_bench.subprocess, "Popen", remember)
     overrides = ["model=plain20,resnet20,plain32", "model.width=0.25", "data=synthetic", "data.train_size=512",
                  "data.test_size=64", "trainer.batch_size=16", "trainer.max_iters=100000", "trainer.log_every=5",
-                 "trainer.probe_every=0", "hydra/launcher=joblib", "launcher.cpu_runs=2"]
+                 "trainer.probe_every=0", "hydra/launcher=joblib", "hydra.sweeper.cpu_runs=2"]
     result = CliRunner().invoke(app, ["bench", "--sweep", *overrides, "--seconds", "30", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert not sweep_bench.group_members(started[0].pid)  # the sweep's process group is gone
