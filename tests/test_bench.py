@@ -287,7 +287,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from resexp.bench import sweep as sweep_bench  # noqa: E402
 from resexp.bench.sweep import RunSpeed, Target, Window, list_schedule, project, read_runs  # noqa: E402
 from resexp.errors import ResexpError  # noqa: E402
-from resexp.sweep.plan import Job, Sweep  # noqa: E402
+from resexp.sweep.plan import Job, Packing, Sweep  # noqa: E402
 
 
 def test_list_schedule_starts_each_job_on_the_first_slot_to_come_free():
@@ -337,7 +337,7 @@ def test_sweep_bench_report_from_fixed_summaries(tmp_path):
     _summary(jobs[1].run_dir, launched, 14, status="stopped", iterations=250, max_iters=1000, iters_per_s=5.0)
     _summary(jobs[2].run_dir, launched, 12, status="finished", iterations=1000, max_iters=1000, iters_per_s=16.0)
     _summary(jobs[3].run_dir, launched, 125, status="running", iterations=300, max_iters=1000, iters_per_s=20.0)
-    plan = Sweep(jobs, [], "joblib", {"n_jobs": 2}, [], 1)
+    plan = Sweep(jobs, "joblib", {"n_jobs": 2}, [], Packing(), 1)
     target = Target(["sweep=figure6", "data=synthetic"], tmp_path, plan)
     window = Window(launched, 120.0, "SIGTERM, exit 143 3 s later")
     runs, device = read_runs(plan, window)
