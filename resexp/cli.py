@@ -15,7 +15,7 @@ from resexp.cli_support import (
     OneLineUsage, complete_overrides, complete_preset, error_boundary, given_on_command_line, wrote,
 )
 from resexp.config import CFG_PARTS, GROUPS, compose, config_yaml, group_choices, refuse_repeated_keys
-from resexp.errors import EXIT_INPUT
+from resexp.errors import EXIT_INPUT, ConfigError
 from resexp.model_config import PLACEMENTS
 
 HELP = (
@@ -47,17 +47,29 @@ def _options(debug: bool = typer.Option(False, "--debug", help="show the full tr
 
 @app.command(
     help="Train one run. Example: resexp train model=plain56 data=synthetic trainer.max_iters=2000\n\n"
+    "With -m (--multirun), a sweep, exactly as resexp sweep runs it: resexp train -m model=plain20,resnet20\n\n"
     + _groups_help(),
 )
 @error_boundary
 def train(
     overrides: Optional[list[str]] = OVERRIDES,
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="run the overrides as a sweep (Hydra's "
+                                  "multirun), the same as resexp sweep OVERRIDES"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="with -m: list the runs and the launcher's settings, "
+                                 "then exit without launching or writing (as resexp sweep --dry-run)"),
     cfg_part: Optional[str] = typer.Option(None, "--cfg", help="print the resolved config and exit, creating "
                                            "nothing: job (what the run uses, as config.yaml records it) or all "
                                            "(with the Hydra sweep and launcher settings)", show_default=False,
                                            autocompletion=lambda incomplete: [p for p in CFG_PARTS
                                                                               if p.startswith(incomplete)]),
 ) -> None:
+    if multirun:
+        if cfg_part is not None:
+            raise ConfigError("--cfg prints one run's config; without -m: resexp train --cfg job OVERRIDES")
+        _sweep(overrides or [], dry_run)
+        return
+    if dry_run:
+        raise ConfigError("--dry-run lists a sweep's runs: resexp train -m OVERRIDES --dry-run (or resexp sweep)")
     refuse_repeated_keys(overrides or [])
     if cfg_part is not None:
         print(config_yaml(overrides or [], cfg_part), end="")
@@ -77,7 +89,7 @@ def train(
     "Examples: resexp sweep figure6 hydra/launcher=joblib;  "
     "resexp sweep model=plain20,plain56 seed=0,1,2 data=synthetic run.sweep=mine\n\n"
     f"Presets: {', '.join(group_choices('sweep'))}. Launchers (hydra/launcher=): basic (sequential), "
-    "joblib (local processes; launcher.runs_per_gpu=N), submitit_local, submitit_slurm, slurm "
+    "joblib (local processes; hydra.sweeper.runs_per_gpu=N, hydra.sweeper.cpu_runs=N), submitit_local, submitit_slurm, slurm "
     "(submitit_slurm with a GPU job's defaults).",
 )
 @error_boundary
@@ -88,15 +100,16 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the runs (start, resume at N, or skip), their "
                                  "directories and the launcher's settings, then exit without launching or writing"),
 ) -> None:
-    from resexp.sweep.plan import dry_run as plan_lines, with_preset
+    from resexp.sweep.plan import with_preset
 
-    args = with_preset([*([preset] if preset is not None else []), *(overrides or [])])
-    if dry_run:
-        print("\n".join(plan_lines(args)))
-    else:
-        from resexp.sweep.launch import run_sweep
+    _sweep(with_preset([*([preset] if preset is not None else []), *(overrides or [])]), dry_run)
 
-        run_sweep(args)
+
+def _sweep(overrides: list[str], dry_run: bool) -> None:
+    """resexp sweep and resexp train -m: Hydra's multirun with resexp's sweeper (resexp/sweep/)."""
+    from resexp.sweep.launch import multirun
+
+    multirun(overrides, "dry_run" if dry_run else "launch")
 
 
 # ---- reports of run and sweep directories (resexp/report/) ----

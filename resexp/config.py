@@ -1,6 +1,6 @@
 """Run configs, composed from the Hydra tree in configs/ and validated (resexp.schema) here and
 nowhere else, right after composition: `compose` for one run (train, --cfg, notebooks) and
-`compose_job` for one job of a sweep (sweep, --dry-run); `compose_with_hydra` gives Hydra's whole
+`run_config` for one job of a sweep (resexp's Hydra sweeper); `compose_with_hydra` gives Hydra's whole
 node, unvalidated, for its sweep and launcher settings. Hydra's errors become one line;
 `run_identity` says when two configs are the same run.
 """
@@ -145,39 +145,50 @@ def home_overrides(cfg: DictConfig) -> list[str]:
     return [] if home == sweep_dir else [f"hydra.sweep.dir={_hydra_quote(home)}"]
 
 
-def compose_job(overrides: list[str]) -> tuple[DictConfig, dict[str, Any]]:
-    """One job of a sweep (inside initialize_config_dir): its run config, with run.dir its
-    sub-directory of the sweep, validated; and the launcher's settings (hydra.launcher, resolved)."""
-    cfg = compose_with_hydra(overrides)
-    HydraConfig.instance().set_config(cfg)  # resolves ${hydra:job.override_dirname}
-    settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+def run_config(cfg: DictConfig) -> DictConfig:
+    """A sweep job's run config from the config Hydra composed for it (its HydraConfig set):
+    run.dir its sub-directory of the sweep, the hydra node dropped, '~' the home folder, validated."""
     run_dir = Path(cfg.hydra.sweep.dir).expanduser() / cfg.hydra.sweep.subdir
+    cfg = cfg.copy()
     with open_dict(cfg):
         del cfg["hydra"]
         cfg.run.dir = str(run_dir)
     validate(cfg)
-    return at_home(cfg), settings
+    return at_home(cfg)
 
 
 def compose_with_hydra(overrides: list[str], config_name: str = "train", return_hydra_config: bool = True) -> DictConfig:
     """Hydra's composition (inside initialize_config_dir), its errors as a one-line ConfigError;
-    not validated: compose and compose_job are the configs that runs read."""
+    not validated: compose and run_config give the configs that runs read."""
     try:
         return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
-    except MissingConfigException as e:
-        raise ConfigError(explain_missing(str(e))) from None
-    except (HydraException, OmegaConfBaseException) as e:
-        message = str(e)
-    unreadable = unreadable_override(overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise hydra_error(error, overrides,
+                          lambda selections: hydra_compose(config_name=config_name, overrides=selections)) from None
+
+
+def hydra_error(error: Exception, overrides: list[str], compose_selections, sweep: bool = False) -> ConfigError:
+    """A Hydra composition error as one line: an unknown group option names the choices, an
+    unknown key the valid ones (from the config that `compose_selections` composes with only the
+    group choices of `overrides`), an override outside Hydra's grammar how to write it (each value
+of a sweep quoted where `sweep`)."""
+    if isinstance(error, MissingConfigException):
+        return ConfigError(explain_missing(str(error)))
+    message = str(error)
+    swept = re.search(r"(?:Ambiguous value for argument|Sweep parameters) '([^']+)'", message)
+    if swept:
+        words = " ".join(shlex.quote(o) for o in overrides)
+        return ConfigError(f"{swept.group(1)} is a sweep: run it with resexp sweep {words} (or resexp train -m "
+                           f"{words}); a list is written key=[a,b]")
+    unreadable = unreadable_override(overrides, sweep)
     if unreadable:
-        raise ConfigError(unreadable)
-    # The config with only the user's group choices tells which keys would have been valid.
+        return ConfigError(unreadable)
     selections = [o for o in overrides if "." not in o.split("=", 1)[0]]
     try:
-        reference = hydra_compose(config_name=config_name, overrides=selections)
+        reference = compose_selections(selections)
     except (HydraException, OmegaConfBaseException):
         reference = None
-    raise ConfigError(_explain(message, reference))
+    return ConfigError(_explain(message, reference))
 
 
 def explain_missing(message: str) -> str:

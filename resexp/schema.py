@@ -109,7 +109,7 @@ class AdamW(Section):
     error_warmup: Optional[ErrorWarmup]
 
 
-# ---- trainer, run, launcher ----
+# ---- trainer, run ----
 
 class Trainer(Section):
     """How a run executes and reports (resexp/engine/train.py, runtime.py)."""
@@ -142,14 +142,6 @@ class Run(Section):
     sweep: RunName
 
 
-class Launcher(Section):
-    """How `resexp sweep` places runs on local processes (resexp/sweep/launch.py)."""
-
-    runs_per_gpu: PositiveInt
-    cpu_runs: PositiveInt
-    mps: bool
-
-
 class TrainConfig(Section):
     """A whole run config (configs/train.yaml and its groups)."""
 
@@ -159,7 +151,6 @@ class TrainConfig(Section):
     trainer: Trainer
     seed: NonNegativeInt
     run: Run
-    launcher: Launcher
 
     def relations(self) -> list[str]:
         problems = []

@@ -1,15 +1,17 @@
-"""How long the readers of run folders take on a large sweep (issue 28: `resexp table` on 2,000
-runs in under 10 s on the 2-core machine).
+"""How long the readers of run folders take on a large sweep, and their peak memory (issue 28:
+`resexp table` on 2,000 runs in under `10 s`, `resexp report` in under `30 s` and `1 GiB`, on the
+2-core machine).
 
-    python scripts/bench_readers.py SWEEP [--runs 2000] [--out results/bench/readers_table_2000runs.md]
+    python scripts/bench_readers.py SWEEP [--runs 2000] [--out results/bench/readers_2000runs.md]
 
 SWEEP is a small sweep of finished runs (the issue's fixture: `resexp sweep model=plain20,resnet20
 seed=0,1,2 data=synthetic model.width=0.25 trainer.precision=fp32 data.train_size=2000
 data.test_size=500 trainer.max_iters=20 trainer.log_every=5 trainer.eval_every=10
 trainer.checkpoint_every=10 run.root=P run.sweep=base`). Its runs are copied into a scratch folder
 as --runs runs, 500 per net (depth 20 and 32 of each kind: config.yaml's model.depth rewritten),
-each with its own seed, so that no two are one run; then `resexp table` and `resexp status` are
-timed on it, each as its own process, as a user runs them.
+each with its own seed, so that no two are one run; then `resexp table`, `status`, `figure` and
+`report` are timed on it, each as its own process, as a user runs them, with that process's peak
+resident memory (os.wait4).
 """
 
 from __future__ import annotations
@@ -49,35 +51,40 @@ def build(sweep: Path, scratch: Path, runs: int) -> None:
             (target / "summary.json").write_text(json.dumps(summary))
 
 
-def timed(args: list[str]) -> tuple[float, int]:
+def timed(args: list[str]) -> tuple[float, int, float]:
+    """Wall time (s), exit code and peak resident memory (MiB) of `resexp ARGS` in its own process."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "resexp.cli", *args], capture_output=True, text=True)
-    return time.perf_counter() - start, done.returncode
+    child = subprocess.Popen([sys.executable, "-m", "resexp.cli", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return time.perf_counter() - start, child.returncode, usage.ru_maxrss / 1024  # Linux: KiB
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=Path("results/bench/readers_table_2000runs.md"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench/readers_2000runs.md"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch_name:
-        scratch = Path(scratch_name) / "runs"
+        scratch, out = Path(scratch_name) / "runs", Path(scratch_name) / "out"
         build(args.sweep, scratch, args.runs)
-        table_s, table_rc = timed(["table", str(scratch), "-o", str(Path(scratch_name) / "out")])
-        status_s, status_rc = timed(["status", str(scratch)])
+        commands = {"table": ["table", str(scratch), "-o", str(out)], "status": ["status", str(scratch)],
+                    "figure": ["figure", str(scratch), "-o", str(out / "figure6.png")],
+                    "report": ["report", str(scratch), "-o", str(out / "report")]}
+        rows = [(name, *timed(words)) for name, words in commands.items()]
     lines = [
         f"# Readers of {args.runs} run folders",
         "",
         f"`python scripts/bench_readers.py SWEEP --runs {args.runs}`: the issue-28 fixture's runs copied "
-        f"{args.runs // len(NETS)} times per net (plain and ResNet, depth 20 and 32), each a process as a user runs it.",
-        f"Measured on the shared 2-core CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) "
-        f"under load, {time.strftime('%Y-%m-%d', time.gmtime())}.",
+        f"{args.runs // len(NETS)} times per net (plain and ResNet, depth 20 and 32), each command a process as a "
+        "user runs it.",
+        f"Measured on {platform.machine()} with {os.cpu_count()} cores, {time.strftime('%Y-%m-%d', time.gmtime())}.",
         "",
-        "| command | wall time (s) | exit |",
-        "|---|---|---|",
-        f"| `resexp table` | {table_s:.1f} | {table_rc} |",
-        f"| `resexp status` | {status_s:.1f} | {status_rc} |",
+        "| command | wall time (s) | peak resident memory (MiB) | exit |",
+        "|---|---|---|---|",
+        *(f"| `resexp {name}` | {wall:.1f} | {rss:.0f} | {rc} |" for name, wall, rc, rss in rows),
         "",
     ]
     args.out.write_text("\n".join(lines))

@@ -24,7 +24,7 @@ from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURE = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?)\s?(%|ms\b|µs\b|s\b|min\b|h\b|GiB\b|MiB\b|GB\b|MB\b|×|x\b)")
+FIGURE = re.compile(r"(?<![\w.])([-+]?\d[\d,]*(?:\.\d+)?)\s?(%|ms\b|µs\b|s\b|min\b|h\b|GiB\b|MiB\b|GB\b|MB\b|×(?!\s?\d)|x\b)")
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 LINK = re.compile(r"\]\(([^)\s#]+)")
 SCALES = (1, 100, 1000, 0.001, 1 / 60, 1 / 3600)  # as written; %; ms and s; minutes or seconds as hours

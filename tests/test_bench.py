@@ -287,7 +287,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from resexp.bench import sweep as sweep_bench  # noqa: E402
 from resexp.bench.sweep import RunSpeed, Target, Window, list_schedule, project, read_runs  # noqa: E402
 from resexp.errors import ResexpError  # noqa: E402
-from resexp.sweep.plan import Job, Sweep  # noqa: E402
+from resexp.sweep.plan import Job, Packing, Sweep  # noqa: E402
 
 
 def test_list_schedule_starts_each_job_on_the_first_slot_to_come_free():
@@ -319,7 +319,8 @@ def _summary(run_dir, launched, started_after, **fields):
     started = datetime.fromtimestamp(launched + started_after, timezone.utc).isoformat(timespec="seconds")
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps(
-        {"segments": [{"started": started, "device": "NVIDIA H200", "start": 0}], **fields}))
+        {"segments": [{"started": started, "device": "NVIDIA H200", "start": 0,
+                       "end": fields.get("iterations", 0)}], **fields}))
 
 
 def test_sweep_bench_report_from_fixed_summaries(tmp_path):
@@ -335,9 +336,10 @@ def test_sweep_bench_report_from_fixed_summaries(tmp_path):
     _summary(jobs[0].run_dir, launched, 12, status="stopped", iterations=100, max_iters=1000, iters_per_s=2.0,
              peak_gpu_memory_gib=1.25)
     _summary(jobs[1].run_dir, launched, 14, status="stopped", iterations=250, max_iters=1000, iters_per_s=5.0)
-    _summary(jobs[2].run_dir, launched, 12, status="finished", iterations=1000, max_iters=1000, iters_per_s=16.0)
+    _summary(jobs[2].run_dir, launched, 12, status="finished", iterations=1000, max_iters=1000, iters_per_s=16.0,
+             train_error=10.0, test_error=12.0, best_test_error=11.5)
     _summary(jobs[3].run_dir, launched, 125, status="running", iterations=300, max_iters=1000, iters_per_s=20.0)
-    plan = Sweep(jobs, [], "joblib", {"n_jobs": 2}, [], 1)
+    plan = Sweep(jobs, "joblib", {"n_jobs": 2}, [], Packing(), 1)
     target = Target(["sweep=figure6", "data=synthetic"], tmp_path, plan)
     window = Window(launched, 120.0, "SIGTERM, exit 143 3 s later")
     runs, device = read_runs(plan, window)
@@ -389,7 +391,7 @@ def test_bench_sweep_refusals_are_one_line(args, message):
 def test_bench_sweep_times_a_real_sweep_and_leaves_no_process(tmp_path, monkeypatch):
     """Three runs, two at once on the CPU, stopped after 30 s: the two running ones report their
     speed, the third is projected from theirs, and no process of the sweep survives the bench."""
-    from resexp.sweep.plan import prepare_sweep
+    from resexp.sweep.launch import prepare_sweep
 
     monkeypatch.setattr(sweep_bench, "STOP_GRACE_S", 20)
     started = []
@@ -402,7 +404,7 @@ def test_bench_sweep_times_a_real_sweep_and_leaves_no_process(tmp_path, monkeypa
     monkeypatch.setattr(sweep_bench.subprocess, "Popen", remember)
     overrides = ["model=plain20,resnet20,plain32", "model.width=0.25", "data=synthetic", "data.train_size=512",
                  "data.test_size=64", "trainer.batch_size=16", "trainer.max_iters=100000", "trainer.log_every=5",
-                 "trainer.probe_every=0", "hydra/launcher=joblib", "launcher.cpu_runs=2"]
+                 "trainer.probe_every=0", "hydra/launcher=joblib", "hydra.sweeper.cpu_runs=2"]
     result = CliRunner().invoke(app, ["bench", "--sweep", *overrides, "--seconds", "30", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert not sweep_bench.group_members(started[0].pid)  # the sweep's process group is gone

@@ -16,7 +16,8 @@ from resexp.engine import train as train_module
 from resexp.files import write_json
 from resexp.engine.train import train
 from resexp.report.status import run_statuses, status_text
-from resexp.sweep.plan import dry_run, prepare_sweep
+from resexp.sweep.launch import prepare_sweep
+from resexp.sweep.plan import dry_run as plan_lines
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
         "trainer.max_iters=6", "trainer.eval_every=3", "trainer.log_every=1", "trainer.checkpoint_every=2",
@@ -54,7 +55,7 @@ def sweep_dir(tmp_path_factory):
 def test_dry_run_lists_skip_resume_and_start_and_creates_nothing(sweep_dir):
     directory, args = sweep_dir
     before = tree(directory.parent.parent)
-    lines = dry_run(args)
+    lines = plan_lines(prepare_sweep(args))
     assert tree(directory.parent.parent) == before  # no run directory, no Hydra record, no lock
     by_run = {line.split()[-1]: line for line in lines[:3]}
     assert by_run[str(directory / "model=plain20")].startswith("skip (finished at 6)")
@@ -71,10 +72,10 @@ def test_dry_run_lists_skip_resume_and_start_and_creates_nothing(sweep_dir):
 
 def test_dry_run_shows_the_launcher_settings(sweep_dir):
     _, args = sweep_dir
-    slurm = dry_run([*args, "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90"])
+    slurm = plan_lines(prepare_sweep([*args, "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90"]))
     assert ("launcher slurm: partition=gpu, gpus_per_node=1, cpus_per_task=8, mem_gb=32, timeout_min=90, "
             "array_parallelism=16, max_num_timeout=5, account=(default), qos=(default)") in slurm
-    joblib = dry_run([*args, "hydra/launcher=joblib", "launcher.cpu_runs=2"])
+    joblib = plan_lines(prepare_sweep([*args, "hydra/launcher=joblib", "hydra.sweeper.cpu_runs=2"]))
     assert "launcher joblib: n_jobs=2; no GPU visible" in joblib
 
 

@@ -370,7 +370,7 @@ def test_a_key_given_twice_refuses_the_sweep_before_anything_is_written(tmp_path
         "resexp: error: model is given twice (model=plain20,resnet20, then model=resnet20); give each key once"]
     assert list(tmp_path.iterdir()) == []
     # A preset's sweep (hydra.sweeper.params) replaced once from the command line is not given twice.
-    preset = CliRunner().invoke(app, ["sweep", "figure6", "model=resnet20", *SWEEP_TINY, f"run.root={tmp_path}",
+    preset = CliRunner().invoke(app, ["sweep", "figure6", "model=resnet20", *SWEEP_TINY, "model.bn_batch=null", f"run.root={tmp_path}",
                                       "--dry-run"])
     assert preset.exit_code == 0, preset.output
     assert "1 run: 1 start; nothing launched (--dry-run)" in preset.stdout

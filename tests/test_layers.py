@@ -1,17 +1,20 @@
 """The package's import graph has layers (README, Layout): a module imports only from its own
-layer or lower ones, no import cycle runs through the modules, and no private name crosses a
-module boundary. Read from the source, lazy imports included."""
+layer or lower ones, no import cycle runs through the modules, no private name crosses a module
+boundary, and no private name of a dependency is used at all (a module of it, a name imported
+from it, an attribute: what a release may move). Read from the source, lazy imports included."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "resexp"
+PLUGINS = PACKAGE.parent / "hydra_plugins"  # resexp's Hydra sweeper
 
 # Lowest first. A module's layer is that of its top-level name under resexp/.
 LAYERS = [
-    {"resexp", "errors", "files", "sections", "model_config", "model_size"},
+    {"resexp", "errors", "files", "sections", "summary", "model_config", "model_size"},
     {"schema"},
     {"config"},
     {"data", "rundir"},
@@ -88,3 +91,55 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def private(dotted: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
+def private_dependency_names(path: Path) -> list[str]:
+    """Where a file uses a private name of a dependency (any module but resexp's): a module path
+    with a _part (hydra._internal), a _name imported from one, or an attribute _name of anything
+    but self or cls (the objects of resexp's own classes reach theirs through self)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] != "resexp":
+            if private(node.module):
+                found.append(f"{path.name}:{node.lineno}: from {node.module}")
+            found += [f"{path.name}:{node.lineno}: {alias.name} from {node.module}" for alias in node.names
+                      if alias.name.startswith("_") and not alias.name.startswith("__")]
+        elif isinstance(node, ast.Import):
+            found += [f"{path.name}:{node.lineno}: import {alias.name}" for alias in node.names
+                      if private(alias.name)]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            # os._exit is the standard library's documented exit without cleanup
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "os")):
+                found.append(f"{path.name}:{node.lineno}: .{node.attr}")
+    return found
+
+
+# Private names outside the sweep that no public interface replaces yet, by file (lines move);
+# anything new fails.
+KNOWN = {
+    "cli_support.py: from typer._click.exceptions",  # recent typer's own copy of click; fallback to click's
+    "runtime.py: ._is_amx_tile_supported",  # torch has no public AMX query
+    "runtime.py: ._dynamo",  # torch.compile's BackendCompilerFailed has no public alias
+    "runs.py: ._make_tf_record_iterator",  # tensorboard's record reader: the only one that says a file is cut
+    "recompute.py: ._BatchNorm",  # torch's common base of the BatchNorm classes
+}
+
+
+def test_no_private_name_of_a_dependency_is_used():
+    files = [*PACKAGE.rglob("*.py"), *PLUGINS.rglob("*.py")]
+    assert sorted(hit for path in files for hit in private_dependency_names(path)
+                  if re.sub(r":\d+:", ":", hit) not in KNOWN) == []
+
+
+def test_the_private_name_check_finds_each_kind():
+    hits = private_dependency_names(Path(__file__).parent / "fixtures" / "private_names.py")
+    assert sorted(hits) == ["private_names.py:11: ._executor",
+                            "private_names.py:12: ._return_value",
+                            "private_names.py:12: ._version",
+                            "private_names.py:4: from hydra._internal.callbacks",
+                            "private_names.py:5: _save_config from hydra.core.utils",
+                            "private_names.py:7: import submitit._version"]

@@ -90,12 +90,12 @@ def test_a_joblib_sweep_asks_for_mps_with_its_runs_per_gpu(monkeypatch):
         yield False
 
     monkeypatch.setattr(launch, "cuda_mps", record)
-    monkeypatch.setattr(launch, "launch", lambda plan, jobs: None)
+    monkeypatch.setattr(launch, "launch", lambda launcher, plan, jobs: None)
     monkeypatch.setattr(launch, "count_outcomes", lambda jobs, stopped: {})  # no run trained
     monkeypatch.setattr(launch, "visible_gpus", lambda: 1)
     monkeypatch.setattr(plan, "visible_gpus", lambda: 1)
-    launch.run_sweep(["sweep=figure6", "data=synthetic"])  # joblib, 6 per GPU
-    launch.run_sweep(["sweep=figure6", "data=synthetic", "launcher.runs_per_gpu=5"])
-    launch.run_sweep(["sweep=figure6", "data=synthetic", "launcher.mps=false"])
-    launch.run_sweep(["sweep=figure6", "data=synthetic", "hydra/launcher=basic"])  # one at a time
+    launch.multirun(["sweep=figure6", "data=synthetic"])  # joblib, 6 per GPU
+    launch.multirun(["sweep=figure6", "data=synthetic", "hydra.sweeper.runs_per_gpu=5"])
+    launch.multirun(["sweep=figure6", "data=synthetic", "hydra.sweeper.mps=false"])
+    launch.multirun(["sweep=figure6", "data=synthetic", "hydra/launcher=basic"])  # one at a time
     assert asked == [(6, 1), (5, 1), (1, 1), (1, 1)]

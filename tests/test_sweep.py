@@ -42,7 +42,7 @@ def check_sweep(sweep_dir, out_dir):
 
 
 def test_joblib_sweep_runs_in_parallel_processes_then_skips_finished_runs(tmp_path):
-    args = ["sweep", MODELS, *TINY, "hydra/launcher=joblib", "launcher.cpu_runs=2",
+    args = ["sweep", MODELS, *TINY, "hydra/launcher=joblib", "hydra.sweeper.cpu_runs=2",
             f"run.root={tmp_path}", "run.sweep=jl"]
     result = resexp(*args)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -99,22 +99,22 @@ def test_keys_of_a_swept_group_apply_to_every_choice_and_presets_accept_override
 
 
 def test_figure6_preset_runs_processes_by_default_and_the_command_line_still_wins(tmp_path, monkeypatch):
-    from resexp.config import compose
     from resexp.sweep import plan as sweep
+    from resexp.sweep.launch import prepare_sweep
 
-    overrides = ["sweep=figure6"]
-    preset = sweep._preset_config(overrides)
-    assert sweep._preset_launcher(preset) == "joblib"
-    cfg = compose(overrides)
-    assert cfg.launcher.runs_per_gpu == 6
+    overrides = ["sweep=figure6", "data=synthetic"]
     monkeypatch.setattr(sweep, "visible_gpus", lambda: 2)
-    assert "hydra.launcher.n_jobs=12" in sweep.launcher_overrides(overrides, cfg, "joblib")  # 6 per GPU
+    plan = prepare_sweep(overrides)
+    assert (plan.launcher, plan.packing.runs_per_gpu, plan.settings["n_jobs"]) == ("joblib", 6, 9)  # 9 runs < 12
+    assert prepare_sweep([*overrides, "model=resnet20,resnet56"]).settings["n_jobs"] == 2  # no more than runs
     monkeypatch.setattr(sweep, "visible_gpus", lambda: 0)
-    assert "hydra.launcher.n_jobs=1" in sweep.launcher_overrides(overrides, cfg, "joblib")  # cpu_runs
-    basic = sweep.launcher_overrides([*overrides, "hydra/launcher=basic"], cfg, "joblib")
-    assert not any("n_jobs" in o for o in basic)
+    assert prepare_sweep(overrides).settings["n_jobs"] == 1  # hydra.sweeper.cpu_runs
+    assert prepare_sweep([*overrides, "hydra.sweeper.cpu_runs=3"]).settings["n_jobs"] == 3
+    basic = prepare_sweep([*overrides, "hydra/launcher=basic"])
+    assert basic.launcher == "basic" and "n_jobs" not in basic.settings
+    monkeypatch.undo()
     # Hydra itself takes the preset's launcher
-    result = resexp("sweep", "figure6", "model=resnet20", *TINY, f"run.root={tmp_path}")
+    result = resexp("sweep", "figure6", "model=resnet20", *TINY, "model.bn_batch=null", f"run.root={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=1" in result.stdout + result.stderr
     summaries = list((tmp_path / "sweeps" / "figure6").glob("**/summary.json"))
@@ -149,3 +149,91 @@ def test_a_slurm_sweep_whose_job_is_cancelled_ends_and_names_the_run(tmp_path):
                     "(cancelled, pre-empted without requeue, or failed; a cluster without job accounting cannot "
                     f"say which): see {tmp_path / 'sweeps' / 'cancel' / '.submitit' / pending[0]}"], err[-3000:]
     assert "2 runs: 1 finished, 1 failed" in out
+
+
+def test_train_m_is_resexp_sweep_and_train_of_a_sweep_says_so(tmp_path):
+    words = ["model=plain20,resnet20", "seed=range(2)", *TINY, f"run.root={tmp_path}"]
+    swept = resexp("sweep", *words, "--dry-run")
+    multirun = resexp("train", "-m", *words, "--dry-run")
+    assert swept.returncode == multirun.returncode == 0, swept.stderr + multirun.stderr
+    assert swept.stdout == multirun.stdout and "4 runs: 4 start; nothing launched (--dry-run)" in swept.stdout
+    assert "start  model=resnet20,seed=1" in swept.stdout
+    single = resexp("train", "model=plain20,resnet20", *TINY, f"run.root={tmp_path}")
+    assert single.returncode == 2 and "Traceback" not in single.stderr
+    assert single.stderr.startswith("resexp: error: model=plain20,resnet20 is a sweep: run it with resexp sweep ")
+    assert "(or resexp train -m " in single.stderr and not list(tmp_path.iterdir())
+
+
+def test_glob_sweeps_expand_with_hydras_grammar(tmp_path):
+    result = resexp("sweep", "model=glob(resnet2*)", *TINY, f"run.root={tmp_path}", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()[:1]] == ["model=resnet20"]
+    assert "1 run: 1 start" in result.stdout
+
+
+def test_run_configs_carry_no_launcher_settings_and_old_runs_with_them_still_count(tmp_path):
+    args = ["model=plain20", "seed=0,1", *TINY, f"run.root={tmp_path}", "run.sweep=old", "hydra.sweeper.cpu_runs=2"]
+    first = resexp("sweep", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "sweeps" / "old" / "seed=0"
+    config = (run / "config.yaml").read_text()
+    assert "launcher" not in config and "cpu_runs" not in config
+    # a run written before the launcher settings left the run schema
+    (run / "config.yaml").write_text(config + "launcher:\n  runs_per_gpu: 1\n  cpu_runs: 1\n  mps: true\n")
+    plan = resexp("sweep", *args, "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert [line.split()[0] for line in plan.stdout.splitlines()[:2]] == ["skip", "skip"], plan.stdout
+    table = resexp("table", str(run.parent), "-o", str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    assert "plain-20" in (tmp_path / "table6.md").read_text()
+
+
+def test_a_run_takes_the_gpu_with_the_fewest_live_runs():
+    from resexp.sweep.control import SweepControl
+
+    control = SweepControl.create()
+    others = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    try:
+        for process, gpu in zip(others, (0, 0, 1)):  # two runs on GPU 0, one on GPU 1
+            (control.folder / "workers" / str(process.pid)).write_text(str(gpu))
+        assert control.take_gpu(2) == 1
+        assert control.take_gpu(3) == 2  # an idle GPU first
+        others[2].kill()
+        others[2].wait()  # GPU 1's run ended: it is free again, GPU 0 still has two
+        assert control.take_gpu(2) == 1
+        assert (control.folder / "workers" / str(os.getpid())).read_text() == "1"
+    finally:
+        for process in others:
+            process.kill()
+            process.wait()
+        control.remove()
+
+
+def test_each_run_of_a_sweep_carries_its_hparams_for_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    result = resexp("sweep", "model=plain20,resnet20", "optim.lr=0.1,0.05", *TINY, f"run.root={tmp_path}",
+                    "run.sweep=hp")
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = sorted((tmp_path / "sweeps" / "hp").glob("model=*"))
+    assert len(runs) == 4
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        hparams, metrics = {}, {}
+        for path in (run / "tb" / "hparams").glob("events.out.tfevents.*"):
+            for event in EventFileLoader(str(path)).Load():
+                for value in event.summary.value:
+                    if value.metadata.plugin_data.plugin_name == "hparams":
+                        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                        if data.HasField("session_start_info"):
+                            hparams = {k: v.string_value or v.number_value
+                                       for k, v in data.session_start_info.hparams.items()}
+                    elif value.tag.startswith("hparam/"):
+                        metrics[value.tag] = (value.simple_value if value.HasField("simple_value")
+                                              else float(tensor_util.make_ndarray(value.tensor)))
+        model, lr = run.name.split(",")  # model=plain20,optim.lr=0.1: the swept keys only
+        assert hparams == {"model": model.split("=")[1], "optim.lr": float(lr.split("=")[1])}, run
+        assert metrics == {"hparam/train_error": pytest.approx(summary["train_error"]),
+                           "hparam/test_error": pytest.approx(summary["test_error"])}

@@ -14,7 +14,7 @@ import pytest
 SWEEP = ["model=plain20,resnet20,plain32", "data=synthetic",
          "data.train_size=512", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
          "trainer.max_iters=100000", "trainer.log_every=2", "trainer.eval_every=100000", "run.sweep=sig"]
-JOBLIB = ["hydra/launcher=joblib", "launcher.cpu_runs=2"]
+JOBLIB = ["hydra/launcher=joblib", "hydra.sweeper.cpu_runs=2"]
 STOP_BOUND_S = 30  # a step and a checkpoint of these tiny runs take well under a second
 
 
@@ -120,8 +120,8 @@ def test_a_signal_stops_a_sweep_of_runs_one_after_another(tmp_path):
 
 def test_joblib_gets_no_more_processes_than_runs_and_takes_them_in_order():
     """An idle worker has no handler of ours: a Ctrl-C would kill it and break joblib's pool."""
-    from resexp.sweep.plan import prepare_sweep
+    from resexp.sweep.launch import prepare_sweep
 
-    plan = prepare_sweep(["model=plain20,resnet56", "data=synthetic", "hydra/launcher=joblib", "launcher.cpu_runs=3"])
+    plan = prepare_sweep(["model=plain20,resnet56", "data=synthetic", "hydra/launcher=joblib", "hydra.sweeper.cpu_runs=3"])
     assert plan.settings["n_jobs"] == 2 and plan.settings["batch_size"] == 1
     assert [job.run_dir.name for job in plan.jobs] == ["model=resnet56", "model=plain20"]  # the longest first

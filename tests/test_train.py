@@ -209,10 +209,10 @@ def test_vit_probes_leave_training_unchanged(tmp_path):
 
 
 def test_a_diverged_run_is_marked_and_the_sweep_goes_on(tmp_path):
-    from resexp.sweep.launch import run_sweep
+    from resexp.sweep.launch import multirun
 
     # lr 1e5 blows the weights up at once; lr 1e-3 trains. Divergence is checked at every log.
-    run_sweep([*VIT, "optim=sgd", "optim.lr=100000,0.001", "trainer.max_iters=8", "trainer.log_every=2",
+    multirun([*VIT, "optim=sgd", "optim.lr=100000,0.001", "trainer.max_iters=8", "trainer.log_every=2",
                "trainer.eval_every=4", f"run.root={tmp_path}", "run.sweep=div"])
     runs = {p.name: json.loads((p / "summary.json").read_text()) for p in (tmp_path / "sweeps" / "div").iterdir()
             if (p / "summary.json").is_file()}

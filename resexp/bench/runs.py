@@ -3,8 +3,8 @@
 Small CIFAR nets leave a large GPU idle. Three ways to train K runs of one architecture, each
 run's maths unchanged, timed on the same device:
 - one after another: the trainer's step alone (the baseline; K runs take K times as long);
-- processes: K processes stepping at once, as a joblib sweep runs them (launcher.runs_per_gpu=K
-  on one GPU; launcher.cpu_runs=K on CPU, each with cpu_count/K threads); on a GPU also with
+- processes: K processes stepping at once, as a joblib sweep runs them (hydra.sweeper.runs_per_gpu=K
+  on one GPU; hydra.sweeper.cpu_runs=K on CPU, each with cpu_count/K threads); on a GPU also with
   CUDA MPS, as the sweep starts it (resexp.sweep.mps), when the MPS control binary is there;
 - lock-step: K models in one process (resexp.bench.lockstep.LockstepStep), one vmapped
   forward/backward per step, so each conv becomes one grouped conv over the K models.

@@ -38,9 +38,9 @@ from resexp import __version__
 from resexp.errors import ConfigError, ResexpError
 from resexp.rundir import DONE
 from resexp.sweep.control import GRACE_S
-from resexp.sweep.launch import LOCAL_LAUNCHERS
+from resexp.sweep.launch import LOCAL_LAUNCHERS, prepare_sweep
 from resexp.sweep.mps import cuda_mps
-from resexp.sweep.plan import Sweep, prepare_sweep, visible_gpus, with_preset
+from resexp.sweep.plan import Sweep, visible_gpus, with_preset
 
 # After SIGTERM: the sweep's own grace for its runs to checkpoint (it kills the late ones), then
 # time to count its runs and stop; what is left of its process group after this is killed

@@ -14,6 +14,7 @@ submitit's own signal handling requeues it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import signal
 import sys
 import tempfile
 import threading
+from collections import Counter
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,25 @@ class SweepControl:
     def workers(self) -> list[int]:
         pids = [int(p.name) for p in (self.folder / "workers").iterdir() if p.name.isdigit()]
         return [pid for pid in pids if pid != os.getpid() and _alive(pid)]
+
+    def take_gpu(self, gpus: int) -> int:
+        """The GPU for this worker's run: the one with the fewest live runs of the sweep (runs
+        end at different times, so job number mod GPUs would pile the later runs onto one GPU).
+        Recorded in its workers/<pid> file until leave_worker; chosen under a lock, so that two
+        workers starting at once do not both take the same free GPU."""
+        with (self.folder / "gpu.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            live = Counter()
+            for pid in self.workers():
+                try:
+                    text = (self.folder / "workers" / str(pid)).read_text().strip()
+                except FileNotFoundError:  # its run just ended
+                    continue
+                if text.isdigit() and int(text) < gpus:  # empty: a worker on the CPU, or not placed yet
+                    live[int(text)] += 1
+            gpu = min(range(gpus), key=lambda index: (live[index], index))
+            (self.folder / "workers" / str(os.getpid())).write_text(str(gpu))
+        return gpu
 
 
 def _alive(pid: int) -> bool:

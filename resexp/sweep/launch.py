@@ -16,46 +16,95 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
-from hydra._internal.callbacks import Callbacks  # what Hydra's own multirun hands its launcher
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.types import HydraContext
+from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+from submitit.core.utils import JobPaths
 
-from resexp.config import at_home, compose_with_hydra, config_dir, home_overrides
+from resexp.config import at_home, config_dir, hydra_error
 from resexp.errors import ResexpError, explain, one_line
+from resexp.rundir import DONE, RunDir, count_runs
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
-from resexp.rundir import RunDir, count_runs
-from resexp.sweep.plan import Job, Sweep, parse_overrides, prepare_sweep, summary_or_none, visible_gpus
+from resexp.sweep.plan import Job, Sweep, hydra_arguments, summary_or_none, visible_gpus
 
 LOCAL_LAUNCHERS = ("basic", "joblib")  # their runs can be told to stop through a folder on this host
+# What the sweep that multirun runs gave (its plan for mode=plan, else the outcome counts), put
+# here by resexp's sweeper: hydra.main returns nothing of a multirun.
+OUTCOME: list[Any] = []
 
 
-def run_sweep(overrides: list[str]) -> dict[str, int]:
-    """Plan the sweep (prepare_sweep), launch its unfinished jobs, then count the outcomes: a
-    one-line ResexpError when any run failed, SystemExit(128 + N) when signal N stopped it.
-    Returns {status: number of runs}."""
-    plan = prepare_sweep(overrides)
+def multirun(words: list[str], mode: str = "launch") -> Any:
+    """`resexp sweep WORDS` and `resexp train -m WORDS`, one path: Hydra's documented entry,
+    hydra.main with -m and the overrides, so that Hydra itself instantiates resexp's sweeper
+    (configs/hydra/sweeper/resexp.yaml), the launcher and their context. mode: launch, dry_run
+    (print the plan) or plan (return it, for resexp bench --sweep). Returns what the sweeper gave:
+    the outcome counts, or the plan."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.resexp_sweeper.resexp_sweeper import ResexpSweeper
+
+    # Hydra finds plugins by walking hydra_plugins' folders, which an editable install's import
+    # hook is not: registered by hand, as Plugins.register allows, it is found however installed.
+    Plugins.instance().register(ResexpSweeper)
+    arguments = hydra_arguments(words)
+    saved_argv, saved_full_error = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [saved_argv[0], "--multirun", *arguments, f"hydra.sweeper.mode={mode}"]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises an error instead of printing it and exiting 1
+    OUTCOME.clear()
+    try:
+        try:
+            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run_job)()
+        finally:
+            sys.argv = saved_argv
+            if saved_full_error is None:
+                os.environ.pop("HYDRA_FULL_ERROR", None)
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = saved_full_error
+            GlobalHydra.instance().clear()  # compose() and the next sweep in this process initialise their own
+    except (HydraException, OmegaConfBaseException) as error:  # composing the multirun's own config
+        raise hydra_error(error, arguments, compose_selections, sweep=True) from None
+    return OUTCOME.pop() if OUTCOME else None
+
+
+def prepare_sweep(words: list[str]) -> Sweep:
+    """The sweep's plan, as `resexp sweep WORDS --dry-run` prints it; nothing is written."""
+    return multirun(words, "plan")
+
+
+def compose_selections(selections: list[str]) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return hydra_compose(config_name="train", overrides=selections)
+
+
+def run_sweep(plan: Sweep, make_launcher: Callable[[], Launcher]) -> dict[str, int]:
+    """Launch a planned sweep's unfinished jobs (the launcher made by `make_launcher`, once the
+    plan's settings are in its config), then count the outcomes: a one-line ResexpError when any
+    run failed, SystemExit(128 + N) when signal N stopped it. Returns {status: number of runs}."""
     pending = [job for job in plan.jobs if not job.done]
     if not pending:  # nothing to train: Hydra need not rewrite their records
         return count_outcomes(plan.jobs)
+    Path(plan.jobs[0].run_dir.parent).mkdir(parents=True, exist_ok=True)
     if plan.launcher not in LOCAL_LAUNCHERS:  # SLURM jobs handle their own signals; Ctrl-C here only stops waiting
         with cuda_mps(plan.per_gpu, visible_gpus()):
-            launch(plan, pending)
+            launch(make_launcher(), plan, pending)
         return count_outcomes(plan.jobs)
     control = SweepControl.create()
     os.environ[ENV] = control.env_value()  # inherited by the workers
     try:
         with SweepStopHandler(control), cuda_mps(plan.per_gpu, visible_gpus()):
             try:
-                launch(plan, pending)
+                launch(make_launcher(), plan, pending)
             except Exception as error:
                 if control.stop_request() is None:
                     raise
@@ -63,7 +112,8 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
                 print(f"resexp: sweep: the launcher ended with {type(error).__name__} while stopping",
                       file=sys.stderr)
             finally:  # joblib keeps its workers for reuse: end them (and their CUDA contexts) before MPS
-                shutdown_joblib_workers()
+                if plan.launcher == "joblib":
+                    shutdown_joblib_workers()
         stop = control.stop_request()
     finally:
         os.environ.pop(ENV, None)
@@ -78,44 +128,31 @@ def run_sweep(overrides: list[str]) -> dict[str, int]:
 
 
 def shutdown_joblib_workers() -> None:
-    """End the workers joblib keeps for reuse: they carry this sweep's control folder and MPS
-    settings, which the next sweep in this process must not inherit."""
-    from joblib.externals.loky import reusable_executor
+    """End the workers joblib keeps for reuse (loky's one reusable pool, which joblib's loky
+    backend runs on): they carry this sweep's control folder and MPS settings, which the next
+    sweep in this process must not inherit."""
+    from joblib.externals.loky import get_reusable_executor
 
-    executor = reusable_executor._executor  # loky's one reusable pool; None when joblib never ran
-    if executor is not None:
-        executor.shutdown(wait=True)
-
-
-def launch(plan: Sweep, jobs: list[Job]) -> None:
-    """Hand the jobs to the sweep's launcher plugin, as Hydra's multirun would, but in our order."""
-    fixed = [o.input_line for o in parse_overrides(plan.argv) if not o.is_sweep_override()]
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose_with_hydra(fixed)  # the launcher's settings and Hydra's, from the fixed overrides
-        home = home_overrides(cfg)
-        if home:  # '~' is the home folder for the launcher's jobs too, never a folder named ~
-            fixed += home
-            cfg = compose_with_hydra(fixed)
-        HydraConfig.instance().set_config(cfg)
-        context = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks(cfg))
-        launcher = Plugins.instance().instantiate_launcher(hydra_context=context, task_function=run_job, config=cfg)
-        Path(cfg.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        # Each job's own overrides; Hydra prepends the hydra ones (launcher, directory names) to each.
-        overrides = [[o for o in job.overrides if not o.lstrip("+").startswith(("hydra.", "hydra/"))] for job in jobs]
-        if "partition" not in plan.settings:  # not SLURM
-            say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
-            return
-        # submitit waits for each SLURM job's result through sacct: a job that ended without one
-        # (cancelled, failed) on a cluster without accounting would be waited for forever.
-        started, failure = time.time(), []
-        waiting = threading.Thread(target=_launch_catching, args=(launcher, overrides, failure, jobs), daemon=True)
-        waiting.start()
-        watch_slurm_jobs(waiting, Path(cfg.hydra.sweep.dir) / ".submitit", jobs, started)
-        for error in failure:  # submitit gave up on a job (cancelled, failed): the runs are counted next
-            print(f"resexp: error: the SLURM launcher: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
+    get_reusable_executor(reuse=True).shutdown(wait=True)  # reuse=True: the pool as it is
 
 
-def _launch_catching(launcher: Any, overrides: list[list[str]], failure: list[Exception], jobs: list[Job]) -> None:
+def launch(launcher: Launcher, plan: Sweep, jobs: list[Job]) -> None:
+    """Hand the jobs to the sweep's launcher plugin, in the plan's order."""
+    overrides = [job.overrides for job in jobs]
+    if "partition" not in plan.settings:  # not SLURM
+        say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
+        return
+    # submitit waits for each SLURM job's result through sacct: a job that ended without one
+    # (cancelled, failed) on a cluster without accounting would be waited for forever.
+    started, failure = time.time(), []
+    waiting = threading.Thread(target=launch_catching, args=(launcher, overrides, failure, jobs), daemon=True)
+    waiting.start()
+    watch_slurm_jobs(waiting, plan.settings["submitit_folder"], jobs, started)
+    for error in failure:  # submitit gave up on a job (cancelled, failed): the runs are counted next
+        print(f"resexp: error: the SLURM launcher: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
+
+
+def launch_catching(launcher: Launcher, overrides: list[list[str]], failure: list[Exception], jobs: list[Job]) -> None:
     try:
         say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
     except Exception as error:
@@ -124,10 +161,13 @@ def _launch_catching(launcher: Any, overrides: list[list[str]], failure: list[Ex
 
 def say_failed_returns(returns: list[JobReturn], jobs: list[Job]) -> None:
     """Hydra catches what a job raised outside run_job's own handling (an import failing on a
-    node, say) into its JobReturn: say it, one line per job."""
+    node, say) into its JobReturn, whose return_value raises it: say it, one line per job."""
     for job, returned in zip(jobs, returns):
-        if returned.status == JobStatus.FAILED:
-            error = returned._return_value  # the exception itself: .return_value would raise it
+        if returned.status != JobStatus.FAILED:
+            continue
+        try:
+            returned.return_value
+        except Exception as error:
             print(f"resexp: error: {job.run_dir}: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
 
 
@@ -135,47 +175,47 @@ SLURM_POLL_S = 10.0
 SLURM_ABSENT_POLLS = 3  # a requeued job is briefly absent from squeue; one that ended stays absent
 
 
-def watch_slurm_jobs(waiting: threading.Thread, folder: Path, jobs: list[Job], started: float) -> None:
+def watch_slurm_jobs(waiting: threading.Thread, folder_pattern: str, jobs: list[Job], started: float) -> None:
     """Wait while the launcher waits, but stop once every job of this submission has a result or
-    has left the queue without one, and name each of those, with its log."""
+    has left the queue without one, and name each of those, with its folder. `folder_pattern`:
+    the launcher's submitit_folder (.../%j: one folder per array task, named by its job id)."""
     absent: dict[str, int] = {}
     while True:
         waiting.join(SLURM_POLL_S)
-        tasks = _slurm_tasks(folder, started)
+        tasks = slurm_tasks(folder_pattern, started)
         if len(tasks) < len(jobs):  # not all submitted yet (or the submission failed)
             if waiting.is_alive():
                 continue
             break
-        queued = _squeue({name.split("_")[0] for name in tasks})
+        queued = squeue({name.split("_")[0] for name in tasks})
         if queued is None:  # squeue itself failed: nothing learnt this time
             if waiting.is_alive():
                 continue
             break
-        for name, path in tasks.items():
-            gone = name not in queued and not _has_result(path)
+        for name, paths in tasks.items():
+            gone = name not in queued and not paths.result_pickle.exists()
             absent[name] = absent.get(name, 0) + 1 if gone else 0
-        if all(absent[name] >= SLURM_ABSENT_POLLS or _has_result(path) for name, path in tasks.items()):
+        if all(absent[name] >= SLURM_ABSENT_POLLS or paths.result_pickle.exists() for name, paths in tasks.items()):
             break
-    for name, path in sorted(_slurm_tasks(folder, started).items()):
-        if not _has_result(path):
+    for name, paths in sorted(slurm_tasks(folder_pattern, started).items()):
+        if not paths.result_pickle.exists():
             print(f"resexp: error: {jobs[int(name.split('_')[1])].run_dir}: SLURM job {name} left the queue without "
                   "a result (cancelled, pre-empted without requeue, or failed; a cluster without job accounting "
-                  f"cannot say which): see {path}", file=sys.stderr)
+                  f"cannot say which): see {paths.folder}", file=sys.stderr)
 
 
-def _has_result(task_folder: Path) -> bool:
-    """submitit writes ARRAY_TASK_<rank>_result.pkl when the job's function returned or raised."""
-    return any(task_folder.glob("*_result.pkl"))
+def slurm_tasks(folder_pattern: str, started: float) -> dict[str, JobPaths]:
+    """This submission's array tasks ("ARRAY_TASK"), each with submitit's paths of its files."""
+    root = JobPaths.get_first_id_independent_folder(folder_pattern)
+    names = [p.name for p in root.glob("*_*") if p.is_dir() and p.stat().st_mtime >= started - 1]
+    return {name: JobPaths(folder_pattern, job_id=name) for name in names}
 
 
-def _slurm_tasks(folder: Path, started: float) -> dict[str, Path]:
-    """This submission's array tasks ("ARRAY_TASK") and their submitit folders."""
-    return {p.name: p for p in folder.glob("*_*") if p.is_dir() and p.stat().st_mtime >= started - 1}
-
-
-def _squeue(array_ids: set[str]) -> set[str] | None:
+def squeue(array_ids: set[str]) -> set[str] | None:
     """The array tasks SLURM still knows (pending, running, requeued), as "ARRAY_TASK"; None if
-    squeue failed for another reason than having forgotten every one of them."""
+    squeue failed for another reason than having forgotten every one of them. submitit's own
+    job state comes from sacct, which a cluster without job accounting cannot answer: squeue,
+    SLURM's public queue listing, can."""
     done = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(sorted(array_ids)), "-o", "%i"],
                           capture_output=True, text=True)
     if done.returncode == 0:
@@ -218,14 +258,42 @@ def _train_job(cfg: DictConfig, control: SweepControl | None) -> str:
         cfg.run.dir = hydra_cfg.runtime.output_dir
         gpus = visible_gpus()
         if gpus > 1 and cfg.trainer.device == "auto":  # spread the runs over the GPUs
-            cfg.trainer.device = f"cuda:{hydra_cfg.job.num % gpus}"
+            # A local sweep's workers share one: the GPU with the fewest live runs. Without one
+            # (submitit), each job has its own GPUs; Hydra's job number spreads them.
+            gpu = control.take_gpu(gpus) if control is not None else hydra_cfg.job.num % gpus
+            cfg.trainer.device = f"cuda:{gpu}"
         if parallel > 1 and cfg.trainer.progress == "auto":  # bars of parallel runs would overwrite each other
             cfg.trainer.progress = "lines"
     if parallel > 1:  # share the CPU cores instead of fighting over them (a GPU run's host work needs few)
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
-    return train(cfg, stop_source=control)["status"]
+    summary = train(cfg, stop_source=control)
+    if summary["status"] in DONE:
+        write_hparams(cfg, hydra_cfg, summary)
+    return summary["status"]
+
+
+def write_hparams(cfg: DictConfig, hydra_cfg: DictConfig, summary: dict[str, Any]) -> None:
+    """The run's swept keys and final errors as TensorBoard's HParams summary, in tb/hparams/
+    (beside the run's own events, which the reports read), so that `tensorboard --logdir
+    runs/sweeps/NAME` shows the sweep as one table. The swept keys are the job's overrides that
+    name its directory (Hydra's override_dirname leaves the others out)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+    hparams: dict[str, Any] = {}
+    for override in hydra_cfg.overrides.task:  # written by resexp's sweeper as key=value
+        key, _, text = override.partition("=")
+        key = key.lstrip("+~")
+        if key in excluded:
+            continue
+        value = hydra_cfg.runtime.choices.get(key, OmegaConf.select(cfg, key, default=text))
+        hparams[key] = value if isinstance(value, (bool, int, float, str)) else text
+    metrics = {f"hparam/{name}": float(summary[name]) for name in ("train_error", f"{summary['eval_split']}_error")
+               if summary.get(name) is not None}
+    with SummaryWriter(str(RunDir(Path(cfg.run.dir)).events_path)) as writer:
+        writer.add_hparams(hparams, metrics, run_name="hparams")
 
 
 OUTCOMES = ("finished", "diverged", "stopped", "not started", "failed", "skipped")

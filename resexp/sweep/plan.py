@@ -1,6 +1,8 @@
-"""Planning a sweep before anything runs: every job composed (Hydra's own override grammar and
-sweep expansion), validated and its run directory checked, in the order it will be launched,
-with the launcher's settings; `resexp sweep --dry-run` prints the plan.
+"""Planning a sweep before anything runs, inside resexp's Hydra sweeper
+(hydra_plugins/resexp_sweeper): the sweep's overrides parsed once with Hydra's own grammar
+(lists a,b, range(), choice(), glob()) and expanded, every job composed by Hydra's config loader,
+validated and its run directory checked, in the order it will be launched, with the launcher's
+settings; `--dry-run` prints the plan.
 """
 
 from __future__ import annotations
@@ -8,40 +10,28 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra import initialize_config_dir
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
-from resexp.config import GROUPS, compose_job, config_dir, group_choices, refuse_repeated_keys, unreadable_override
-from resexp.rundir import RunDir, count_runs
+from resexp.config import GROUPS, group_choices, home_overrides, hydra_error, refuse_repeated_keys, run_config, unreadable_override
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.model_size import model_size
+from resexp.rundir import RunDir, count_runs
 
 
 def visible_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def parse_overrides(overrides: list[str]) -> list[Override]:
-    """Hydra's own override grammar: it knows a sweep (a,b; range(); choice()) from a list."""
-    try:
-        return OverridesParser.create().parse_overrides(overrides)
-    except HydraException as error:
-        raise ConfigError(unreadable_override(overrides, sweep=True) or f"{one_line(error)} (overrides look like "
-                          "key=value, a sweep like key=a,b or key=range(3), a list like key=[1,2])") from None
-
-
-def _swept_keys(overrides: list[str]) -> set[str]:
-    return {o.key_or_group for o in parse_overrides(overrides) if o.is_sweep_override()}
 
 
 def with_preset(words: list[str]) -> list[str]:
@@ -54,31 +44,39 @@ def with_preset(words: list[str]) -> list[str]:
     return [f"sweep={words[0]}", *words[1:]]
 
 
-def _preset_config(overrides: list[str]) -> DictConfig | None:
-    """The preset file a sweep names (sweep=NAME), as written."""
-    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("sweep=")), None)
-    return None if preset is None else OmegaConf.load(config_dir() / "sweep" / f"{preset}.yaml")
+def hydra_arguments(words: list[str]) -> list[str]:
+    """The command line's overrides as Hydra's multirun composes them. Hydra first composes a
+    multirun's config without its sweeps, i.e. with the default model: a key of a swept group
+    (model.dim=64 with model=vit_pre,vit_post) would be refused there, so every key inside a group
+    is given as ++key (set, adding if absent); each job's composition and the schema still refuse
+    a key its run does not have. A key given twice is refused: Hydra would keep the last."""
+    refuse_repeated_keys(words)
+    return [f"++{word}" if word.split(".", 1)[0] in GROUPS and "." in word.split("=", 1)[0] else word
+            for word in words]
 
 
-def _preset_sweeps(preset: DictConfig | None) -> list[str]:
-    """The sweeps a preset declares in hydra.sweeper.params, as overrides."""
-    params = None if preset is None else OmegaConf.select(preset, "hydra.sweeper.params")
-    return [f"{key}={value}" for key, value in (params or {}).items()]
+@dataclass(frozen=True)
+class Packing:
+    """How many runs share the machine (the sweeper's config, configs/hydra/sweeper/resexp.yaml)."""
 
+    runs_per_gpu: int = 1  # parallel runs per visible GPU
+    cpu_runs: int = 1  # parallel runs without a GPU
+    mps: bool = True  # several runs per GPU share it through a private CUDA MPS daemon
 
-def _preset_launcher(preset: DictConfig | None) -> str | None:
-    """The launcher a preset picks in its defaults list (override /hydra/launcher: NAME)."""
-    for entry in (preset or {}).get("defaults", []):
-        if isinstance(entry, DictConfig) and "override /hydra/launcher" in entry:
-            return entry["override /hydra/launcher"]
-    return None
+    def __post_init__(self) -> None:
+        for name in ("runs_per_gpu", "cpu_runs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"hydra.sweeper.{name} must be a positive integer; got {value!r}")
+        if not isinstance(self.mps, bool):
+            raise ConfigError(f"hydra.sweeper.mps must be true or false; got {self.mps!r}")
 
 
 @dataclass
 class Job:
-    """One run of a sweep, as Hydra's basic sweeper will launch it."""
+    """One run of a sweep, as the launcher will get it."""
 
-    overrides: list[str]
+    overrides: list[str]  # its overrides for the launcher: the run's, then Hydra settings
     cfg: DictConfig
     run_dir: Path
     done: bool  # finished (or diverged) before this sweep: train returns at once
@@ -89,68 +87,115 @@ class Job:
         return RunDir(self.run_dir)
 
 
-def plan_sweep(overrides: list[str], preset_sweeps: list[str]) -> tuple[list[Job], dict[str, Any]]:
-    """Every job of the sweep, composed and validated, with its run directory, before anything
-    is launched or written, and the launcher's settings (hydra.launcher, resolved). Expands the sweeps as Hydra's BasicSweeper does (preset params
-    first, the command line's value of a key replacing the preset's). A job whose directory
-    holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
-    refuse_repeated_keys(overrides)  # only the command line's: it may replace a preset's sweep once
+@dataclass
+class Sweep:
+    """A planned sweep: its jobs, longest first, and how they will be launched."""
+
+    jobs: list[Job]
+    launcher: str  # hydra/launcher: basic, joblib, submitit_local, submitit_slurm, slurm
+    settings: dict[str, Any]  # the launcher's config (hydra.launcher), as it will run
+    common: list[str]  # the overrides every run shares (the swept ones name each run's directory)
+    packing: Packing
+    per_gpu: int  # runs sharing one GPU through CUDA MPS (1: no MPS)
+    launcher_overrides: list[str] = field(default_factory=list)  # hydra.launcher.* settings resexp chose
+
+
+def expand(parser: OverridesParser, overrides: list[str]) -> tuple[dict[str, list[str]], set[str]]:
+    """Each key's overrides (one for a fixed key, one per value for a swept one), and the swept
+    keys. A later override of a key replaces an earlier one (the command line a preset's sweep)."""
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as error:
+        raise ConfigError(unreadable_override(overrides, sweep=True) or f"{one_line(error)} (overrides look like "
+                          "key=value, a sweep like key=a,b or key=range(3), a list like key=[1,2])") from None
     choices: dict[str, list[str]] = {}
-    for override in parse_overrides([*preset_sweeps, *overrides]):
-        key = override.get_key_element()
+    swept: set[str] = set()
+    for override in parsed:
+        key = override.key_or_group
+        element = override.get_key_element()
         if not override.is_sweep_override():
-            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            choices[key] = [f"{element}={override.get_value_element_as_str()}"]
+            swept.discard(key)
             continue
+        if not override.is_discrete_sweep():
+            raise ConfigError(f"{override.input_line}: a sweep takes a list of values (a,b, range(), choice(), "
+                              "glob()), not an interval")
+        # ++ (hydra_arguments') only lets Hydra compose the multirun; the job composes the key as
+        # it is, and a run's directory name keeps the plain key=value.
+        element = key if element.startswith("++") else element
         try:
-            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-        except HydraException:
-            raise ConfigError(f"{override.input_line}: resexp sweeps take lists (a,b), range() and choice(); "
-                              "name glob() choices one by one") from None
+            choices[key] = [f"{element}={value}" for value in override.sweep_string_iterator()]
+        except HydraException as error:
+            raise ConfigError(f"{override.input_line}: {one_line(error)}") from None
+        swept.add(key)
+    return choices, swept
+
+
+def plan_sweep(config_loader: ConfigLoader, master: DictConfig, overrides: list[str], packing: Packing) -> Sweep:
+    """Every job of the sweep, composed and validated, with its run directory, longest first,
+    before anything is launched or written, and the launcher's settings. A job whose directory
+    holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
+    for home in home_overrides(master):  # '~' is the home folder for the launcher and its jobs too, never a folder named ~
+        with read_write(master):
+            master.hydra.sweep.dir = str(Path(master.hydra.sweep.dir).expanduser())
+            master.hydra.overrides.hydra.append(home)  # load_sweep_config composes every job after these
+    choices, swept = expand(OverridesParser.create(config_loader=config_loader), overrides)
+    fixed = [key for key in choices if key not in swept]
+    # Run directories are named by what varies between runs only: the swept keys.
+    excluded = ["sweep", "run.root", "run.sweep", *fixed]
+    dirname = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"
+
+    def compose(job_overrides: list[str]) -> DictConfig:
+        try:
+            return config_loader.load_sweep_config(master, job_overrides)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise hydra_error(error, job_overrides,
+                              lambda selections: config_loader.load_sweep_config(master, selections)) from None
+
     jobs, refused = [], []
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+    try:
         for combination in itertools.product(*choices.values()):
-            cfg, settings = compose_job(list(combination))
+            composed = compose([*combination, dirname])
+            HydraConfig.instance().set_config(composed)  # resolves ${hydra:job.override_dirname}
+            cfg = run_config(composed)
             run_dir = Path(cfg.run.dir)
             try:
                 done = RunDir(run_dir).check(cfg) is not None
             except ResexpError as error:
                 refused.append(str(error))
                 continue
-            jobs.append(Job(list(combination), cfg, run_dir, done, RunDir(run_dir).summary_stamp()))
+            jobs.append(Job([*combination, dirname], cfg, run_dir, done, RunDir(run_dir).summary_stamp()))
+    finally:
+        HydraConfig.instance().set_config(master)
     if refused:
         raise ResexpError(f"{len(refused)} of {len(refused) + len(jobs)} runs of this sweep cannot use their "
                           f"directories, so nothing was launched; the first: {refused[0]}")
-    return jobs, settings
+    jobs = longest_first(jobs)
+    launcher = master.hydra.runtime.choices["hydra/launcher"]
+    extra = launcher_overrides(launcher, master, packing, sum(not job.done for job in jobs))
+    settings = OmegaConf.to_container(master.hydra.launcher, resolve=True)
+    for override in extra:  # the settings chosen here, as the launcher will run
+        key, _, value = override.partition("=")
+        settings[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
+    for job in jobs:
+        job.overrides += extra
+    # Several local processes per GPU share it through CUDA MPS (resexp/sweep/mps.py).
+    per_gpu = packing.runs_per_gpu if launcher == "joblib" and packing.mps else 1
+    common = [choices[key][0].lstrip("+") for key in fixed]
+    return Sweep(jobs, launcher, settings, common, packing, per_gpu, extra)
 
 
-def chosen_launcher(overrides: list[str], preset_launcher: str | None = None) -> str:
-    """The launcher a sweep runs with: the command line's, else the preset's, else basic."""
-    return next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")),
-                preset_launcher or "basic")
-
-
-def dirname_override(overrides: list[str]) -> str:
-    """Run directories are named by what varies between runs only: the swept keys."""
-    swept = _swept_keys(overrides)
-    fixed = [k for o in parse_overrides(overrides) if o.key_or_group not in swept
-             for k in dict.fromkeys((o.key_or_group, o.get_key_element()))]
-    excluded = ["sweep", "run.root", "run.sweep", *fixed]
-    return f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"
-
-
-def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: str | None = None,
-                       runs: int | None = None) -> list[str]:
-    """Settings the launcher plugins leave to chance, made explicit unless the user set them;
-    `runs`: how many jobs will be launched."""
-    given = {o.split("=", 1)[0] for o in overrides}
-    launcher = chosen_launcher(overrides, preset_launcher)
-    extra = [dirname_override(overrides)]
+def launcher_overrides(launcher: str, master: DictConfig, packing: Packing, runs: int) -> list[str]:
+    """Settings the launcher plugins leave to chance, made explicit unless the command line set
+    them (hydra.launcher.KEY=...); `runs`: how many jobs will be launched."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in master.hydra.overrides.hydra}
+    extra = []
     if launcher == "joblib" and "hydra.launcher.n_jobs" not in given:
         # joblib's default (-1: one job per CPU core) oversubscribes cores and GPUs alike; and no
         # more processes than runs: an idle worker has no signal handling of ours, and one killed
         # by a Ctrl-C to the group breaks joblib's pool, which then kills the others mid-save.
         gpus = visible_gpus()
-        n_jobs = gpus * cfg.launcher.runs_per_gpu if gpus else cfg.launcher.cpu_runs
+        n_jobs = gpus * packing.runs_per_gpu if gpus else packing.cpu_runs
         extra.append(f"hydra.launcher.n_jobs={max(1, min(n_jobs, runs or n_jobs))}")
     if launcher == "joblib" and "hydra.launcher.batch_size" not in given:
         extra.append("hydra.launcher.batch_size=1")  # one job per dispatch: joblib's auto batching would undo the order
@@ -158,6 +203,16 @@ def launcher_overrides(overrides: list[str], cfg: DictConfig, preset_launcher: s
         # submitit_local sets CUDA_VISIBLE_DEVICES from gpus_per_node: give each run one GPU if any.
         extra.append(f"hydra.launcher.gpus_per_node={min(1, visible_gpus())}")
     return extra
+
+
+def apply_launcher_overrides(master: DictConfig, extra: list[str]) -> None:
+    """The launcher settings chosen by launcher_overrides (hydra.launcher.KEY=VALUE), in the
+    config the launcher is made from."""
+    launcher = master.hydra.launcher
+    with read_write(master.hydra), read_write(launcher), open_dict(launcher):  # Hydra's node is read-only
+        for override in extra:
+            key, _, value = override.partition("=")
+            launcher[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
 
 
 def longest_first(jobs: list[Job]) -> list[Job]:
@@ -177,64 +232,18 @@ def longest_first(jobs: list[Job]) -> list[Job]:
             done_iters = 0
         return macs[key] * (int(job.cfg.trainer.max_iters) - done_iters)
 
-    return sorted(jobs, key=work, reverse=True)  # stable: equal work keeps Hydra's order
+    return sorted(jobs, key=work, reverse=True)  # stable: equal work keeps the sweep's order
 
 
-@dataclass
-class Sweep:
-    """A planned sweep: its jobs, and how Hydra will be called to launch them."""
-
-    jobs: list[Job]
-    argv: list[str]  # the multirun's command line: the user's overrides and the launcher settings
-    launcher: str  # basic, joblib, submitit_local, submitit_slurm, slurm
-    settings: dict[str, Any]  # the launcher's config (hydra.launcher), as it will run
-    common: list[str]  # the overrides every run shares (the swept ones name each run's directory)
-    per_gpu: int  # runs sharing one GPU through CUDA MPS (1: no MPS)
-
-
-def prepare_sweep(overrides: list[str]) -> Sweep:
-    """Plan the sweep (every job composed, validated and its directory checked) and its launch;
-    nothing is written."""
-    preset_config = _preset_config(overrides)
-    preset = _preset_sweeps(preset_config)
-    # Hydra first composes a multirun's config without its sweeps, i.e. with the default model:
-    # a key of a swept group (model.dim=64 with model=vit_pre,vit_post) would be refused there.
-    # Checked below against every swept choice, it is passed as ++key (set, adding if absent).
-    # A key the preset sweeps stays as written: Hydra lets it replace the preset's sweep.
-    preset_keys = {o.split("=", 1)[0] for o in preset}
-    swept = _swept_keys(overrides)
-    groups = (preset_keys | swept) & set(GROUPS)
-    overrides = [f"++{o}" if o.split(".", 1)[0] in groups and o.split("=", 1)[0] not in swept | preset_keys
-                 else o for o in overrides]
-    jobs, settings = plan_sweep([*overrides, dirname_override(overrides)], preset)
-    jobs = longest_first(jobs)
-    first = jobs[0].cfg  # launcher.* is the same in every job
-    preset_launcher = _preset_launcher(preset_config)
-    extra = launcher_overrides(overrides, first, preset_launcher, sum(not job.done for job in jobs))
-    for override in extra:  # the settings launcher_overrides adds, as Hydra will apply them
-        key, _, value = override.partition("=")
-        if key.startswith("hydra.launcher."):
-            settings[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
-    launcher = chosen_launcher(overrides, preset_launcher)
-    # Several local processes per GPU share it through CUDA MPS (resexp/sweep/mps.py).
-    per_gpu = int(first.launcher.runs_per_gpu) if launcher == "joblib" and first.launcher.mps else 1
-    varying = _swept_keys([*preset, *overrides])
-    common = [o.lstrip("+") for o in jobs[0].overrides if o.split("=", 1)[0].lstrip("+") not in varying
-              and not o.startswith("hydra.")]
-    return Sweep(jobs, [*overrides, *extra], launcher, settings, common, per_gpu)
-
-
-def dry_run(overrides: list[str]) -> list[str]:
-    """What `resexp sweep ... --dry-run` prints: one line per run (what it would do, the
-    overrides that name it, its directory), the overrides all runs share, the launcher with its
-    settings, and a count. Nothing is written or launched."""
-    plan = prepare_sweep(overrides)
+def dry_run(plan: Sweep) -> list[str]:
+    """What `--dry-run` prints: one line per run (what it would do, the overrides that name it,
+    its directory), the overrides all runs share, the launcher with its settings, and a count.
+    Nothing is written or launched."""
     actions = [job_action(job) for job in plan.jobs]
     width, name_width = max(map(len, actions)), max(len(job.run_dir.name) for job in plan.jobs)
     lines = [f"{action:<{width}}  {job.run_dir.name:<{name_width}}  {job.run_dir}"
              for job, action in zip(plan.jobs, actions)]
-    common = [o for o in plan.common if not o.startswith("hydra/launcher=")]  # the launcher has its line
-    lines.append(f"every run: {' '.join(common) or '(the defaults)'}")
+    lines.append(f"every run: {' '.join(plan.common) or '(the defaults)'}")
     lines.append(describe_launcher(plan))
     counts = Counter(action.split()[0] for action in actions)
     lines.append(f"{count_runs(len(plan.jobs), counts)}; nothing launched (--dry-run)")
@@ -278,7 +287,7 @@ def describe_launcher(plan: Sweep) -> str:
         text += f"; {gpus} GPU(s) visible" if gpus else "; no GPU visible"
         if gpus:
             mps = "shared through CUDA MPS" if plan.per_gpu > 1 else "no MPS"
-            text += f", {plan.jobs[0].cfg.launcher.runs_per_gpu} runs per GPU ({mps})"
+            text += f", {plan.packing.runs_per_gpu} runs per GPU ({mps})"
     return text
 
 
