@@ -362,3 +362,13 @@ def test_a_verdict_off_the_papers_setting_says_its_setting(tmp_path):
     paper = judge_claim(DEGRADATION, sweep_of(tmp_path / "paper", {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 6.0]}))
     assert (paper.setting, paper.verdict_cell()) == ("", "**reproduced** (p = 0.05 ≤ 0.05)")
     assert off_paper_setting([run for runs in groups.values() for run in runs]) == test.setting
+
+
+def test_a_claim_without_its_nets_says_the_sweeps_setting(tmp_path):
+    """A sweep of ResNets only: (a) has no plain nets, and its cell names the sweep's setting
+    (it used to read 'undecided at this budget: ,  it., width , batch')."""
+    demo = {"data__name": "synthetic", "trainer__max_iters": 300, "model__width": 0.5, "trainer__batch_size": 64}
+    groups = sweep_of(tmp_path, {20: [1.0, 2.0, 3.0], 56: [4.0, 5.0, 6.0]}, residual=True, **demo)
+    test = judge_claim(DEGRADATION, groups)
+    assert test.verdict_cell() == ("undecided at this budget: synthetic, 300 it., width 0.5, batch 64 "
+                                   "(0 plain depth(s), 2 needed)")

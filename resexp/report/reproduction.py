@@ -200,7 +200,8 @@ def judge_claim(claim: Claim, groups: dict[str, list[Run]]) -> ClaimTest:
               for label, runs in sorted(nets.items(), key=lambda item: item[1][0].depth)}
     kind = "residual" if claim.residual else "plain"
 
-    setting = off_paper_setting([run for runs in nets.values() for run in runs])
+    # The setting of the claim's own nets; of the whole sweep where it has none of them.
+    setting = off_paper_setting([run for runs in (nets or groups).values() for run in runs])
 
     def verdict(word: str, reason: str, rho: float | None = None, p: float | None = None,
                 gap: tuple[float, float, float] | None = None) -> ClaimTest:
