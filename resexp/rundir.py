@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +30,15 @@ CHECKPOINT = Path("checkpoints/last.pt")  # the run's one checkpoint
 EVENTS = "tb"  # TensorBoard event files
 LOCK = ".lock"  # flocked by the process that trains the run; holds its pid
 MAX_CONFIG = 2**20  # a run's config.yaml is a few kB
-YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it
+
+
+class ConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it
+    """YAML as OmegaConf reads it, at libyaml's speed (a sweep's reports read thousands of config.yaml
+    files): floats without a dot (1e-4) are floats, as YAML 1.2 and OmegaConf have them."""
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
 DONE = ("finished", "diverged")
 MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
 CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
@@ -233,10 +242,10 @@ def read_config(path: Path) -> DictConfig:
     ResexpError."""
     text = read_limited(path, MAX_CONFIG)
     try:
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=YAML_LOADER)):
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=ConfigLoader)):
             raise ResexpError(f"{path} has YAML aliases (*name), which resexp never writes; restore it or choose "
                               "another run.name")
-        cfg = OmegaConf.create(text)
+        cfg = OmegaConf.create(yaml.load(text, Loader=ConfigLoader))
     except ResexpError:
         raise
     except Exception as e:  # YAML and OmegaConf errors, a nesting too deep: the file is not a config

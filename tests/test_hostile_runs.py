@@ -312,3 +312,19 @@ def test_figure_into_a_folder_and_landscape_of_a_missing_run(tmp_path, monkeypat
     result = invoke("landscape", tmp_path / "missing", tmp_path / "other")
     assert result.exit_code == 2
     assert not (tmp_path / "missing").exists()
+
+
+def test_config_yaml_reads_as_omegaconf_writes_it(tmp_path):
+    """read_config parses with libyaml, yet every value reads as OmegaConf.save wrote it, and a
+    float without a dot (1e-4, as people write it by hand) is a float, as OmegaConf has it."""
+    from omegaconf import OmegaConf
+
+    from resexp.config import compose
+    from resexp.rundir import read_config
+
+    cfg = compose(["model=resnet110", "data=synthetic", "optim.weight_decay=0.0001", "run.name='a b: c'"])
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    assert OmegaConf.to_container(read_config(tmp_path / "config.yaml")) == OmegaConf.to_container(cfg)
+    text = (tmp_path / "config.yaml").read_text().replace("weight_decay: 0.0001", "weight_decay: 1e-4")
+    (tmp_path / "config.yaml").write_text(text)
+    assert read_config(tmp_path / "config.yaml").optim.weight_decay == 1e-4
