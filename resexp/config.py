@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from resexp.errors import ConfigError, ResexpError
@@ -137,18 +137,22 @@ def load_model_config(name: str) -> DictConfig:
     return compose([f"model={name}"]).model
 
 
-def home_overrides(cfg: DictConfig) -> list[str]:
-    """at_home's rule for Hydra's launcher, which composes each job again from overrides: the
-    sweep's folder (hydra.sweep.dir) with '~' expanded, as an override; [] where it has none."""
-    sweep_dir = str(cfg.hydra.sweep.dir)
+def sweep_at_home(master: DictConfig) -> None:
+    """at_home's rule for a multirun's own config: '~' in hydra.sweep.dir is the home folder, for
+    the launcher (which makes that folder) and, as an override every job is composed after
+    (load_sweep_config), for each job."""
+    sweep_dir = str(master.hydra.sweep.dir)
     home = str(Path(sweep_dir).expanduser())
-    return [] if home == sweep_dir else [f"hydra.sweep.dir={_hydra_quote(home)}"]
+    if home != sweep_dir:
+        with read_write(master):
+            master.hydra.sweep.dir = home
+            master.hydra.overrides.hydra.append(f"hydra.sweep.dir={_hydra_quote(home)}")
 
 
 def run_config(cfg: DictConfig) -> DictConfig:
     """A sweep job's run config from the config Hydra composed for it (its HydraConfig set):
     run.dir its sub-directory of the sweep, the hydra node dropped, '~' the home folder, validated."""
-    run_dir = Path(cfg.hydra.sweep.dir).expanduser() / cfg.hydra.sweep.subdir
+    run_dir = Path(cfg.hydra.sweep.dir) / cfg.hydra.sweep.subdir
     cfg = cfg.copy()
     with open_dict(cfg):
         del cfg["hydra"]

@@ -30,6 +30,13 @@ CHECKPOINT = Path("checkpoints/last.pt")  # the run's one checkpoint
 EVENTS = "tb"  # TensorBoard event files
 LOCK = ".lock"  # flocked by the process that trains the run; holds its pid
 MAX_CONFIG = 2**20  # a run's config.yaml is a few kB
+DONE = ("finished", "diverged")
+MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
+CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
+# Beside a sweep's runs: where the analysis commands write by default (SWEEP_DIR/analysis), and the
+# stem of `resexp responses`' Figure 7 there (.png, .pdf), which `resexp report` copies.
+ANALYSIS_FOLDER = "analysis"
+RESPONSES_STEM = "responses"
 
 
 class ConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser where PyYAML has it
@@ -39,13 +46,6 @@ class ConfigLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's 
 
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
-DONE = ("finished", "diverged")
-MOVE_IT_AWAY = "move it away to train this run from the start, or choose another run.name"
-CONFIG_SECTIONS = {"model", "data", "optim", "seed", "trainer"}
-# Beside a sweep's runs: where the analysis commands write by default (SWEEP_DIR/analysis), and the
-# stem of `resexp responses`' Figure 7 there (.png, .pdf), which `resexp report` copies.
-ANALYSIS_FOLDER = "analysis"
-RESPONSES_STEM = "responses"
 
 
 def count_runs(total: int, counts: Mapping[str, int]) -> str:

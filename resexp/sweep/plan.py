@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from resexp.config import GROUPS, group_choices, home_overrides, hydra_error, refuse_repeated_keys, run_config, unreadable_override
+from resexp.config import GROUPS, group_choices, hydra_error, refuse_repeated_keys, run_config, sweep_at_home, unreadable_override
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.model_size import model_size
 from resexp.rundir import RunDir, count_runs
@@ -135,10 +135,7 @@ def plan_sweep(config_loader: ConfigLoader, master: DictConfig, overrides: list[
     """Every job of the sweep, composed and validated, with its run directory, longest first,
     before anything is launched or written, and the launcher's settings. A job whose directory
     holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
-    for home in home_overrides(master):  # '~' is the home folder for the launcher and its jobs too, never a folder named ~
-        with read_write(master):
-            master.hydra.sweep.dir = str(Path(master.hydra.sweep.dir).expanduser())
-            master.hydra.overrides.hydra.append(home)  # load_sweep_config composes every job after these
+    sweep_at_home(master)  # '~' is the home folder for the launcher and its jobs too, never a folder named ~
     choices, swept = expand(OverridesParser.create(config_loader=config_loader), overrides)
     fixed = [key for key in choices if key not in swept]
     # Run directories are named by what varies between runs only: the swept keys.
