@@ -12,7 +12,7 @@ mkdir -p "$WHEELS"
 # cloudpickle for submitit), and pytest for tests/test_cuda.py
 "$PYTHON" -m pip download --no-deps --only-binary=:all: --python-version "$PYTHON_VERSION" -d "$WHEELS" \
     "hydra-core>=1.3,<1.4" "omegaconf>=2.3,<2.4" "hydra-joblib-launcher>=1.2,<1.3" \
-    "hydra-submitit-launcher>=1.2,<1.3" submitit PyYAML cloudpickle pytest pluggy iniconfig
+    "hydra-submitit-launcher>=1.2,<1.3" submitit google-crc32c PyYAML cloudpickle pytest pluggy iniconfig
 # pydantic with what it pins (pydantic-core's exact version, annotated-types, typing-extensions, ...)
 "$PYTHON" -m pip download --only-binary=:all: --python-version "$PYTHON_VERSION" -d "$WHEELS" "pydantic>=2"
 # Hydra 1.3 pins this antlr runtime, published only as a source archive: built here, pure Python

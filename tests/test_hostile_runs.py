@@ -8,6 +8,7 @@ import csv
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 import resexp.engine.train as train_module
 from fake_runs import write_final_run
 from resexp.cli import app
+from resexp.errors import ResexpError
 
 READERS = ("status", "table", "figure", "report")
 
@@ -315,16 +317,23 @@ def test_figure_into_a_folder_and_landscape_of_a_missing_run(tmp_path, monkeypat
 
 
 def test_config_yaml_reads_as_omegaconf_writes_it(tmp_path):
-    """read_config parses with libyaml, yet every value reads as OmegaConf.save wrote it, and a
-    float without a dot (1e-4, as people write it by hand) is a float, as OmegaConf has it."""
+    """read_config parses with libyaml, yet every value reads as OmegaConf.save wrote it (resolved,
+    as a run writes it), and a float without a dot (1e-4, as people write it by hand) is a float,
+    as OmegaConf has it. What a resolved config never holds (an interpolation, a date) is corrupt."""
     from omegaconf import OmegaConf
 
     from resexp.config import compose
-    from resexp.rundir import read_config
+    from resexp.rundir import read_config, read_config_values
 
     cfg = compose(["model=resnet110", "data=synthetic", "optim.weight_decay=0.0001", "run.name='a b: c'"])
-    OmegaConf.save(cfg, tmp_path / "config.yaml")
-    assert OmegaConf.to_container(read_config(tmp_path / "config.yaml")) == OmegaConf.to_container(cfg)
+    OmegaConf.save(cfg, tmp_path / "config.yaml", resolve=True)
+    assert read_config_values(tmp_path / "config.yaml") == OmegaConf.to_container(cfg, resolve=True)
+    assert OmegaConf.to_container(read_config(tmp_path / "config.yaml")) == OmegaConf.to_container(cfg, resolve=True)
     text = (tmp_path / "config.yaml").read_text().replace("weight_decay: 0.0001", "weight_decay: 1e-4")
     (tmp_path / "config.yaml").write_text(text)
     assert read_config(tmp_path / "config.yaml").optim.weight_decay == 1e-4
+    for line, said in (("note: ${model.depth}", "an interpolation at note"), ("note: 2026-12-07", "a date value at note"),
+                       ("1: one", "a key '1' that is no name at the top")):
+        (tmp_path / "config.yaml").write_text(text + line + "\n")
+        with pytest.raises(ResexpError, match=re.escape(f"is corrupt ({said}, which resexp never writes)")):
+            read_config_values(tmp_path / "config.yaml")

@@ -24,7 +24,6 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from omegaconf import OmegaConf
 
 from resexp.report.figures import save_figure
 from resexp.report.norms_placements import placement_groups, vit_runs
@@ -37,7 +36,7 @@ NEAR_BEST = 1.1
 
 def run_lr(run: Run) -> float | None:
     """The run's optim.lr; None if its config has none (it is then left out of the lr report)."""
-    lr = OmegaConf.select(run.config, "optim.lr", default=None)
+    lr = run.value("optim.lr")
     return None if lr is None else float(lr)
 
 

@@ -12,7 +12,6 @@ Notebook use:
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
 
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
@@ -60,4 +59,4 @@ def placement_order(run: Run) -> tuple[int, bool]:
 
 def run_warmup(run: Run) -> int:
     """The run's optim.warmup_iters; 0 if it has none."""
-    return int(OmegaConf.select(run.config, "optim.warmup_iters", default=0) or 0)
+    return int(run.value("optim.warmup_iters") or 0)

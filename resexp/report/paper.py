@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import OmegaConf
 
 from resexp.model_config import (
     BN_MOMENTUM,
@@ -51,16 +50,10 @@ class Setting:
     same: Callable[[Run], bool] | None
 
 
-def config_value(run: Run, key: str) -> Any:
-    """A dotted key of the run's config; None where the config lacks it (an older run)."""
-    value = OmegaConf.select(run.config, key, default=None)
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
 def _key(run: Run, key: str) -> Any:
-    """config_value for a key that always has a value: KeyError where the config lacks it, which
+    """Run.value for a key that always has a value: KeyError where the config lacks it, which
     the recipe shows as "not recorded"."""
-    value = config_value(run, key)
+    value = run.value(key)
     if value is None:
         raise KeyError(key)
     return value
@@ -90,9 +83,9 @@ def _optimizer(run: Run) -> str:
 
 
 def _same_optimizer(run: Run) -> bool:
-    return (config_value(run, "optim.name") == "sgd" and config_value(run, "optim.momentum") == PAPER_MOMENTUM
-            and config_value(run, "optim.weight_decay") == PAPER_WEIGHT_DECAY
-            and not config_value(run, "optim.nesterov"))
+    return (run.value("optim.name") == "sgd" and run.value("optim.momentum") == PAPER_MOMENTUM
+            and run.value("optim.weight_decay") == PAPER_WEIGHT_DECAY
+            and not run.value("optim.nesterov"))
 
 
 def _schedule(run: Run) -> str:
@@ -106,16 +99,16 @@ def _schedule(run: Run) -> str:
 
 
 def _same_schedule(run: Run) -> bool:
-    return (config_value(run, "optim.lr") == PAPER_LR and config_value(run, "optim.schedule") == "step"
-            and tuple(config_value(run, "optim.milestones") or ()) == PAPER_MILESTONES
-            and config_value(run, "optim.gamma") == PAPER_GAMMA)
+    return (run.value("optim.lr") == PAPER_LR and run.value("optim.schedule") == "step"
+            and tuple(run.value("optim.milestones") or ()) == PAPER_MILESTONES
+            and run.value("optim.gamma") == PAPER_GAMMA)
 
 
 def _warmup(run: Run) -> str:
     parts = []
     if _key(run, "optim.warmup_iters"):
         parts.append(f"linear from 0 over the first {_key(run, 'optim.warmup_iters'):,} iterations")
-    error_warmup = config_value(run, "optim.error_warmup")
+    error_warmup = run.value("optim.error_warmup")
     if error_warmup:
         # Runs written before optim.error_warmup.window existed judged one batch's error.
         over = f"over the last {error_warmup['window']:,} images" if "window" in error_warmup else "of one batch"
@@ -129,7 +122,7 @@ def warmup_ends(labelled: Iterable[tuple[str, Run]]) -> list[str]:
     error_warmup), beside the paper's "about 400"; [] where no net has the warm-up."""
     nets: dict[str, list[str]] = {}
     for label, run in labelled:
-        if not config_value(run, "optim.error_warmup"):
+        if not run.value("optim.error_warmup"):
             continue
         end = run.summary.get("error_warmup")
         if end is None:
@@ -142,16 +135,16 @@ def warmup_ends(labelled: Iterable[tuple[str, Run]]) -> list[str]:
 
 
 def _same_warmup(run: Run) -> bool:
-    error_warmup = config_value(run, "optim.error_warmup")
+    error_warmup = run.value("optim.error_warmup")
     wanted = run.residual and run.depth >= PAPER_WARMUP_DEPTH
     paper_like = bool(error_warmup) and all(error_warmup.get(k) == v for k, v in PAPER_WARMUP.items())
-    return not config_value(run, "optim.warmup_iters") and (paper_like if wanted else not error_warmup)
+    return not run.value("optim.warmup_iters") and (paper_like if wanted else not error_warmup)
 
 
 def _bn_images(run: Run) -> int | None:
     """The images each BatchNorm normalised together in training: model.bn_batch, or the whole batch
     where it is null or absent (runs written before it existed); None where neither is recorded."""
-    return config_value(run, "model.bn_batch") or config_value(run, "trainer.batch_size")
+    return run.value("model.bn_batch") or run.value("trainer.batch_size")
 
 
 def _bn_batch(run: Run) -> str:
@@ -198,7 +191,7 @@ def _zero_pad(run: Run) -> str:
     if not run.residual or _key(run, "model.shortcut") != "A":
         return "n/a: no option-A shortcut"
     # Runs written before model.zero_pad existed have the default (resexp.config.run_identity).
-    placement = config_value(run, "model.zero_pad") or DEFAULT_ZERO_PAD
+    placement = run.value("model.zero_pad") or DEFAULT_ZERO_PAD
     return {"end": "end: zero channels after the old ones",
             "split": "split: half before, half after the old ones"}.get(placement, NOT_RECORDED)
 
@@ -214,13 +207,13 @@ def _summary(key: str) -> Callable[[Run], str]:
 
 RECIPE = (
     Setting("data", "CIFAR-10 (50,000 train / 10,000 test images)", _data,
-            lambda run: config_value(run, "data.name") == PAPER_DATA),
+            lambda run: run.value("data.name") == PAPER_DATA),
     Setting("split", "schedule chosen on a 45k/5k train/val split; final models trained on all 50k, tested on "
             "the 10k test set", _split, lambda run: run.eval_split == "test"),
     Setting("iterations", f"{PAPER_ITERS:,}", lambda run: f"{_key(run, 'trainer.max_iters'):,}",
-            lambda run: config_value(run, "trainer.max_iters") == PAPER_ITERS),
+            lambda run: run.value("trainer.max_iters") == PAPER_ITERS),
     Setting("batch", str(PAPER_BATCH), lambda run: str(_key(run, "trainer.batch_size")),
-            lambda run: config_value(run, "trainer.batch_size") == PAPER_BATCH),
+            lambda run: run.value("trainer.batch_size") == PAPER_BATCH),
     Setting("BN batch", f"{PAPER_BN_BATCH}: the batch of {PAPER_BATCH} ran \"on two GPUs\", each normalising "
             "its own half (no synchronised BN in 2015)", _bn_batch, lambda run: _bn_images(run) == PAPER_BN_BATCH),
     Setting("test-time BN", "not stated (which GPU's running averages were kept is not known)", _test_bn, None),
@@ -237,14 +230,14 @@ RECIPE = (
     Setting("augmentation", "pad 4 (with what not stated), random 32×32 crop, random horizontal flip",
             lambda run: ("pad 4 (zeros after the mean subtraction: the mean image), random 32×32 crop, random "
                          "horizontal flip") if _key(run, "data.augment") else "none",
-            lambda run: bool(config_value(run, "data.augment"))),
+            lambda run: bool(run.value("data.augment"))),
     # resexp has no other input normalisation (resexp/data/batcher.py), so no key records it.
     Setting("input", "per-pixel training mean subtracted", lambda run: "per-pixel training mean subtracted",
             lambda run: True),
     Setting("shortcut", "option A: identity; at a shape change stride-2 subsampling + zero-padded channels",
-            _shortcut, lambda run: not run.residual or config_value(run, "model.shortcut") == "A"),
+            _shortcut, lambda run: not run.residual or run.value("model.shortcut") == "A"),
     Setting("zero-pad", "not stated (fb.resnet.torch puts the zero channels after the old ones)", _zero_pad, None),
-    Setting("width", "1 (16, 32, 64 filters)", _width, lambda run: config_value(run, "model.width") == 1),
+    Setting("width", "1 (16, 32, 64 filters)", _width, lambda run: run.value("model.width") == 1),
     Setting("precision", "not stated: fp32 (2015's Caffe and Torch trained in fp32 only)", _summary("precision"),
             lambda run: run.summary.get("precision") == "fp32"),
     Setting("device", "not stated", _summary("device"), None),
@@ -255,15 +248,15 @@ def comparison_gaps(run: Run) -> list[str]:
     """Why the run's error is not the quantity the paper's Table 6 reports ([] if it is): the
     same setting as Table 6's paper column (resexp/report/tables.py), said in words."""
     gaps = []
-    if config_value(run, "model.arch") != "cifar_resnet":
+    if run.value("model.arch") != "cifar_resnet":
         gaps.append("not one of the paper's CIFAR nets")
-    if config_value(run, "data.name") != PAPER_DATA:
-        gaps.append(f"{config_value(run, 'data.name')} data")
+    if run.value("data.name") != PAPER_DATA:
+        gaps.append(f"{run.value('data.name')} data")
     if run.eval_split != "test":
         gaps.append(f"{run.eval_split} error")
-    if run.residual and config_value(run, "model.shortcut") != "A":
-        gaps.append(f"shortcut option {config_value(run, 'model.shortcut')}")
-    width = config_value(run, "model.width")
+    if run.residual and run.value("model.shortcut") != "A":
+        gaps.append(f"shortcut option {run.value('model.shortcut')}")
+    width = run.value("model.width")
     if width != 1:
         gaps.append(f"width {width:g}" if width is not None else "no model.width")
     return gaps

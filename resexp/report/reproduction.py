@@ -63,7 +63,6 @@ from resexp.report.paper import (
     PAPER_ITERS,
     PAPER_RUNS,
     comparison_gaps,
-    config_value,
     recipe_differences,
     recipe_rows,
     warmup_ends,
@@ -177,7 +176,7 @@ def off_paper_setting(runs: Sequence[Run]) -> str:
     """Which of the paper's data, iterations, width and batch the runs do not have, in words
     ("synthetic, 500 it., width 0.5, batch 64"); "" in the paper's setting."""
     def values(key: str) -> list:
-        return sorted({config_value(run, key) for run in runs}, key=repr)
+        return sorted({run.value(key) for run in runs}, key=repr)
 
     parts = []
     if values("data.name") != [PAPER_DATA]:
@@ -195,7 +194,7 @@ def off_paper_setting(runs: Sequence[Run]) -> str:
 def judge_claim(claim: Claim, groups: dict[str, list[Run]]) -> ClaimTest:
     """The claim tested on the sweep's nets of its kind (see the module's docstring)."""
     nets = {label: runs for label, runs in groups.items()
-            if config_value(runs[0], "model.arch") == "cifar_resnet" and runs[0].residual == claim.residual}
+            if runs[0].value("model.arch") == "cifar_resnet" and runs[0].residual == claim.residual}
     errors = {label: (runs[0].depth, [float(r.summary["train_error"]) for r in runs if r.status == "finished"])
               for label, runs in sorted(nets.items(), key=lambda item: item[1][0].depth)}
     kind = "residual" if claim.residual else "plain"
@@ -271,7 +270,7 @@ def difference(values: Sequence[float], paper: float, paper_runs: tuple[float, f
 def evaluation(run: Run) -> str:
     """What the model-selection column says: resexp reports the final model, never a best-epoch pick."""
     if run.eval_split == "val":
-        return (f"final model; evaluated on the val split ({config_value(run, 'data.val_size'):,} held-out "
+        return (f"final model; evaluated on the val split ({run.value('data.val_size'):,} held-out "
                 "training images; no selection)")
     return "final model; evaluated on test (no selection)"
 
@@ -297,7 +296,7 @@ def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> 
         first = runs[0]
         values = [float(r.summary[f"{r.eval_split}_error"]) for r in runs if r.status == "finished"]
         key = (first.residual, first.depth)
-        paper = PAPER_CIFAR10.get(key) if config_value(first, "model.arch") == "cifar_resnet" else None
+        paper = PAPER_CIFAR10.get(key) if first.value("model.arch") == "cifar_resnet" else None
         gaps = comparison_gaps(first) if paper is not None else []
         if paper is None or not values:
             diff = "—"

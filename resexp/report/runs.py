@@ -20,18 +20,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
+import google_crc32c
 from google.protobuf.message import DecodeError
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
 from resexp.config import flatten_keys, run_identity
 from resexp.errors import ResexpError, one_line
-from resexp.rundir import CONFIG, SUMMARY, RunDir, find_run_dirs, is_reported
+from resexp.rundir import CONFIG, SUMMARY, RunDir, config_value, find_run_dirs, is_reported
 
 Series = dict[str, tuple[list[int], list[float]]]
 
@@ -78,14 +77,18 @@ class DuplicateRun(LeftOut):
 
 
 class Run(RunDir):
-    """A run directory as the reports read it: its config (a plain dict is converted) and
-    summary, loaded; `series` reads the TensorBoard events on first use (find_runs has), then
-    caches them; UnreadableRun if they cannot be read."""
+    """A run directory as the reports read it: its config (plain values: a DictConfig is made
+    only where `config` is asked for) and summary, loaded; `series` reads the TensorBoard events
+    on first use (find_runs has), then caches them; UnreadableRun if they cannot be read."""
 
     def __init__(self, path: str | Path, config: DictConfig | dict[str, Any], summary: dict[str, Any]) -> None:
         super().__init__(path)
-        self.config = config if isinstance(config, DictConfig) else OmegaConf.create(config)
+        self.config_values = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
         self.summary = summary
+
+    def value(self, key: str) -> Any:
+        """A dotted key of the run's config ("model.depth"); None where the config lacks it (an older run)."""
+        return config_value(self.config_values, key)
 
     @cached_property
     def series(self) -> Series:
@@ -97,16 +100,16 @@ class Run(RunDir):
 
     @property
     def seed(self) -> int:
-        return int(self.config.seed)
+        return int(self.config_values["seed"])
 
     @property
     def depth(self) -> int:
-        return int(self.config.model.depth)
+        return int(self.config_values["model"]["depth"])
 
     @property
     def residual(self) -> bool:
         # Archs without the key (VGG) have no shortcuts: they belong with the plain nets.
-        return bool(self.config.model.get("residual", False))
+        return bool(self.config_values["model"].get("residual", False))
 
     @property
     def eval_split(self) -> str:
@@ -116,8 +119,8 @@ class Run(RunDir):
     def identity(self) -> dict[str, Any]:
         """The experiment: the run's identity (resexp.config.run_identity) less the seed, plus
         how long it trained. Runs equal here are seeds of one experiment."""
-        same_run = {k: v for k, v in run_identity(self.config).items() if k != "seed"}
-        return {**same_run, "max_iters": int(self.config.trainer.max_iters)}
+        same_run = {k: v for k, v in run_identity(self.config_values).items() if k != "seed"}
+        return {**same_run, "max_iters": int(self.config_values["trainer"]["max_iters"])}
 
 
 def scan_runs(sweep_dir: str | Path) -> tuple[list[Run], list[LeftOut]]:
@@ -206,14 +209,11 @@ def _load_run(found: RunDir) -> Run:
     """The Run in run_dir, or UnreadableRun if its config or summary cannot be read, breaks its
     schema or lacks what the reports read."""
     try:
-        config = found.config
+        config = found.config_values
     except ResexpError as e:
         raise UnreadableRun(found.path, _reason(e, found.config_path, CONFIG)) from None
     for key, (allowed, valid) in REQUIRED_CONFIG.items():
-        try:
-            value = OmegaConf.select(config, key, default=None)
-        except OmegaConfBaseException:  # a section that is no mapping, an interpolation to nowhere
-            value = None
+        value = config_value(config, key)
         if value is None:
             raise UnreadableRun(found.path, f"config.yaml has no {key}")
         if not valid(value):
@@ -276,6 +276,13 @@ def read_series(run_dir: str | Path) -> Series:
 
 MAX_RECORD = 16 * 2**20  # bytes of one event record: resexp logs scalars and short texts (a few hundred bytes)
 MAX_EVENTS = 256 * 2**20  # bytes of one event file: 64k iterations of every tag are a few MB
+
+
+def masked_crc32c(data: bytes) -> int:
+    """A TFRecord's checksum: CRC-32C (in C, google-crc32c: a sweep's reports check every record of
+    thousands of event files), rotated right by 15 bits plus a constant, as TFRecord masks it."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def check_records(run_dir: Path, path: Path) -> None:
