@@ -146,7 +146,7 @@ def sweep_at_home(master: DictConfig) -> None:
     if home != sweep_dir:
         with read_write(master):
             master.hydra.sweep.dir = home
-            master.hydra.overrides.hydra.append(f"hydra.sweep.dir={_hydra_quote(home)}")
+            master.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(home)}")
 
 
 def run_config(cfg: DictConfig) -> DictConfig:
@@ -241,7 +241,7 @@ def unreadable_override(overrides: list[str], sweep: bool = False) -> str | None
         # a[b, [1,2: quoting would hide the real mistake; [a,é]: the list's items want quotes, not the list
         if "token recognition error" not in reason or set(value) & set("[]{}()"):
             return None
-        quoted = f"{key}={','.join(map(_hydra_quote, value.split(',') if sweep else [value]))}"
+        quoted = f"{key}={','.join(map(hydra_quote, value.split(',') if sweep else [value]))}"
         try:
             parser.parse_override(quoted)
         except HydraException:  # the key itself, say
@@ -265,7 +265,7 @@ def refuse_repeated_keys(overrides: list[str]) -> None:
         first[key] = f"{key}{equals}{value}"
 
 
-def _hydra_quote(value: str) -> str:
+def hydra_quote(value: str) -> str:
     """A value as a Hydra quoted string: in single quotes, else double quotes, else escaped."""
     if "'" not in value:
         return f"'{value}'"

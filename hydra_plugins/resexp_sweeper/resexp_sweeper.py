@@ -4,7 +4,8 @@ Hydra instantiates it for a multirun (`resexp sweep ...`, `resexp train -m ...`:
 with -m) from configs/hydra/sweeper/resexp.yaml, with the launcher Hydra instantiates for it. It
 plans the whole sweep first (resexp.sweep.plan: expanded once, every job composed, validated and
 its directory checked, longest first) and then launches the unfinished jobs
-(resexp.sweep.launch), or only prints the plan (mode=dry_run).
+(resexp.sweep.launch), or only prints the plan (mode=dry_run). With pack=FILE it plans exactly the
+runs of one packed SLURM job (resexp.sweep.pack).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ MODES = ("launch", "dry_run", "plan")
 
 class ResexpSweeper(Sweeper):
     def __init__(self, params: Optional[dict[str, str]] = None, mode: str = "launch", runs_per_gpu: int = 1,
-                 cpu_runs: int = 1, mps: bool = True) -> None:
+                 cpu_runs: int = 1, mps: bool = True, pack: Optional[str] = None) -> None:
         # Checked in sweep(): Hydra would wrap an error raised here in its own, several lines long.
         self.params = dict(params or {})
         self.mode = mode
         self.packing = (runs_per_gpu, cpu_runs, mps)
+        self.pack = pack
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
         self.config: Optional[DictConfig] = None
@@ -36,6 +38,7 @@ class ResexpSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from resexp.errors import ConfigError
         from resexp.sweep.launch import OUTCOME, run_sweep
+        from resexp.sweep.pack import read_pack
         from resexp.sweep.plan import Packing, apply_launcher_overrides, dry_run, plan_sweep
 
         assert self.hydra_context is not None and self.config is not None
@@ -44,7 +47,8 @@ class ResexpSweeper(Sweeper):
         packing = Packing(*self.packing)
         # The preset's sweeps (hydra.sweeper.params) first: the command line's value of a key replaces them.
         overrides = [*(f"{key}={value}" for key, value in self.params.items()), *arguments]
-        plan = plan_sweep(self.hydra_context.config_loader, self.config, overrides, packing)
+        runs = read_pack(self.pack)["runs"] if self.pack else None  # a packed SLURM job's runs
+        plan = plan_sweep(self.hydra_context.config_loader, self.config, overrides, packing, runs)
         if self.mode == "plan":
             OUTCOME.append(plan)
         elif self.mode == "dry_run":

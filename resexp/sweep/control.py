@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ENV = "RESEXP_SWEEP_CONTROL"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)  # USR2: SLURM pre-empting a packed job
 # After a stop, how long the running runs get to finish their step and save a checkpoint before
 # they are killed (their previous checkpoint stays). A step is milliseconds on a GPU and about a
 # second on a CPU; a run still compiling or capturing its graph is what this bounds.

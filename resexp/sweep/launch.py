@@ -35,6 +35,8 @@ from resexp.errors import ResexpError, explain, one_line
 from resexp.rundir import DONE, RunDir, count_runs
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
+from resexp.sweep.pack import ENV as PACK_ENV
+from resexp.sweep.pack import pack_job_overrides, run_pack
 from resexp.sweep.plan import Job, Sweep, hydra_arguments, summary_or_none, visible_gpus
 
 LOCAL_LAUNCHERS = ("basic", "joblib")  # their runs can be told to stop through a folder on this host
@@ -137,53 +139,66 @@ def shutdown_joblib_workers() -> None:
 
 
 def launch(launcher: Launcher, plan: Sweep, jobs: list[Job]) -> None:
-    """Hand the jobs to the sweep's launcher plugin, in the plan's order."""
-    overrides = [job.overrides for job in jobs]
+    """Hand the jobs to the sweep's launcher plugin, in the plan's order: one launcher job per
+    run, or per pack of runs where the plan packs them (resexp.sweep.pack)."""
+    if plan.packs:
+        packing = {"runs_per_gpu": plan.packing.runs_per_gpu, "cpu_runs": plan.packing.cpu_runs,
+                   "mps": plan.packing.mps}
+        groups = plan.packs
+        overrides = [pack_job_overrides(plan.sweep_dir, [job.overrides for job in pack], packing)
+                     for pack in groups]
+    else:
+        groups = [[job] for job in jobs]
+        overrides = [job.overrides for job in jobs]
+    overrides = [[*words, *plan.launcher_overrides] for words in overrides]
     if "partition" not in plan.settings:  # not SLURM
-        say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
+        say_failed_returns(launcher.launch(overrides, initial_job_idx=0), groups)
         return
     # submitit waits for each SLURM job's result through sacct: a job that ended without one
     # (cancelled, failed) on a cluster without accounting would be waited for forever.
     started, failure = time.time(), []
-    waiting = threading.Thread(target=launch_catching, args=(launcher, overrides, failure, jobs), daemon=True)
+    waiting = threading.Thread(target=launch_catching, args=(launcher, overrides, failure, groups), daemon=True)
     waiting.start()
-    watch_slurm_jobs(waiting, plan.settings["submitit_folder"], jobs, started)
+    watch_slurm_jobs(waiting, plan.settings["submitit_folder"], groups, started)
     for error in failure:  # submitit gave up on a job (cancelled, failed): the runs are counted next
         print(f"resexp: error: the SLURM launcher: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
 
 
-def launch_catching(launcher: Launcher, overrides: list[list[str]], failure: list[Exception], jobs: list[Job]) -> None:
+def launch_catching(launcher: Launcher, overrides: list[list[str]], failure: list[Exception],
+                    groups: list[list[Job]]) -> None:
     try:
-        say_failed_returns(launcher.launch(overrides, initial_job_idx=0), jobs)
+        say_failed_returns(launcher.launch(overrides, initial_job_idx=0), groups)
     except Exception as error:
         failure.append(error)
 
 
-def say_failed_returns(returns: list[JobReturn], jobs: list[Job]) -> None:
+def say_failed_returns(returns: list[JobReturn], groups: list[list[Job]]) -> None:
     """Hydra catches what a job raised outside run_job's own handling (an import failing on a
-    node, say) into its JobReturn, whose return_value raises it: say it, one line per job."""
-    for job, returned in zip(jobs, returns):
+    node, say) into its JobReturn, whose return_value raises it: say it, one line per run."""
+    for group, returned in zip(groups, returns):
         if returned.status != JobStatus.FAILED:
             continue
         try:
             returned.return_value
         except Exception as error:
-            print(f"resexp: error: {job.run_dir}: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
+            for job in group:
+                print(f"resexp: error: {job.run_dir}: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
 
 
 SLURM_POLL_S = 10.0
 SLURM_ABSENT_POLLS = 3  # a requeued job is briefly absent from squeue; one that ended stays absent
 
 
-def watch_slurm_jobs(waiting: threading.Thread, folder_pattern: str, jobs: list[Job], started: float) -> None:
+def watch_slurm_jobs(waiting: threading.Thread, folder_pattern: str, groups: list[list[Job]], started: float) -> None:
     """Wait while the launcher waits, but stop once every job of this submission has a result or
-    has left the queue without one, and name each of those, with its folder. `folder_pattern`:
-    the launcher's submitit_folder (.../%j: one folder per array task, named by its job id)."""
+    has left the queue without one, and name the runs of each of those, with its folder.
+    `folder_pattern`: the launcher's submitit_folder (.../%j: one folder per array task, named by
+    its job id); `groups`: the runs of each array task, in submission order."""
     absent: dict[str, int] = {}
     while True:
         waiting.join(SLURM_POLL_S)
         tasks = slurm_tasks(folder_pattern, started)
-        if len(tasks) < len(jobs):  # not all submitted yet (or the submission failed)
+        if len(tasks) < len(groups):  # not all submitted yet (or the submission failed)
             if waiting.is_alive():
                 continue
             break
@@ -198,10 +213,12 @@ def watch_slurm_jobs(waiting: threading.Thread, folder_pattern: str, jobs: list[
         if all(absent[name] >= SLURM_ABSENT_POLLS or paths.result_pickle.exists() for name, paths in tasks.items()):
             break
     for name, paths in sorted(slurm_tasks(folder_pattern, started).items()):
-        if not paths.result_pickle.exists():
-            print(f"resexp: error: {jobs[int(name.split('_')[1])].run_dir}: SLURM job {name} left the queue without "
-                  "a result (cancelled, pre-empted without requeue, or failed; a cluster without job accounting "
-                  f"cannot say which): see {paths.folder}", file=sys.stderr)
+        if paths.result_pickle.exists():
+            continue
+        for job in groups[int(name.split("_")[1])]:
+            print(f"resexp: error: {job.run_dir}: SLURM job {name} left the queue without a result (cancelled, "
+                  "pre-empted without requeue, or failed; a cluster without job accounting cannot say which): "
+                  f"see {paths.folder}", file=sys.stderr)
 
 
 def slurm_tasks(folder_pattern: str, started: float) -> dict[str, JobPaths]:
@@ -224,7 +241,10 @@ def squeue(array_ids: set[str]) -> set[str] | None:
 
 
 def run_job(cfg: DictConfig) -> str:
-    """One run of a sweep, in the run directory Hydra assigned to this job. Returns its status."""
+    """One run of a sweep, in the run directory Hydra assigned to this job, or a packed job's runs
+    (resexp.sweep.pack). Returns its status."""
+    if os.environ.get(PACK_ENV):
+        return run_pack(HydraConfig.get())
     control = SweepControl.from_env()
     if control is not None:
         control.enter_worker()  # first: a stop from here on counts this run, and signals stop the sweep
@@ -267,7 +287,7 @@ def _train_job(cfg: DictConfig, control: SweepControl | None) -> str:
     if parallel > 1:  # share the CPU cores instead of fighting over them (a GPU run's host work needs few)
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // parallel))  # the cores this job may use
     summary = train(cfg, stop_source=control)
     if summary["status"] in DONE:
         write_hparams(cfg, hydra_cfg, summary)

@@ -71,12 +71,17 @@ class Packing:
         if not isinstance(self.mps, bool):
             raise ConfigError(f"hydra.sweeper.mps must be true or false; got {self.mps!r}")
 
+    def runs_per_job(self, gpus_per_node: int) -> int:
+        """Runs one SLURM (or submitit) job trains at once: runs_per_gpu on each of its GPUs, or
+        cpu_runs in a job without GPUs (hydra.launcher.gpus_per_node=0)."""
+        return gpus_per_node * self.runs_per_gpu if gpus_per_node else self.cpu_runs
+
 
 @dataclass
 class Job:
     """One run of a sweep, as the launcher will get it."""
 
-    overrides: list[str]  # its overrides for the launcher: the run's, then Hydra settings
+    overrides: list[str]  # the run's overrides, then the Hydra setting that names its directory
     cfg: DictConfig
     run_dir: Path
     done: bool  # finished (or diverged) before this sweep: train returns at once
@@ -98,6 +103,9 @@ class Sweep:
     packing: Packing
     per_gpu: int  # runs sharing one GPU through CUDA MPS (1: no MPS)
     launcher_overrides: list[str] = field(default_factory=list)  # hydra.launcher.* settings resexp chose
+    sweep_dir: Path | None = None  # hydra.sweep.dir, where the runs' directories are
+    # The unfinished runs each submitit (SLURM) job trains at once, in launch order; empty: one job per run.
+    packs: list[list[Job]] = field(default_factory=list)
 
 
 def expand(parser: OverridesParser, overrides: list[str]) -> tuple[dict[str, list[str]], set[str]]:
@@ -131,16 +139,23 @@ def expand(parser: OverridesParser, overrides: list[str]) -> tuple[dict[str, lis
     return choices, swept
 
 
-def plan_sweep(config_loader: ConfigLoader, master: DictConfig, overrides: list[str], packing: Packing) -> Sweep:
+def plan_sweep(config_loader: ConfigLoader, master: DictConfig, overrides: list[str], packing: Packing,
+               runs: list[list[str]] | None = None) -> Sweep:
     """Every job of the sweep, composed and validated, with its run directory, longest first,
     before anything is launched or written, and the launcher's settings. A job whose directory
-    holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records."""
+    holds another run refuses the whole sweep: Hydra would rewrite that run's .hydra records.
+    `runs`: instead of expanding `overrides`, exactly these runs (each one's Job.overrides), as a
+    packed SLURM job trains them (resexp.sweep.pack)."""
     sweep_at_home(master)  # '~' is the home folder for the launcher and its jobs too, never a folder named ~
-    choices, swept = expand(OverridesParser.create(config_loader=config_loader), overrides)
-    fixed = [key for key in choices if key not in swept]
-    # Run directories are named by what varies between runs only: the swept keys.
-    excluded = ["sweep", "run.root", "run.sweep", *fixed]
-    dirname = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"
+    common: list[str] = []
+    if runs is None:
+        choices, swept = expand(OverridesParser.create(config_loader=config_loader), overrides)
+        fixed = [key for key in choices if key not in swept]
+        # Run directories are named by what varies between runs only: the swept keys.
+        excluded = ["sweep", "run.root", "run.sweep", *fixed]
+        dirname = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(repr(k) for k in excluded)}]"
+        runs = [[*combination, dirname] for combination in itertools.product(*choices.values())]
+        common = [choices[key][0].lstrip("+") for key in fixed]
 
     def compose(job_overrides: list[str]) -> DictConfig:
         try:
@@ -151,8 +166,8 @@ def plan_sweep(config_loader: ConfigLoader, master: DictConfig, overrides: list[
 
     jobs, refused = [], []
     try:
-        for combination in itertools.product(*choices.values()):
-            composed = compose([*combination, dirname])
+        for job_overrides in runs:
+            composed = compose(job_overrides)
             HydraConfig.instance().set_config(composed)  # resolves ${hydra:job.override_dirname}
             cfg = run_config(composed)
             run_dir = Path(cfg.run.dir)
@@ -161,25 +176,63 @@ def plan_sweep(config_loader: ConfigLoader, master: DictConfig, overrides: list[
             except ResexpError as error:
                 refused.append(str(error))
                 continue
-            jobs.append(Job([*combination, dirname], cfg, run_dir, done, RunDir(run_dir).summary_stamp()))
+            jobs.append(Job(list(job_overrides), cfg, run_dir, done, RunDir(run_dir).summary_stamp()))
     finally:
         HydraConfig.instance().set_config(master)
     if refused:
         raise ResexpError(f"{len(refused)} of {len(refused) + len(jobs)} runs of this sweep cannot use their "
                           f"directories, so nothing was launched; the first: {refused[0]}")
-    jobs = longest_first(jobs)
+    work = work_left(jobs)
+    jobs = sorted(jobs, key=lambda job: work[job.run_dir], reverse=True)  # longest first; stable for equal work
     launcher = master.hydra.runtime.choices["hydra/launcher"]
     extra = launcher_overrides(launcher, master, packing, sum(not job.done for job in jobs))
     settings = OmegaConf.to_container(master.hydra.launcher, resolve=True)
     for override in extra:  # the settings chosen here, as the launcher will run
         key, _, value = override.partition("=")
         settings[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
-    for job in jobs:
-        job.overrides += extra
+    packs: list[list[Job]] = []
+    if "submitit_folder" in settings:  # submitit's launchers: SLURM, or local processes
+        per_job = packing.runs_per_job(int(settings.get("gpus_per_node") or 0))
+        if per_job > 1:
+            packs = deal([job for job in jobs if not job.done], per_job, work)
     # Several local processes per GPU share it through CUDA MPS (resexp/sweep/mps.py).
     per_gpu = packing.runs_per_gpu if launcher == "joblib" and packing.mps else 1
-    common = [choices[key][0].lstrip("+") for key in fixed]
-    return Sweep(jobs, launcher, settings, common, packing, per_gpu, extra)
+    return Sweep(jobs, launcher, settings, common, packing, per_gpu, extra, Path(str(master.hydra.sweep.dir)), packs)
+
+
+def work_left(jobs: list[Job]) -> dict[Path, int]:
+    """Each job's work still to do, by run directory: MACs per image x iterations left (0 when
+    done). The launch order is longest first, so that the longest run does not start last and
+    leave the other slots idle at the end; packed jobs are dealt by it."""
+    macs: dict[str, int] = {}
+
+    def work(job: Job) -> int:
+        if job.done:
+            return 0
+        key = json.dumps(OmegaConf.to_container(job.cfg.model, resolve=True), sort_keys=True)
+        if key not in macs:
+            macs[key] = model_size(job.cfg.model).macs
+        try:
+            done_iters = job.run.checkpoint_iteration() or 0
+        except ResexpError:  # an unreadable checkpoint: the run itself refuses it, with the reason
+            done_iters = 0
+        return macs[key] * (int(job.cfg.trainer.max_iters) - done_iters)
+
+    return {job.run_dir: work(job) for job in jobs}
+
+
+def deal(jobs: list[Job], per_job: int, work: dict[Path, int]) -> list[list[Job]]:
+    """The runs (longest first) in ceil(N / per_job) jobs of at most per_job runs, each run to the
+    job with the least work so far that has room, so that the jobs end at about the same time;
+    the jobs longest first."""
+    packs: list[list[Job]] = [[] for _ in range(-(-len(jobs) // per_job))]
+    load = [0] * len(packs)
+    for job in jobs:
+        index = min((i for i, pack in enumerate(packs) if len(pack) < per_job), key=lambda i: (load[i], i))
+        packs[index].append(job)
+        load[index] += work[job.run_dir]
+    order = sorted(range(len(packs)), key=lambda i: (-load[i], i))
+    return [packs[i] for i in order]
 
 
 def launcher_overrides(launcher: str, master: DictConfig, packing: Packing, runs: int) -> list[str]:
@@ -212,26 +265,6 @@ def apply_launcher_overrides(master: DictConfig, extra: list[str]) -> None:
             launcher[key.removeprefix("hydra.launcher.")] = yaml.safe_load(value)
 
 
-def longest_first(jobs: list[Job]) -> list[Job]:
-    """The launch order: the most work still to do (MACs per image x iterations left) first, so
-    that the longest run does not start last and leave the other slots idle at the end."""
-    macs: dict[str, int] = {}
-
-    def work(job: Job) -> int:
-        if job.done:
-            return 0
-        key = json.dumps(OmegaConf.to_container(job.cfg.model, resolve=True), sort_keys=True)
-        if key not in macs:
-            macs[key] = model_size(job.cfg.model).macs
-        try:
-            done_iters = job.run.checkpoint_iteration() or 0
-        except ResexpError:  # an unreadable checkpoint: the run itself refuses it, with the reason
-            done_iters = 0
-        return macs[key] * (int(job.cfg.trainer.max_iters) - done_iters)
-
-    return sorted(jobs, key=work, reverse=True)  # stable: equal work keeps the sweep's order
-
-
 def dry_run(plan: Sweep) -> list[str]:
     """What `--dry-run` prints: one line per run (what it would do, the overrides that name it,
     its directory), the overrides all runs share, the launcher with its settings, and a count.
@@ -242,6 +275,8 @@ def dry_run(plan: Sweep) -> list[str]:
              for job, action in zip(plan.jobs, actions)]
     lines.append(f"every run: {' '.join(plan.common) or '(the defaults)'}")
     lines.append(describe_launcher(plan))
+    lines += [f"job {index} of {len(plan.packs)}: {'; '.join(job.run_dir.name for job in pack)}"
+              for index, pack in enumerate(plan.packs, 1)]
     counts = Counter(action.split()[0] for action in actions)
     lines.append(f"{count_runs(len(plan.jobs), counts)}; nothing launched (--dry-run)")
     return lines
@@ -279,6 +314,12 @@ def describe_launcher(plan: Sweep) -> str:
         shown = [f"{key}={'(default)' if settings[key] is None else settings[key]}"
                  for key in LAUNCHER_KEYS.get(kind, ()) if key in settings]
         text = f"launcher {plan.launcher}: {', '.join(shown)}"
+    if plan.packs:
+        per_job = max(map(len, plan.packs))
+        where = (f"{plan.packing.runs_per_gpu} per GPU" + (" under CUDA MPS" if plan.packing.mps else "")
+                 if settings.get("gpus_per_node") else "on its CPUs")
+        text += (f"; {sum(map(len, plan.packs))} runs in {len(plan.packs)} jobs, up to {per_job} at once in each "
+                 f"({where})")
     if kind == "joblib":  # only here: counting GPUs imports torch (seconds)
         gpus = visible_gpus()
         text += f"; {gpus} GPU(s) visible" if gpus else "; no GPU visible"
