@@ -237,3 +237,15 @@ def test_each_run_of_a_sweep_carries_its_hparams_for_tensorboard(tmp_path):
         assert hparams == {"model": model.split("=")[1], "optim.lr": float(lr.split("=")[1])}, run
         assert metrics == {"hparam/train_error": pytest.approx(summary["train_error"]),
                            "hparam/test_error": pytest.approx(summary["test_error"])}
+
+
+def test_a_packed_dry_run_deals_the_longest_runs_to_different_jobs(tmp_path):
+    """5 runs, 2 per job: 3 jobs; the two deepest nets start two jobs, and the job with the
+    deepest net gets no other run while a lighter job has room."""
+    result = resexp("sweep", "model=plain20,plain56,resnet20,resnet56,resnet110", *TINY, "hydra/launcher=submitit_local",
+                    "hydra.launcher.gpus_per_node=0", "hydra.sweeper.cpu_runs=2", f"run.root={tmp_path}", "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = [line.split(": ", 1)[1].split("; ") for line in result.stdout.splitlines() if line.startswith("job ")]
+    assert jobs == [["model=resnet110"], ["model=plain56", "model=plain20"], ["model=resnet56", "model=resnet20"]]
+    assert "5 runs in 3 jobs, up to 2 at once in each (on its CPUs)" in result.stdout
+    assert not (tmp_path / "sweeps").exists()  # a dry run writes no job files
