@@ -253,8 +253,9 @@ def read_config_values(path: Path) -> dict[str, Any]:
     """A run's config.yaml as plain values, as OmegaConf.save wrote it: at most MAX_CONFIG bytes, no
     YAML aliases (resexp writes none, and a "billion laughs" of them would expand without bound),
     only what OmegaConf holds (mappings with names, lists, strings, numbers, booleans, null) and no
-    interpolations (saved resolved). A sweep's reports read thousands: plain values read ten times
-    faster than a DictConfig is built. Corrupt or not a run's: a one-line ResexpError."""
+    interpolations (saved resolved). A sweep's reports read thousands, and building a DictConfig of
+    each was most of `resexp table`'s time (results/bench/README.md). Corrupt or not a run's: a
+    one-line ResexpError."""
     text = read_limited(path, MAX_CONFIG)
     try:
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=ConfigLoader)):

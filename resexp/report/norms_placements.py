@@ -12,7 +12,6 @@ Notebook use:
 
 from __future__ import annotations
 
-
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
 from resexp.report.runs import Run, group_by_setting

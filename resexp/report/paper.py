@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-
 from resexp.model_config import (
     BN_MOMENTUM,
     DEFAULT_ZERO_PAD,

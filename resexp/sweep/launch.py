@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,8 @@ def launch(launcher: Launcher, plan: Sweep, jobs: list[Job]) -> None:
     """Hand the jobs to the sweep's launcher plugin, in the plan's order: one launcher job per
     run, or per pack of runs where the plan packs them (resexp.sweep.pack)."""
     if plan.packs:
-        packing = {"runs_per_gpu": plan.packing.runs_per_gpu, "cpu_runs": plan.packing.cpu_runs,
-                   "mps": plan.packing.mps}
         groups = plan.packs
-        overrides = [pack_job_overrides(plan.sweep_dir, [job.overrides for job in pack], packing)
+        overrides = [pack_job_overrides(plan.sweep_dir, [job.overrides for job in pack], asdict(plan.packing))
                      for pack in groups]
     else:
         groups = [[job] for job in jobs]

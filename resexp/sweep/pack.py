@@ -29,13 +29,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from resexp.config import hydra_quote
+from resexp.engine.stopping import StopSignal
 from resexp.errors import ConfigError
 from resexp.files import write_text
 
 ENV = "RESEXP_PACK"  # set in a packed job (hydra.job.env_set): the name of its folder under PACKS
 PACKS = ".packs"
 PACK_FILE = "pack.json"
-SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
 
 def pack_job_overrides(sweep_dir: Path, pack: list[list[str]], packing: dict[str, Any]) -> list[str]:
@@ -82,7 +82,7 @@ def run_pack(hydra_cfg: DictConfig) -> str:
             with suppress(ProcessLookupError):
                 child.send_signal(number)
 
-    previous = {number: signal.signal(number, hand_on) for number in SIGNALS}
+    previous = {number: signal.signal(number, hand_on) for number in StopSignal.SIGNALS}  # the signals a run stops on
     try:
         child = subprocess.Popen([sys.executable, "-m", "resexp.cli", "sweep", *words], env=env)
         if received:  # a signal came before the child could be told
