@@ -25,6 +25,22 @@ def resexp(*args):
     return subprocess.run([sys.executable, "-m", "resexp.cli", *args], capture_output=True, text=True)
 
 
+@pytest.fixture
+def start_sweep():
+    """Starts `resexp sweep ARGS` in the background; killed at teardown if a test fails before it ends."""
+    started = []
+
+    def start(*args):
+        started.append(subprocess.Popen([sys.executable, "-m", "resexp.cli", "sweep", *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return started[-1]
+    yield start
+    for sweep in started:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+
+
 def slurm_tasks(folder):
     """The jobs (array tasks as JOB_TASK) SLURM knows, running or ended within MinJobAge, that were
     submitted from folder."""
@@ -53,15 +69,13 @@ def test_four_runs_two_per_job_are_two_slurm_jobs_then_all_skipped(tmp_path):
     assert len(slurm_tasks(sweep)) == 2  # nothing submitted
 
 
-def test_a_preempted_packed_job_requeues_and_its_runs_end_as_if_never_stopped(tmp_path):
+def test_a_preempted_packed_job_requeues_and_its_runs_end_as_if_never_stopped(tmp_path, start_sweep):
     runs = ["model=plain20,resnet20", *TINY, "trainer.max_iters=40", "trainer.checkpoint_every=1000"]
     reference = resexp("sweep", *runs, "hydra/launcher=joblib", "hydra.sweeper.cpu_runs=2",
                        f"run.root={tmp_path / 'reference'}", "run.sweep=s")
     assert reference.returncode == 0, reference.stderr[-2000:]
     sweep_dir = tmp_path / "slurm" / "sweeps" / "s"
-    sweep = subprocess.Popen([sys.executable, "-m", "resexp.cli", "sweep", *runs, *SLURM,
-                              f"run.root={tmp_path / 'slurm'}", "run.sweep=s"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep = start_sweep(*runs, *SLURM, f"run.root={tmp_path / 'slurm'}", "run.sweep=s")
     deadline = time.monotonic() + 180
     names = ("model=plain20", "model=resnet20")
     while True:  # both runs of the one job are training
@@ -87,3 +101,50 @@ def test_a_preempted_packed_job_requeues_and_its_runs_end_as_if_never_stopped(tm
                               weights_only=False)["model"]
         assert resumed.keys() == straight.keys()
         assert all(torch.equal(resumed[k], straight[k]) for k in resumed), name
+
+
+def test_a_cancelled_packed_job_ends_the_sweep_and_names_both_its_runs(tmp_path, start_sweep):
+    """scancel sends SIGTERM before it kills: the job hands it to its runs, which checkpoint."""
+    sweep_dir = tmp_path / "sweeps" / "cancel"
+    sweep = start_sweep("model=plain20,resnet20", *TINY, "trainer.max_iters=400", *SLURM, f"run.root={tmp_path}",
+                        "run.sweep=cancel")
+    deadline = time.monotonic() + 180
+    names = ("model=plain20", "model=resnet20")
+    while True:  # both runs of the one job are training
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        states = [json.loads(s.read_text()) if s.is_file() else {}
+                  for s in (sweep_dir / name / "summary.json" for name in names)]
+        if all(s.get("status") == "running" for s in states):
+            break
+        time.sleep(0.2)
+    [job] = slurm_tasks(sweep_dir)
+    subprocess.run(["scancel", job], check=True)
+    out, err = sweep.communicate(timeout=240)
+    assert sweep.returncode == 2, err[-3000:]
+    assert ("resexp: error: 2 of 2 runs were stopped (SIGTERM: a SLURM job gets SIGTERM when cancelled or "
+            "pre-empted): model=plain20, model=resnet20; the same command resumes them") in err.splitlines(), err
+    for name in names:
+        summary = json.loads((sweep_dir / name / "summary.json").read_text())
+        assert summary["status"] == "stopped" and (sweep_dir / name / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_lone_job_cancelled_before_it_starts_is_named(tmp_path, start_sweep):
+    """One job is submitted as a plain SLURM job (its folder JOBID, not JOB_TASK); held, it never
+    starts, and without job accounting only squeue says it is gone."""
+    sweep_dir = tmp_path / "sweeps" / "held"
+    sweep = start_sweep("model=plain20", "seed=0,1", *TINY, *SLURM, "+hydra.launcher.additional_parameters={hold:true}",
+                        f"run.root={tmp_path}", "run.sweep=held")
+    deadline = time.monotonic() + 60
+    while not (jobs := slurm_tasks(sweep_dir)):
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.2)
+    [job] = jobs
+    assert "_" not in job  # a plain job
+    subprocess.run(["scancel", job], check=True)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 2, err[-3000:]
+    lost = sorted(line for line in err.splitlines() if "left the queue without a result" in line)
+    assert lost == [f"resexp: error: {sweep_dir / name}: SLURM job {job} left the queue without a result "
+                    "(cancelled, pre-empted without requeue, or failed; a cluster without job accounting cannot "
+                    f"say which): see {sweep_dir / '.submitit' / job}" for name in ("seed=0", "seed=1")], err[-3000:]
+    assert "2 runs: 2 failed" in out, out
