@@ -227,7 +227,8 @@ def slurm_tasks(folder_pattern: str, started: float) -> dict[str, JobPaths]:
     root = JobPaths.get_first_id_independent_folder(folder_pattern)
     names = [p.name for p in (root.iterdir() if root.is_dir() else [])
              if re.fullmatch(r"\d+(_\d+)?", p.name) and p.is_dir() and p.stat().st_mtime >= started - 1]
-    return {name: JobPaths(folder_pattern, job_id=name) for name in names}
+    arrays = {name.split("_")[0] for name in names if "_" in name}  # an array's own folder holds its script
+    return {name: JobPaths(folder_pattern, job_id=name) for name in names if "_" in name or name not in arrays}
 
 
 def task_index(name: str) -> int:
