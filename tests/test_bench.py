@@ -166,7 +166,8 @@ def test_bench_runs_report(tmp_path):
     report = bench_runs(compose(TINY), runs=2, iters=2, warmup=1, repeats=3)
     ways = [row["way"] for row in report["rows"]]
     assert ways[0] == "one after another" and ways[1].startswith("2 processes") and "lock-step" in ways[2]
-    assert [row["runs_at_once"] for row in report["rows"]] == [1, 2, 2]
+    assert ways[3] == "2 models fused into one, one process"
+    assert [row["runs_at_once"] for row in report["rows"]] == [1, 2, 2, 2]
     for row in report["rows"]:  # the arithmetic on these numbers: test_bench_runs_rows_from_fixed_rounds
         assert len(row["ms_per_step_rounds"]) == 3
         assert row["ms_per_step"] == pytest.approx(sorted(row["ms_per_step_rounds"])[1], abs=0.01)
@@ -176,7 +177,7 @@ def test_bench_runs_report(tmp_path):
     json_path, md_path = write_report(report_stem(tmp_path, compose(TINY), runs=2), report,
                                       runs_bench.markdown(report))
     assert json_path.name == "resnet20_cpu_b16_runs2.json" and json.loads(json_path.read_text()) == report
-    assert md_path.read_text().count("\n| ") == 4 and f"fastest: **{report['fastest']}**" in md_path.read_text()
+    assert md_path.read_text().count("\n| ") == 5 and f"fastest: **{report['fastest']}**" in md_path.read_text()
 
 
 def test_bench_runs_rows_from_fixed_rounds():

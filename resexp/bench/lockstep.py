@@ -24,13 +24,14 @@ from resexp.errors import ConfigError
 from resexp.models import build_model
 
 
-def check_lockstep(cfg: DictConfig, runtime: Runtime) -> None:
+def check_lockstep(cfg: DictConfig, runtime: Runtime, way: str = "lock-step") -> None:
+    """What training several runs as one model (lock-step, or fused: resexp.bench.fused) needs."""
     if cfg.optim.name != "sgd":  # AdamW's decay rule reads each parameter's rank, which stacking changes
-        raise ConfigError(f"lock-step is measured with optim=sgd (the paper's recipe), not optim={cfg.optim.name}")
+        raise ConfigError(f"{way} is measured with optim=sgd (the paper's recipe), not optim={cfg.optim.name}")
     if runtime.precision == "fp16":  # one shared loss scale would skip a step for all runs at once
-        raise ConfigError("lock-step runs in fp32 or bf16; set trainer.precision=fp32 or bf16")
+        raise ConfigError(f"{way} runs in fp32 or bf16; set trainer.precision=fp32 or bf16")
     if runtime.recompute_blocks:
-        raise ConfigError("lock-step keeps every activation; set trainer.recompute_blocks=0")
+        raise ConfigError(f"{way} keeps every activation; set trainer.recompute_blocks=0")
 
 
 class LockstepStep(Step):

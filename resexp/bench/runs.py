@@ -7,8 +7,10 @@ run's maths unchanged, timed on the same device:
   on one GPU; hydra.sweeper.cpu_runs=K on CPU, each with cpu_count/K threads); on a GPU also with
   CUDA MPS, as the sweep starts it (resexp.sweep.mps), when the MPS control binary is there;
 - lock-step: K models in one process (resexp.bench.lockstep.LockstepStep), one vmapped
-  forward/backward per step, so each conv becomes one grouped conv over the K models.
-All three drive step objects with the interface of resexp.engine.step; nothing of the training
+  forward/backward per step, so each conv becomes one grouped conv over the K models;
+- fused (CIFAR nets): the K seeds as one network built of grouped convs and K×C-channel BatchNorms
+  (resexp.bench.fused.FusedStep), each member with its own data and learning rate.
+All of them drive step objects with the interface of resexp.engine.step; nothing of the training
 step is copied. The figure of merit is aggregate training images/s against one after another.
 """
 
@@ -26,6 +28,7 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig, OmegaConf
 
 from resexp import __version__
+from resexp.bench.fused import FusedStep
 from resexp.bench.lockstep import LockstepStep, check_lockstep
 from resexp.bench.timing import (
     PAPER_ITERS, Pipeline, images_per_s, resexp_pipeline, round_stats, sync, time_pipelines,
@@ -66,9 +69,11 @@ def bench_runs(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats: int
         mps_timing = _time_processes(cfg, runs, iters, warmup, repeats, threads) if started else None
 
     raw, data_note = local_source(cfg.data)
-    single, lockstep = time_pipelines([partial(resexp_pipeline, cfg, raw, runtime),
-                                       partial(lockstep_pipeline, cfg, raw, runtime, runs)],
-                                      device, iters, warmup, repeats)
+    fusable = cfg.model.arch == "cifar_resnet"  # resexp.models.fused
+    single, lockstep, *fused = time_pipelines([partial(resexp_pipeline, cfg, raw, runtime),
+                                               partial(lockstep_pipeline, cfg, raw, runtime, runs),
+                                               *([partial(fused_pipeline, cfg, raw, runtime, runs)] if fusable else [])],
+                                              device, iters, warmup, repeats)
     processes = f"{runs} processes" + (f", {threads} thread{'s' * (threads > 1)} each" if threads else "") + (
         " (under the CUDA MPS already running)" if already_mps else "")
     execution = single.step.execution
@@ -78,6 +83,8 @@ def bench_runs(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats: int
         *([Way(f"{runs} processes with CUDA MPS", runs, *mps_timing, execution)] if mps_timing else []),
         Way(f"{runs} models in lock-step, one process", runs, lockstep.rounds_s, lockstep.peak_bytes,
             lockstep.step.execution),
+        *(Way(f"{runs} models fused into one, one process", runs, f.rounds_s, f.peak_bytes, f.step.execution)
+          for f in fused),
     ]
     rows, fastest = tabulate(ways, runs, iters, batch, device)
     return {
@@ -110,6 +117,12 @@ def lockstep_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime, runs: int
     step = LockstepStep(cfg, raw, runtime, runs)
     step.set_lr(float(cfg.optim.lr))
     return Pipeline(f"{runs} models in lock-step", runtime.precision, runtime.layout, runtime.execution, step)
+
+
+def fused_pipeline(cfg: DictConfig, raw: RawData, runtime: Runtime, runs: int) -> Pipeline:
+    step = FusedStep(cfg, raw, runtime, runs)
+    step.set_lr(float(cfg.optim.lr))
+    return Pipeline(f"{runs} models fused into one", runtime.precision, runtime.layout, runtime.execution, step)
 
 
 def _time_processes(cfg: DictConfig, runs: int, iters: int, warmup: int, repeats: int,
