@@ -331,7 +331,8 @@ def test_sweep_bench_report_from_fixed_summaries(tmp_path):
     launched = datetime(2026, 12, 4, 18, 30, tzinfo=timezone.utc).timestamp()
     specs = [("resnet110", 110), ("plain56", 56), ("resnet20", 20), ("plain20", 20)]
     jobs = [Job([f"model={name}"], OmegaConf.create({"model": {"name": name, "depth": depth},
-                                                     "trainer": {"max_iters": 1000, "device": "cpu"},
+                                                     "trainer": {"max_iters": 1000, "device": "cpu",
+                                                                 "compile": False},
                                                      "run": {"sweep": "figure6"}}),
                 tmp_path / "sweeps" / "figure6" / f"model={name}", False, None) for name, depth in specs]
     _summary(jobs[0].run_dir, launched, 12, status="stopped", iterations=100, max_iters=1000, iters_per_s=2.0,
@@ -351,7 +352,7 @@ def test_sweep_bench_report_from_fixed_summaries(tmp_path):
     # layer-iterations/s: 220, 280, 320 (mean 273.3); plain20 at 273.3 / 20 it/s, after the 12 s start-up
     left = project(runs, startup_s=12.0)
     assert left == pytest.approx([450, 150, 0, 1000 / (820 / 3 / 20) + 12])
-    report = sweep_bench.sweep_report(target, runs, left, list_schedule(left, 2), window, 12.0, device)
+    report = sweep_bench.sweep_report(target, runs, left, list_schedule(left, 2), window, 12.0, device, False)
     assert report["command"] == "resexp sweep sweep=figure6 data=synthetic"
     assert (report["runs"], report["runs_at_once"], report["startup_s"], report["runs_at_close"]) == (4, 2, 12.0, 2)
     assert report["layer_iters_per_s_at_close"] == 500 and report["layer_iters_per_s_per_run"] == 273
@@ -364,6 +365,9 @@ def test_sweep_bench_report_from_fixed_summaries(tmp_path):
                                             "then 7.5 min for the rest, 2 at once)")
     stem = sweep_bench.sweep_stem(tmp_path / "out", plan)
     assert stem.name == "sweep_figure6_cpu_4runs"
+    compiled = Sweep([Job(jobs[0].overrides, OmegaConf.merge(jobs[0].cfg, {"trainer": {"compile": True}}),
+                          jobs[0].run_dir, False, None)], "joblib", {}, [], Packing(), 1)
+    assert sweep_bench.sweep_stem(tmp_path, compiled).name == "sweep_figure6_cpu_1runs_compiled"
     json_path, md_path = write_report(stem, report, sweep_bench.markdown(report))
     assert json.loads(json_path.read_text()) == report
     table = md_path.read_text()
@@ -371,6 +375,10 @@ def test_sweep_bench_report_from_fixed_summaries(tmp_path):
     assert ("| model=resnet110 | resnet110 | 110 | stopped | 100 / 1,000 | 2.0 | 220 | 12 s | 1.25 GiB | 7.5 min |"
             in table)
     assert "| model=plain20 | plain20 | 20 | started after the window | 0 / 1,000 | - | - | - | - | 1.4 min |" in table
+    assert "runs per GPU" not in table  # one run per GPU
+    shared = {**report, "mps_runs_per_gpu": 6}
+    assert ", 6 runs per GPU under CUDA MPS" in sweep_bench.markdown({**shared, "under_mps": True})
+    assert ", 6 runs per GPU by time slicing (no CUDA MPS daemon ran)" in sweep_bench.markdown(shared)
     (jobs[1].run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "DataError: gone"}))
     with pytest.raises(ResexpError, match="run model=plain56 of the benched sweep failed: DataError: gone"):
         read_runs(plan, window)

@@ -4,6 +4,7 @@ the eager step comparable bit for bit."""
 
 import io
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +16,18 @@ from resexp.data import build_data  # noqa: E402
 from resexp.engine.runtime import Runtime  # noqa: E402
 from resexp.engine.schedules import learning_rate  # noqa: E402
 from resexp.engine.step import EAGER_STEPS_BEFORE_CAPTURE, TrainStep  # noqa: E402
+from resexp.engine.train import train  # noqa: E402
 from resexp.models import build_model  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# scripts/gpu_check.sh sets RESEXP_REQUIRE_CUDA=1: there a GPU that torch cannot see fails the tests
+REQUIRED = os.environ.get("RESEXP_REQUIRE_CUDA") == "1"
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() and not REQUIRED, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def cuda_visible():
+    if not torch.cuda.is_available():
+        pytest.fail("RESEXP_REQUIRE_CUDA=1 but torch sees no CUDA GPU")
 
 BATCH = 32
 STEPS = 20  # 100 images, batch 32: an epoch every 3 steps; lr milestones at steps 10 and 15
@@ -112,3 +122,49 @@ def test_bf16_autocast_is_captured_and_matches_its_eager_step():
     eager = run(build_step([*CFG, "trainer.precision=bf16", "trainer.graph=never"]), 0, STEPS)
     assert graphed.graph is not None
     assert_same_state(graphed, eager)
+
+
+class StopAt:
+    """Stops a run once its summary says it reached `iteration` (a sweep's stop, polled by the loop)."""
+
+    def __init__(self, summary_path, iteration: int) -> None:
+        self.summary_path, self.iteration = summary_path, iteration
+
+    def stop_reason(self):
+        import json
+
+        done = json.loads(self.summary_path.read_text()).get("iterations", 0) if self.summary_path.is_file() else 0
+        return "stop for the test" if done >= self.iteration else None
+
+    def signalled(self, name):
+        pass
+
+
+def test_a_run_resumed_through_train_on_the_gpu_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The checkpoint mapped onto CUDA, the batcher's CUDA generator restored, the graph captured
+    again after the resume: fp32, deterministic, bit for bit."""
+    from resexp.engine.stopping import StopSignal
+
+    monkeypatch.setattr(StopSignal, "POLL_S", 0.0)  # ask the stop source every step
+    common = [*CFG, "trainer.graph=always", "trainer.eval_every=20", "trainer.log_every=1",
+              "trainer.checkpoint_every=100", "trainer.progress=none"]
+    straight_cfg = compose([*common, f"run.root={tmp_path}/straight"])
+    straight = train(straight_cfg)
+    cfg = compose([*common, f"run.root={tmp_path}/resumed"])
+    first = train(cfg, stop_source=StopAt(Path(cfg.run.dir) / "summary.json", 10))
+    assert first["status"] == "stopped" and 10 <= first["iterations"] < STEPS
+    resumed = train(cfg)
+    assert resumed["status"] == "finished" and len(resumed["segments"]) == 2
+    for key in ("train_error", "train_loss", "test_error", "test_loss"):
+        assert resumed[key] == straight[key], key
+    a, b = (torch.load(Path(c.run.dir) / "checkpoints" / "last.pt", weights_only=True)["model"]
+            for c in (straight_cfg, cfg))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_each_run_of_a_process_reports_its_own_peak_gpu_memory(tmp_path):
+    """A sweep's worker trains run after run: a small run after a big one reports its own peak."""
+    common = [*CFG, "trainer.eval_every=20", "trainer.log_every=5", "trainer.progress=none"]
+    big = train(compose([*common, "model.width=2", "model.depth=20", f"run.root={tmp_path}/big"]))
+    small = train(compose([*common, f"run.root={tmp_path}/small"]))
+    assert small["peak_gpu_memory_gib"] < big["peak_gpu_memory_gib"]

@@ -58,6 +58,12 @@ def test_a_daemon_that_does_not_start_is_one_line_and_the_runs_go_on(fake_contro
     messages = []
     with mps.cuda_mps(3, gpus=1, notify=messages.append, check=lambda env: None) as started:
         assert not started and "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+        assert os.environ[mps.FAILED_ENV] == "no GPU for MPS"  # what the processes started here inherit
+        calls = len(fake_control.read_text().splitlines())
+        with mps.cuda_mps(3, gpus=1, notify=messages.append, check=lambda env: None) as again:  # a sweep inside
+            assert not again
+        assert len(fake_control.read_text().splitlines()) == calls  # it did not try again
+    assert mps.FAILED_ENV not in os.environ
     assert messages == ["CUDA MPS did not start (no GPU for MPS); the 3 runs per GPU share it by time slicing"]
 
 

@@ -283,3 +283,24 @@ def test_sigterm_checkpoints_the_step_stops_and_the_same_command_resumes(tmp_pat
     assert 0 < stopped_at == summary["iterations"] < 100000  # saved at the signal, not at a periodic checkpoint
     resumed = train(compose([*common, f"trainer.max_iters={stopped_at + 2}"]))
     assert resumed["status"] == "finished" and resumed["iterations"] == stopped_at + 2
+
+
+class StoppedAlready:
+    """A sweep that was stopped while this run built its data and model."""
+
+    def stop_reason(self):
+        return "SIGTERM (sweep stopped)"
+
+    def signalled(self, name):
+        pass
+
+
+def test_a_run_stopped_while_it_builds_takes_no_step_and_the_same_command_trains_it(tmp_path, capfd):
+    cfg = compose(["model=resnet20", *SMALL, "trainer.max_iters=4", "trainer.eval_every=4", f"run.root={tmp_path}"])
+    stopped = train(cfg, stop_source=StoppedAlready())
+    assert stopped["status"] == "stopped" and stopped["iterations"] == 0
+    assert not (tmp_path / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt").exists()  # no step, no save
+    assert ("SIGTERM (sweep stopped) at iteration 0; before its first step, nothing to save, the same command "
+            "resumes it") in capfd.readouterr().err
+    finished = train(cfg)
+    assert finished["status"] == "finished" and finished["iterations"] == 4

@@ -39,7 +39,7 @@ from resexp.errors import ConfigError, ResexpError
 from resexp.rundir import DONE
 from resexp.sweep.control import GRACE_S
 from resexp.sweep.launch import LOCAL_LAUNCHERS, prepare_sweep
-from resexp.sweep.mps import cuda_mps
+from resexp.sweep.mps import cuda_mps, mps_running
 from resexp.sweep.plan import Sweep, visible_gpus, with_preset
 
 # After SIGTERM: the sweep's own grace for its runs to checkpoint (it kills the late ones), then
@@ -77,9 +77,10 @@ def plan_target(words: list[str], root: Path) -> Target:
 
 
 def sweep_stem(out_dir: Path, plan: Sweep) -> Path:
-    """sweep_<run.sweep>_<cpu|cuda>_<N>runs: where the report goes, known before the sweep runs."""
+    """sweep_<run.sweep>_<cpu|cuda>_<N>runs[_compiled]: where the report goes, known before the sweep runs."""
     first = plan.jobs[0].cfg
-    return out_dir / f"sweep_{first.run.sweep}_{device_kind(first)}_{len(plan.jobs)}runs"
+    compiled = "_compiled" if first.trainer.compile else ""
+    return out_dir / f"sweep_{first.run.sweep}_{device_kind(first)}_{len(plan.jobs)}runs{compiled}"
 
 
 def device_kind(cfg: DictConfig) -> str:
@@ -263,24 +264,27 @@ def bench_sweep(target: Target, seconds: float) -> dict[str, Any]:
     plan, slots = target.plan, runs_at_once(target.plan)
     print(f"bench: resexp sweep {' '.join(target.args)}: {len(plan.jobs)} runs, {slots} at once, "
           f"stopped with SIGTERM after {seconds:g} s", flush=True)
-    with cuda_mps(plan.per_gpu, visible_gpus()):  # stopped here, whatever becomes of the sweep
+    already = mps_running()
+    # stopped here, whatever becomes of the sweep; where it fails, the sweep inside does not try again
+    with cuda_mps(plan.per_gpu, visible_gpus()) as started:
         window = run_window(target.args, seconds)
     runs, device = read_runs(plan, window)
     startup = min((run.started_s for run in runs if run.started_s is not None), default=0.0)
     left_s = project(runs, startup)
     rest = list_schedule(left_s, slots)
-    return sweep_report(target, runs, left_s, rest, window, startup, device)
+    return sweep_report(target, runs, left_s, rest, window, startup, device, started or already)
 
 
 def sweep_report(target: Target, runs: list[RunSpeed], left_s: list[float], rest: float, window: Window,
-                 startup: float, device: str | None) -> dict[str, Any]:
+                 startup: float, device: str | None, under_mps: bool) -> dict[str, Any]:
+    """The bench's report; `under_mps`: the runs shared each GPU through a CUDA MPS daemon."""
     first = target.plan.jobs[0].cfg
     closing = [run for run in runs if run.status in AT_THE_CLOSE]
     peaks = [run.peak_gpu_memory_gib for run in closing]
     return {
         "sweep": str(first.run.sweep), "command": " ".join(["resexp sweep", *target.overrides]),
         "runs": len(runs), "launcher": target.plan.launcher, "runs_at_once": runs_at_once(target.plan),
-        "mps_runs_per_gpu": target.plan.per_gpu, "device": device, "device_type": device_kind(first),
+        "mps_runs_per_gpu": target.plan.per_gpu, "under_mps": under_mps, "device": device, "device_type": device_kind(first),
         "torch": torch.__version__, "resexp": __version__, "cpu_count": os.cpu_count(), "host": platform.node(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "window_s": round(window.seconds, 1), "ended": window.ending, "startup_s": round(startup, 1),
@@ -311,7 +315,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# `resexp bench --sweep`: {report['sweep']}, {report['runs']} runs, {report['runs_at_once']} at once",
         "",
         f"- sweep: `{report['command']}` in a temporary run.root; launcher {report['launcher']}"
-        + (f", {mps} runs per GPU under CUDA MPS" if mps > 1 else ""),
+        + ((f", {mps} runs per GPU under CUDA MPS" if report["under_mps"] else
+            f", {mps} runs per GPU by time slicing (no CUDA MPS daemon ran)") if mps > 1 else ""),
         f"- device: {report['device']}; torch {report['torch']}, resexp {report['resexp']}, "
         f"{report['cpu_count']} CPUs, host {report['host']}; {report['date']}",
         f"- window: {report['window_s']:.0f} s from the launch; {report['ended']}",

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -48,6 +49,9 @@ def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, A
     if done is not None:
         return done
     runtime = Runtime.from_config(cfg.trainer)
+    if runtime.device.type == "cuda":  # a sweep's worker trains run after run: this run's peak, not the process's
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(runtime.device)
     announce(cfg.trainer.progress, f"[{run.name}] {cfg.model.name} on {cfg.data.name}, {int(cfg.trainer.max_iters)} "
              f"iterations, {runtime.device_name}, {runtime.precision} -> {run.path}")
     data = build_data(cfg.data, runtime.device, int(cfg.trainer.batch_size), int(cfg.seed), runtime.memory_format)
@@ -70,6 +74,8 @@ def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, st
     with StopSignal(stop_source) as stop, record.failed_on_error(), explain_compile_errors(), closing(progress), \
             closing(writer):
         while state.iteration < max_iters:
+            if state.iteration == start_iteration and stop.stopping:  # stopped while it built: not even
+                break  # the first step, which compiling or a capture can make outlast a sweep's grace
             lr = learning_rate(cfg.optim, state.iteration, max_iters, state.in_warmup)
             step.set_lr(lr)
             probing = probe_every and state.iteration % probe_every == 0  # iteration 0: at initialisation
@@ -111,7 +117,8 @@ def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, st
     if stop.reason:  # checkpointed above: the same command (or submitit's requeue) resumes it
         summary = record.ended("stopped", iteration, step.execution, stopped_by=stop.reason, iterations=iteration,
                                wall_time_s=round(wall_before + elapsed, 2))
-        print(f"{run.path}: {stop.reason} at iteration {iteration}; checkpoint saved, the same command resumes it",
+        saved = "checkpoint saved" if iteration > start_iteration else "before its first step, nothing to save"
+        print(f"{run.path}: {stop.reason} at iteration {iteration}; {saved}, the same command resumes it",
               file=sys.stderr)
         stop.forward()
         return summary

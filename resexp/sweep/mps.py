@@ -9,6 +9,8 @@ user's processes join it) for the processes this one starts, checks that a CUDA 
 work through it, and stops it afterwards. It does nothing where there is nothing to
 gain or where it would disturb something: fewer than 2 runs at once, no GPU, no
 `nvidia-cuda-mps-control`, or an MPS daemon already running (then the runs use that one).
+Where it tried and failed, the processes started inside are told so (FAILED_ENV), so a sweep
+started inside (`resexp bench --sweep`) does not try again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE_DIR = Path("/tmp/nvidia-mps")  # where a system-wide daemon listens
 ENV_KEYS = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+FAILED_ENV = "RESEXP_MPS_FAILED"  # set, within a cuda_mps that could not start one, to why
 CONTROL_TIMEOUT_S = 60
 CLIENT_TIMEOUT_S = 120
 
@@ -53,7 +56,7 @@ def cuda_mps(runs_at_once: int, gpus: int, notify: Callable[[str], None] = print
     """Within: processes started from here share each GPU through a private MPS daemon. Yields
     whether one was started by this call. Processes started inside must end inside."""
     control = shutil.which(CONTROL)
-    if runs_at_once < 2 or gpus == 0 or control is None or mps_running():
+    if runs_at_once < 2 or gpus == 0 or control is None or mps_running() or os.environ.get(FAILED_ENV):
         yield False
         return
     folder = Path(tempfile.mkdtemp(prefix="resexp-mps-"))
@@ -66,7 +69,11 @@ def cuda_mps(runs_at_once: int, gpus: int, notify: Callable[[str], None] = print
     if failure is not None:
         notify(f"CUDA MPS did not start ({failure}); the {runs_at_once} runs per GPU share it by time slicing")
         shutil.rmtree(folder, ignore_errors=True)
-        yield False
+        os.environ[FAILED_ENV] = failure
+        try:
+            yield False
+        finally:
+            os.environ.pop(FAILED_ENV, None)
         return
     saved = {key: os.environ.get(key) for key in ENV_KEYS}
     os.environ.update(env)  # inherited by the processes started from here
