@@ -43,7 +43,7 @@ def steps_frame(steps) -> pd.DataFrame:
 def block_view() -> None:
     st.subheader("One Transformer block on one vector")
     st.caption("G(x) = W x + b with W ~ N(0, 1/d), b ~ N(0, 0.1²) from the seed; fresh LayerNorms "
-               "(DyT under dyt). The same computation as `resexp block`.")
+               "(DyT or Derf under dyt or derf). The same computation as `resexp block`.")
     left, right = st.columns([1, 2])
     with left:
         dim = st.slider("dimension d", *DIM_RANGE, value=4, key="dim")

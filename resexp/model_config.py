@@ -51,19 +51,25 @@ VGG_LAYERS: dict[int, list[int | str]] = {
 }  # fmt: skip
 
 # vit.py
-Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none", "mix", "lns", "dyt", "peri"]
+Placement = Literal["post", "pre", "sandwich", "deepnorm", "rezero", "none", "mix", "lns", "dyt", "peri", "derf",
+                    "hybrid"]
 PLACEMENTS: tuple[str, ...] = typing.get_args(Placement)
 Pool = Literal["cls", "mean"]
 Norm = Literal["layernorm", "rmsnorm"]
 IMAGE_SIZE = 32  # every dataset is served as 32x32 (Fashion-MNIST zero-padded)
 DEFAULT_MIX_RATIO = 0.25  # Mix-LN's alpha: the fraction of leading blocks that are Post-LN
 DEFAULT_DYT_ALPHA = 0.5  # DyT's initial alpha in gamma * tanh(alpha * x) + beta
+# Derf's initial alpha and shift in gamma * erf(alpha * x + shift) + beta, as its public code sets them
+# (zlab-princeton/Derf, ViT/dynamic_erf.py: alpha_init_value=0.5, shift_init_value=0.0).
+DERF_ALPHA_INIT = 0.5
+DERF_SHIFT_INIT = 0.0
 DEFAULT_QK_NORM = False
 # Where each base rule (see base_rule) puts its norms: before G (norm_in) and after G or the sum (norm_out).
-NORM_IN_RULES = ("pre", "sandwich")
+NORM_IN_RULES = ("pre", "sandwich", "normed_skip")
 NORM_OUT_RULES = ("post", "sandwich", "deepnorm")
 # Base rules whose stream reaches the head un-normalised, so the head gets a final norm.
-FINAL_NORM_RULES = ("pre", "sandwich")
+FINAL_NORM_RULES = ("pre", "sandwich", "normed_skip")
+SUBLAYERS = ("attn", "mlp")  # a ViT block's two sublayers, in order
 
 
 def mix_post_layers(mix_ratio: float, depth: int) -> int:
@@ -72,19 +78,30 @@ def mix_post_layers(mix_ratio: float, depth: int) -> int:
     return math.floor(mix_ratio * depth + 1e-9)
 
 
-def base_rule(placement: str, layer: int = 1, post_layers: int = 0) -> str:
-    """The rule among post, pre, sandwich, deepnorm, rezero and none that block `layer`
-    (1-based) follows: mix is post in blocks 1..post_layers and pre after; lns and dyt are pre
-    (residual_step adds lns's scale, the model's norms are dyt's DyT); peri is sandwich."""
+def base_rule(placement: str, layer: int = 1, post_layers: int = 0, sublayer: str = "mlp") -> str:
+    """The rule among post, pre, sandwich, deepnorm, rezero, none and normed_skip that sublayer
+    `sublayer` ("attn" or "mlp") of block `layer` (1-based) follows: mix is post in blocks
+    1..post_layers and pre after; lns, dyt and derf are pre (residual_step adds lns's scale, the
+    model's norms are DyT or Derf); peri is sandwich; hybrid is none on attention (whose q, k and
+    v are normalised inside it) and normed_skip, x <- LN(x) + G(LN(x)), on the MLP."""
     if placement == "mix":
         return "post" if layer <= post_layers else "pre"
-    return {"lns": "pre", "dyt": "pre", "peri": "sandwich"}.get(placement, placement)
+    if placement == "hybrid":
+        return "none" if sublayer == "attn" else "normed_skip"
+    return {"lns": "pre", "dyt": "pre", "derf": "pre", "peri": "sandwich"}.get(placement, placement)
 
 
 def norm_kind(placement: str, norm: str) -> str:
-    """What every norm of a ViT is (resexp.models.vit.make_norm's choice): DyT under dyt, which
-    replaces them all, the final and the q/k norms included; model.norm under the others."""
-    return "dyt" if placement == "dyt" else norm
+    """What every norm of a ViT is (resexp.models.vit.make_norm's choice): DyT under dyt and Derf
+    under derf, which replace them all, the final and the q/k norms included; model.norm under
+    the others."""
+    return placement if placement in ("dyt", "derf") else norm
+
+
+def normalises_qkv(placement: str) -> bool:
+    """HybridNorm normalises each head's queries, keys and values (model.qk_norm adds q and k
+    norms under the other placements)."""
+    return placement == "hybrid"
 
 
 # ---- one section per arch: the constructor's arguments besides arch and name ----

@@ -24,7 +24,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from resexp.model_config import (FINAL_NORM_RULES, IMAGE_SIZE, NORM_IN_RULES, NORM_OUT_RULES, POOL, STAGE_CHANNELS,
-                                 VGG_LAYERS, ModelConfig, base_rule, mix_post_layers, norm_kind, scaled_channels)
+                                 SUBLAYERS, VGG_LAYERS, ModelConfig, base_rule, mix_post_layers, norm_kind,
+                                 normalises_qkv, scaled_channels)
 from resexp.sections import check
 
 
@@ -65,8 +66,9 @@ def batch_norm(channels: int) -> ModelSize:
 
 
 def norm_params(kind: str, dim: int) -> int:
-    """LayerNorm: weight and bias; RMSNorm: weight; DyT: weight, bias and its scalar alpha."""
-    return {"layernorm": 2 * dim, "rmsnorm": dim, "dyt": 2 * dim + 1}[kind]
+    """LayerNorm: weight and bias; RMSNorm: weight; DyT: weight, bias and its scalar alpha; Derf:
+    weight, bias and its scalars alpha and shift."""
+    return {"layernorm": 2 * dim, "rmsnorm": dim, "dyt": 2 * dim + 1, "derf": 2 * dim + 2}[kind]
 
 
 def cifar_resnet_size(model: Mapping[str, Any], in_channels: int, num_classes: int) -> ModelSize:
@@ -112,16 +114,17 @@ def vit_size(model: Mapping[str, Any], in_channels: int, num_classes: int) -> Mo
     # Patch embedding, then the position embedding and the cls token, which are added, not multiplied.
     size = conv(in_channels, dim, patch_size, side, bias=True) + ModelSize(tokens * dim + cls * dim, 0)
     post_layers = mix_post_layers(model["mix_ratio"], depth)
-    rules = [base_rule(placement, layer, post_layers) for layer in range(1, depth + 1)]
-    for rule in rules:
+    rules = [base_rule(placement, layer, post_layers, sublayer)
+             for layer in range(1, depth + 1) for sublayer in SUBLAYERS]
+    head_norms = 3 if normalises_qkv(placement) else 2 if model["qk_norm"] else 0
+    for _ in range(depth):
         size += 4 * linear(dim, dim, tokens)  # q, k, v and out projections
         size += ModelSize(0, 2 * tokens * tokens * dim)  # Q·Kᵀ and softmax·V, summed over the heads
         size += linear(dim, hidden, tokens) + linear(hidden, dim, tokens)
-        # Per sublayer (attention, MLP): its norms and, under rezero, its gate a.
+        size += ModelSize(head_norms * norm_params(norm, dim // model["heads"]), 0)
+    for rule in rules:  # per sublayer (attention, MLP): its norms and, under rezero, its gate a
         norms = (rule in NORM_IN_RULES) + (rule in NORM_OUT_RULES)
-        size += 2 * ModelSize(norms * norm_params(norm, dim) + (placement == "rezero"), 0)
-        if model["qk_norm"]:
-            size += 2 * ModelSize(norm_params(norm, dim // model["heads"]), 0)
+        size += ModelSize(norms * norm_params(norm, dim) + (placement == "rezero"), 0)
     if any(rule in FINAL_NORM_RULES for rule in rules):
         size += ModelSize(norm_params(norm, dim), 0)
     return size + linear(dim, num_classes)

@@ -84,7 +84,7 @@ def test_seed_draws_w_b_and_then_x() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"placement": "rezero"}, "placement must be one of pre, post, sandwich, deepnorm, mix, lns, dyt, peri; got 'rezero'"),
+        ({"placement": "rezero"}, "placement must be one of pre, post, sandwich, deepnorm, mix, lns, dyt, peri, derf, hybrid; got 'rezero'"),
         ({"placement": "pre", "x": [1.0, 2.0]}, r"x must have 4 values"),
         ({"placement": "pre", "dim": 1}, "--dim must be an integer from 2 to 32"),
         ({"placement": "deepnorm", "blocks": 0}, "--blocks must be a positive integer"),
@@ -116,7 +116,7 @@ def test_cli_prints_steps_and_writes_png(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--placement", "rezero"], "placement must be one of pre, post, sandwich, deepnorm, mix, lns, dyt, peri; got 'rezero'"),
+        (["--placement", "rezero"], "placement must be one of pre, post, sandwich, deepnorm, mix, lns, dyt, peri, derf, hybrid; got 'rezero'"),
         (["--x", "1,2,3"], "--x has 3 values but --dim is 4"),
         (["--x", "1,two,3,4"], "--x must be 4 comma-separated numbers"),
         (["--x", "1,2,3,4", "--seed", "1"], "give --seed or --x, not both"),

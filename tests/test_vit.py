@@ -66,7 +66,11 @@ FORMULAS: dict[str, Callable[..., torch.Tensor]] = {
 }
 # At residual_step's defaults (block 1, no Post-LN blocks) mix, lns and dyt are the pre rule
 # (tests/test_vit_placements.py checks them per block); peri is sandwich by name.
-FORMULAS.update({"mix": FORMULAS["pre"], "lns": FORMULAS["pre"], "dyt": FORMULAS["pre"], "peri": FORMULAS["sandwich"]})
+FORMULAS.update({"mix": FORMULAS["pre"], "lns": FORMULAS["pre"], "dyt": FORMULAS["pre"], "peri": FORMULAS["sandwich"],
+                 "derf": FORMULAS["pre"]})
+# hybrid's MLP step (residual_step's default sublayer): the skip leaves from LN(x), not from x.
+FORMULAS["hybrid"] = lambda x, s, G, n_in, n_out, alpha, gate: (layernorm(x, n_in) if s is x else s) + G(
+    layernorm(x, n_in))
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -89,7 +93,8 @@ def test_residual_step_matches_the_rule(placement: str, residual: bool) -> None:
 
 
 def test_residual_step_rejects_unknown_placement() -> None:
-    with pytest.raises(ConfigError, match="one of post, pre, sandwich, deepnorm, rezero, none, mix, lns, dyt, peri; got 'mid'"):
+    with pytest.raises(ConfigError, match="one of post, pre, sandwich, deepnorm, rezero, none, mix, lns, dyt, peri, "
+                                          "derf, hybrid; got 'mid'"):
         residual_step(torch.zeros(1, DIM), nn.Identity(), "mid")
 
 
@@ -182,14 +187,18 @@ def test_rezero_without_residual_is_rejected() -> None:
         build_model(vit_config("rezero", residual=False))
 
 
-def expected_params(placement: str, pool: str, norm: str, depth: int = 2, dim: int = 16) -> int:
+def expected_params(placement: str, pool: str, norm: str, depth: int = 2, dim: int = 16, heads: int = 2) -> int:
     hidden, tokens = 2 * dim, 16 + (pool == "cls")
-    norm_params = 2 * dim + 1 if placement == "dyt" else 2 * dim if norm == "layernorm" else dim
+
+    def norm_params(width: int) -> int:
+        return {"dyt": 2 * width + 1, "derf": 2 * width + 2}.get(placement, 2 * width if norm == "layernorm" else width)
+
     norms_per_block = {"post": 2, "pre": 2, "sandwich": 4, "deepnorm": 2, "rezero": 0, "none": 0,
-                       "mix": 2, "lns": 2, "dyt": 2, "peri": 4}  # fmt: skip
+                       "mix": 2, "lns": 2, "dyt": 2, "peri": 4, "derf": 2, "hybrid": 1}  # fmt: skip
     block = 4 * (dim * dim + dim) + (dim * hidden + hidden) + (hidden * dim + dim)
-    block += norms_per_block[placement] * norm_params + (2 if placement == "rezero" else 0)
-    final_norm = norm_params if placement not in ("post", "deepnorm", "rezero", "none") else 0
+    block += norms_per_block[placement] * norm_params(dim) + (2 if placement == "rezero" else 0)
+    block += 3 * norm_params(dim // heads) if placement == "hybrid" else 0  # its q, k and v norms
+    final_norm = norm_params(dim) if placement not in ("post", "deepnorm", "rezero", "none") else 0
     embedding = 3 * dim * 8 * 8 + dim + tokens * dim + (dim if pool == "cls" else 0)
     return embedding + depth * block + final_norm + dim * 10 + 10
 

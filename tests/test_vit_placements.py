@@ -1,4 +1,4 @@
-"""The newer norm placements (mix, lns, dyt, peri) and qk_norm against hand-written formulas,
+"""The newer norm placements (mix, lns, dyt, peri, derf, hybrid) and qk_norm against hand-written formulas,
 their schema keys and defaults, and their named configs."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from resexp.config import compose, run_identity
 from resexp.engine.train import train
 from resexp.errors import ConfigError
 from resexp.models import build_model
-from resexp.models.vit import DyT, ViT
+from resexp.models.vit import Derf, DyT, ViT
 from resexp.report.block_view import block_steps
 
 DIM = 16
@@ -33,11 +33,13 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (nn.LayerNorm, DyT)):
+            if isinstance(module, (nn.LayerNorm, DyT, Derf)):
                 module.weight.copy_(1 + 0.5 * torch.randn(module.weight.shape, generator=generator))
                 module.bias.copy_(torch.randn(module.bias.shape, generator=generator))
-            if isinstance(module, DyT):
+            if isinstance(module, (DyT, Derf)):
                 module.alpha.fill_(0.3 + torch.rand((), generator=generator).item())
+            if isinstance(module, Derf):
+                module.shift.fill_(torch.randn((), generator=generator).item())
 
 
 def layernorm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -48,6 +50,11 @@ def layernorm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
 
 def dyt(x: torch.Tensor, norm: DyT) -> torch.Tensor:
     return norm.weight * torch.tanh(norm.alpha * x) + norm.bias
+
+
+def derf(x: torch.Tensor, norm: Derf) -> torch.Tensor:
+    """Chen et al.'s Derf: gamma * erf(alpha * x + s) + beta, erf(z) = 2/sqrt(pi) * int_0^z exp(-t^2) dt."""
+    return norm.weight * torch.special.erf(norm.alpha * x + norm.shift) + norm.bias
 
 
 def tokens(seed: int = 1) -> torch.Tensor:
@@ -82,17 +89,18 @@ def test_mix_blocks_match_post_then_pre() -> None:
 )  # fmt: skip
 def test_mix_switches_from_post_to_pre_at_floor_ratio_times_depth(ratio: float, post_blocks: int) -> None:
     model = small_vit("mix", depth=8, mix_ratio=ratio)
-    assert [block.rule for block in model.blocks] == ["post"] * post_blocks + ["pre"] * (8 - post_blocks)
+    assert [block.rules["attn"] for block in model.blocks] == ["post"] * post_blocks + ["pre"] * (8 - post_blocks)
+    assert all(block.rules["mlp"] == block.rules["attn"] for block in model.blocks)
     for block in model.blocks:
-        assert set(block.norms_out if block.rule == "post" else block.norms_in) == {"attn", "mlp"}
-        assert not (block.norms_in if block.rule == "post" else block.norms_out)
+        assert set(block.norms_out if block.rules["attn"] == "post" else block.norms_in) == {"attn", "mlp"}
+        assert not (block.norms_in if block.rules["attn"] == "post" else block.norms_out)
     # Pre-LN blocks leave the stream un-normalised: a final norm unless every block is Post-LN.
     assert (model.final_norm is None) == (post_blocks == 8)
 
 
 def test_mix_ratio_floor_is_exact_for_decimal_ratios() -> None:
     model = ViT(100, 8, 2, 1.0, 32, "mean", "mix", True, "layernorm", mix_ratio=0.29)  # 0.29*100 = 28.999...
-    assert sum(block.rule == "post" for block in model.blocks) == 29
+    assert sum(block.rules["attn"] == "post" for block in model.blocks) == 29
 
 
 def test_lns_block_matches_the_formula() -> None:
@@ -157,6 +165,78 @@ def test_dyt_replaces_every_layernorm_and_learns_one_alpha_per_dyt() -> None:
 
 def test_dyt_alpha_default() -> None:
     assert all(m.alpha.item() == 0.5 for m in small_vit("dyt").modules() if isinstance(m, DyT))
+
+
+def test_derf_block_matches_the_formula() -> None:
+    torch.manual_seed(0)
+    model = small_vit("derf")
+    randomise_norms(model)
+    block, x = model.blocks[0], tokens()
+    with torch.no_grad():
+        h = x + block.attn(derf(x, block.norms_in["attn"]))
+        torch.testing.assert_close(block(x), h + block.mlp(derf(h, block.norms_in["mlp"])))
+        # erf against its series at one point, so the formula is not torch.erf against itself
+        z = 0.37
+        series = 2 / math.sqrt(math.pi) * sum((-1) ** n * z ** (2 * n + 1) / (math.factorial(n) * (2 * n + 1))
+                                              for n in range(12))
+        assert torch.erf(torch.tensor(z, dtype=torch.float64)).item() == pytest.approx(series, rel=1e-12)
+
+
+def test_derf_replaces_every_layernorm_with_the_published_init_and_learns_alpha_and_shift() -> None:
+    torch.manual_seed(0)
+    model = small_vit("derf", qk_norm=True)
+    assert not any(isinstance(m, (nn.LayerNorm, nn.RMSNorm, DyT)) for m in model.modules())
+    derfs = [m for m in model.modules() if isinstance(m, Derf)]
+    assert len(derfs) == 2 * 4 + 1 and isinstance(model.final_norm, Derf)  # 2 pre-norms + 2 qk norms per block
+    parameters = set(model.parameters())
+    for norm in derfs:
+        assert norm.alpha.item() == 0.5 and norm.shift.item() == 0.0  # zlab-princeton/Derf's defaults
+        assert norm.alpha in parameters and norm.shift in parameters and norm.alpha.shape == norm.shift.shape == ()
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 1])).backward()
+    assert all(norm.alpha.grad != 0 and norm.shift.grad != 0 for norm in derfs)
+
+
+def per_head(z: torch.Tensor, heads: int) -> torch.Tensor:
+    batch, length, dim = z.shape
+    return z.view(batch, length, heads, dim // heads).transpose(1, 2)
+
+
+def hybrid_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """HybridNorm's attention written out: LayerNorm each head's q, k and v, softmax(q k^T / sqrt(d)) v."""
+    heads = attn.heads
+    q = layernorm(per_head(attn.q(x), heads), attn.q_norm)
+    k = layernorm(per_head(attn.k(x), heads), attn.k_norm)
+    v = layernorm(per_head(attn.v(x), heads), attn.v_norm)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    mixed = (weights @ v).transpose(1, 2).reshape(x.shape)
+    return attn.out(mixed)
+
+
+def test_hybrid_block_matches_the_formula() -> None:
+    """Zhuo et al.'s HybridNorm: Y = X + Attn_QKV-norm(X), then Norm(Y) + FFN(Norm(Y))."""
+    torch.manual_seed(0)
+    model = small_vit("hybrid")
+    randomise_norms(model)
+    block, x = model.blocks[0], tokens()
+    assert set(block.norms_in) == {"mlp"} and not block.norms_out
+    assert all(norm.normalized_shape == (DIM // 2,) for norm in (block.attn.q_norm, block.attn.k_norm,
+                                                                 block.attn.v_norm))
+    with torch.no_grad():
+        y = x + hybrid_attention(block.attn, x)
+        normed = layernorm(y, block.norms_in["mlp"])
+        torch.testing.assert_close(block(x), normed + block.mlp(normed), rtol=1e-5, atol=1e-5)
+    assert isinstance(model.final_norm, nn.LayerNorm)  # the stream after the last FFN is not normalised
+
+
+def test_hybrid_without_residual_drops_both_skips() -> None:
+    torch.manual_seed(0)
+    model = ViT(2, DIM, 2, 2.0, 8, "cls", "hybrid", False, "layernorm")
+    randomise_norms(model)
+    block, x = model.blocks[0], tokens()
+    with torch.no_grad():
+        y = hybrid_attention(block.attn, x)
+        torch.testing.assert_close(block(x), block.mlp(layernorm(y, block.norms_in["mlp"])), rtol=1e-5, atol=1e-5)
 
 
 def test_peri_is_sandwich_bit_for_bit() -> None:
@@ -272,7 +352,7 @@ def test_old_vit_config_keeps_its_run_identity() -> None:
     assert torch.equal(old_model(images), new_model(images))
 
 
-@pytest.mark.parametrize("placement", ["mix", "lns", "dyt", "peri"])
+@pytest.mark.parametrize("placement", ["mix", "lns", "dyt", "peri", "derf", "hybrid"])
 def test_named_config_builds_and_trains(placement: str, tmp_path: Path) -> None:
     cfg = compose([f"model=vit_{placement}", "data=synthetic", "data.train_size=256", "data.test_size=64",
                    "trainer.batch_size=32", "trainer.max_iters=2", "trainer.eval_every=2", "trainer.log_every=1",
@@ -299,6 +379,12 @@ def test_block_view_new_placements() -> None:
     assert mix.keys() == post.keys() and all(torch.equal(mix[k], post[k]) for k in post)
     steps = dict(block_steps("dyt", x=x.tolist()))
     torch.testing.assert_close(steps["DyT(x)"], torch.tanh(0.5 * x))
+    steps = dict(block_steps("derf", x=x.tolist()))
+    torch.testing.assert_close(steps["Derf(x)"], torch.erf(0.5 * x))
+    hybrid = dict(block_steps("hybrid", x=x.tolist()))
+    assert list(hybrid) == ["input x", "LN(x)", "G(...)", "LN(x) + G(LN(x))"]
+    torch.testing.assert_close(hybrid["LN(x)"], pre["LN(x)"])
+    torch.testing.assert_close(hybrid["LN(x) + G(LN(x))"], pre["LN(x)"] + hybrid["G(...)"])
     sandwich, peri = block_steps("sandwich", x=x.tolist()), block_steps("peri", x=x.tolist())
     assert [n for n, _ in sandwich] == [n for n, _ in peri]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(sandwich, peri))

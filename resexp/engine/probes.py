@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from resexp.engine.step import TrainStep
 from resexp.errors import ResexpError
+from resexp.model_config import SUBLAYERS
 from resexp.models.cifar_resnet import BasicBlock, ZeroPadShortcut
 from resexp.models.surgery import blocks_of, lesioned
 from resexp.models.vit import Block
@@ -99,7 +100,7 @@ def stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
         for module, training in modes.items():
             module.training = training
     rel_updates = [
-        torch.stack([r[f"{name}.update"] / r[f"{name}.skip"] for name in Block.SUBLAYERS]).mean()
+        torch.stack([r[f"{name}.update"] / r[f"{name}.skip"] for name in SUBLAYERS]).mean()
         for r in records
     ]
     return {

@@ -15,9 +15,21 @@ for the residual stream x and a sublayer G (attention or MLP):
     dyt       pre with every LayerNorm, the final one too, replaced by
               DyT(x) = gamma * tanh(alpha * x) + beta (alpha one learnable scalar)
     peri      sandwich by another name: the same modules, so the same model for one seed
+    derf      pre with every LayerNorm, the final one too, replaced by
+              Derf(x) = gamma * erf(alpha * x + s) + beta (alpha, s learnable scalars, 0.5 and 0)
+    hybrid    HybridNorm: attention x <- x + G(x) with each head's q, k and v normalised inside G;
+              MLP x <- LN(x) + G(LN(x)) (the skip leaves from the normalised stream); final LN
 
 residual=false drops the skip term (post becomes LN(G(x)), the plain twin). qk_norm=true adds,
-under any placement, a norm (model.norm, DyT under dyt) on each head's queries and keys.
+under any placement, a norm (model.norm, DyT or Derf under dyt or derf) on each head's queries
+and keys.
+
+Sources: DyT, Zhu et al. 2025 (arXiv 2503.10622); Derf, Chen et al., "Stronger Normalization-Free
+Transformers" (arXiv 2512.10938, CVPR 2026), rule and init from zlab-princeton/Derf,
+ViT/dynamic_erf.py; HybridNorm, Zhuo et al. 2025 (arXiv 2503.04598), rule from
+BryceZhuo/HybridNorm, dense_model/olmo/model.py (OLMoSequentialBlock.forward with the 1.2B
+config's attn_norm false, q/k/v norms, ffn_norm and ffn_residual_after_norm true) and the final
+LayerNorm OLMo applies before its head.
 """
 
 from __future__ import annotations
@@ -29,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.model_config import (DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, DEFAULT_QK_NORM, FINAL_NORM_RULES,
-                                 IMAGE_SIZE, NORM_IN_RULES, NORM_OUT_RULES, PLACEMENTS, Norm, Placement, Pool,
-                                 base_rule, mix_post_layers, norm_kind)
+from resexp.model_config import (DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, DEFAULT_QK_NORM, DERF_ALPHA_INIT,
+                                 DERF_SHIFT_INIT, FINAL_NORM_RULES, IMAGE_SIZE, NORM_IN_RULES, NORM_OUT_RULES,
+                                 PLACEMENTS, SUBLAYERS, Norm, Placement, Pool, base_rule, mix_post_layers,
+                                 norm_kind, normalises_qkv)
 
 # Keys residual_step adds to `record` besides the named steps: the two terms of the sum.
 SKIP, UPDATE = "skip", "update"
@@ -65,13 +78,15 @@ def residual_step(
     *,
     layer: int = 1,
     post_layers: int = 0,
+    sublayer_name: str = "mlp",
 ) -> torch.Tensor:
     """Apply one sublayer to the stream x under a placement's rule (see the module docstring).
 
-    norm_in is the norm before G (pre, sandwich); norm_out the one after G (sandwich) or after
-    the sum (post, deepnorm). alpha scales the skip term (deepnorm); gate is ReZero's scalar a.
-    layer is the block's 1-based index (lns's 1/sqrt(layer)) and post_layers the number of
-    leading Post-LN blocks under mix (mix_post_layers); the other placements ignore both.
+    norm_in is the norm before G (pre, sandwich, hybrid's MLP); norm_out the one after G
+    (sandwich) or after the sum (post, deepnorm). alpha scales the skip term (deepnorm); gate is
+    ReZero's scalar a. layer is the block's 1-based index (lns's 1/sqrt(layer)) and post_layers
+    the number of leading Post-LN blocks under mix (mix_post_layers); the other placements ignore
+    both. sublayer_name ("attn" or "mlp") matters to hybrid alone, whose two rules differ.
     When record is a dict it receives every intermediate, detached, named in computation
     order ("input x", "LN(x)", "G(...)", ...), plus SKIP and UPDATE: the two terms the sum adds.
     """
@@ -82,12 +97,12 @@ def residual_step(
         if record is not None:
             record[name] = value.detach()
 
-    rule = base_rule(placement, layer, post_layers)
+    rule = base_rule(placement, layer, post_layers, sublayer_name)
     keep("input x", x)
     sublayer_input = x
     if rule in NORM_IN_RULES:
         sublayer_input = norm_in(x)
-        keep("DyT(x)" if placement == "dyt" else "LN(x)", sublayer_input)
+        keep({"dyt": "DyT(x)", "derf": "Derf(x)"}.get(placement, "LN(x)"), sublayer_input)
         if placement == "lns":
             sublayer_input = sublayer_input / math.sqrt(layer)
             keep("LN(x)/√l", sublayer_input)
@@ -100,9 +115,9 @@ def residual_step(
         update = gate * update
         keep("a·G(x)", update)
     if residual:
-        skip = alpha * x if rule == "deepnorm" else x
+        skip = alpha * x if rule == "deepnorm" else sublayer_input if rule == "normed_skip" else x
         out = skip + update
-        keep("α·x + G(x)" if rule == "deepnorm" else "sum", out)
+        keep({"deepnorm": "α·x + G(x)", "normed_skip": "LN(x) + G(LN(x))"}.get(rule, "sum"), out)
     else:
         # No skip term: the relative update is measured against the sublayer's input x.
         skip = x
@@ -132,20 +147,42 @@ class DyT(nn.Module):
         return f"{len(self.weight)}, alpha_init={self.alpha.item():.4g}"
 
 
+class Derf(nn.Module):
+    """Dynamic erf (Chen et al. 2025), derf's stand-in for LayerNorm: weight * erf(alpha * x + shift)
+    + bias, weight and bias per channel (1 and 0 at init), alpha and shift one learnable scalar each
+    (DERF_ALPHA_INIT, DERF_SHIFT_INIT), as zlab-princeton/Derf's Dynamic_erf."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(DERF_ALPHA_INIT))
+        self.shift = nn.Parameter(torch.tensor(DERF_SHIFT_INIT))
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * torch.erf(self.alpha * x + self.shift) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{len(self.weight)}, alpha_init={DERF_ALPHA_INIT}, shift_init={DERF_SHIFT_INIT}"
+
+
 def make_norm(norm: str, dim: int, dyt_alpha: float = DEFAULT_DYT_ALPHA) -> nn.Module:
-    """A norm over the last dim: model.norm (Norm: layernorm, rmsnorm) or "dyt"."""
+    """A norm over the last dim: model.norm (Norm: layernorm, rmsnorm), "dyt" or "derf"."""
     if norm == "dyt":
         return DyT(dim, dyt_alpha)
+    if norm == "derf":
+        return Derf(dim)
     return {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm](dim)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with separate q, k, v and out projections (DeepNorm scales
     v and out, not q and k, so they cannot share one fused matrix). q_norm and k_norm, when
-    given, normalise each head's queries and keys over the head dim before the logits q·k."""
+    given, normalise each head's queries and keys over the head dim before the logits q·k;
+    v_norm (HybridNorm) each head's values before they are mixed."""
 
     def __init__(self, dim: int, heads: int, q_norm: nn.Module | None = None,
-                 k_norm: nn.Module | None = None) -> None:  # fmt: skip
+                 k_norm: nn.Module | None = None, v_norm: nn.Module | None = None) -> None:  # fmt: skip
         super().__init__()
         self.heads = heads
         self.q = nn.Linear(dim, dim)
@@ -154,6 +191,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.q_norm = q_norm
         self.k_norm = k_norm
+        self.v_norm = v_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -161,10 +199,12 @@ class Attention(nn.Module):
         def split_heads(z: torch.Tensor) -> torch.Tensor:
             return z.view(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
 
-        queries, keys = split_heads(self.q(x)), split_heads(self.k(x))
+        queries, keys, values = split_heads(self.q(x)), split_heads(self.k(x)), split_heads(self.v(x))
         if self.q_norm is not None:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
-        mixed = F.scaled_dot_product_attention(queries, keys, split_heads(self.v(x)))
+        if self.v_norm is not None:
+            values = self.v_norm(values)
+        mixed = F.scaled_dot_product_attention(queries, keys, values)
         return self.out(mixed.transpose(1, 2).reshape(batch, tokens, dim))
 
     def extra_repr(self) -> str:
@@ -182,15 +222,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention then MLP, each applied by residual_step under the block's placement; `layer`
-    is its 1-based index in the model and post_layers Mix-LN's count of Post-LN blocks.
+    """Attention then MLP, each applied by residual_step under the block's placement (`rules`:
+    each sublayer's base rule); `layer` is its 1-based index in the model and post_layers
+    Mix-LN's count of Post-LN blocks.
 
     With `recording` True, forward stores in `records` the detached mean per-token norms the
     probes need: "output" (the block's output stream) and, per sublayer ("attn", "mlp"),
     "<sublayer>.update" and "<sublayer>.skip" (the two terms of its residual sum).
     """
-
-    SUBLAYERS = ("attn", "mlp")
 
     def __init__(
         self,
@@ -211,24 +250,21 @@ class Block(nn.Module):
         self.residual = residual
         self.layer = layer
         self.post_layers = post_layers
-        self.rule = base_rule(placement, layer, post_layers)
+        self.rules = {name: base_rule(placement, layer, post_layers, name) for name in SUBLAYERS}
         self.alpha = deepnorm_alpha(depth) if placement == "deepnorm" else 1.0
         norm = norm_kind(placement, norm)
         head_dim = dim // heads
-        self.attn = Attention(dim, heads, *(
-            (make_norm(norm, head_dim, dyt_alpha), make_norm(norm, head_dim, dyt_alpha)) if qk_norm else ()
-        ))  # fmt: skip
+        head_norms = (3 if normalises_qkv(placement) else 2 if qk_norm else 0)
+        self.attn = Attention(dim, heads, *(make_norm(norm, head_dim, dyt_alpha) for _ in range(head_norms)))
         self.mlp = MLP(dim, mlp_hidden)
         self.norms_in = nn.ModuleDict(
-            {name: make_norm(norm, dim, dyt_alpha) for name in self.SUBLAYERS}
-            if self.rule in NORM_IN_RULES else {}
+            {name: make_norm(norm, dim, dyt_alpha) for name in SUBLAYERS if self.rules[name] in NORM_IN_RULES}
         )  # fmt: skip
         self.norms_out = nn.ModuleDict(
-            {name: make_norm(norm, dim, dyt_alpha) for name in self.SUBLAYERS}
-            if self.rule in NORM_OUT_RULES else {}
+            {name: make_norm(norm, dim, dyt_alpha) for name in SUBLAYERS if self.rules[name] in NORM_OUT_RULES}
         )  # fmt: skip
         self.gates = nn.ParameterDict(
-            {name: nn.Parameter(torch.zeros(())) for name in self.SUBLAYERS}
+            {name: nn.Parameter(torch.zeros(())) for name in SUBLAYERS}
             if placement == "rezero" else {}
         )  # fmt: skip
         self.recording = False
@@ -236,7 +272,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         records = {}
-        for name in self.SUBLAYERS:
+        for name in SUBLAYERS:
             step_record: dict[str, torch.Tensor] | None = {} if self.recording else None
             x = residual_step(
                 x,
@@ -250,6 +286,7 @@ class Block(nn.Module):
                 record=step_record,
                 layer=self.layer,
                 post_layers=self.post_layers,
+                sublayer_name=name,
             )
             if step_record is not None:
                 records[f"{name}.update"] = mean_token_norm(step_record[UPDATE])
@@ -266,7 +303,8 @@ class Block(nn.Module):
                 mlp.fc1.weight, mlp.fc2.weight]  # fmt: skip
 
     def extra_repr(self) -> str:
-        rule = f", rule={self.rule}" if self.rule != self.placement else ""
+        rules = set(self.rules.values())
+        rule = "" if rules == {self.placement} else ", rules=" + "/".join(self.rules[name] for name in SUBLAYERS)
         return f"placement={self.placement}{rule}, residual={self.residual}, alpha={self.alpha:.4g}"
 
 
@@ -307,7 +345,7 @@ class ViT(nn.Module):
         )  # fmt: skip
         # Pre-LN blocks leave the stream un-normalised, so the head gets a final norm when any
         # block is pre or sandwich: under mix, unless all blocks are Post-LN (each ends in an LN).
-        needs_final_norm = any(block.rule in FINAL_NORM_RULES for block in self.blocks)
+        needs_final_norm = any(rule in FINAL_NORM_RULES for block in self.blocks for rule in block.rules.values())
         self.final_norm = make_norm(norm_kind(norm_placement, norm), dim, dyt_alpha) if needs_final_norm else None
         self.head = nn.Linear(dim, num_classes)
         self._init_weights()
@@ -319,7 +357,7 @@ class ViT(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):  # DyT and Derf keep their own init
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)

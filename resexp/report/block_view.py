@@ -1,8 +1,9 @@
 """One Transformer block on one small vector, step by step (`resexp block`).
 
 The sublayer is linear, G(x) = W x + b, and the norms are fresh LayerNorms (weight 1, bias 0;
-under dyt fresh DyTs, gamma 1, beta 0, alpha the model's default), so every step can be checked
-by hand. The steps come from the model's own rule function, resexp.models.vit.residual_step, so
+under dyt and derf fresh DyTs and Derfs, gamma 1, beta 0, alpha and shift the model's defaults),
+so every step can be checked by hand. Under hybrid the block shown is the MLP's step (attention's,
+x + G(x) with q, k and v normalised inside G, has no norm on the stream to show). The steps come from the model's own rule function, resexp.models.vit.residual_step, so
 the view shows exactly what the ViT computes. The block is the first of a model of `blocks`
 blocks: lns's scale 1/sqrt(l) is 1, and mix's block is Post-LN when floor(mix_ratio * blocks) >= 1.
 """
@@ -22,10 +23,11 @@ from rich.table import Table
 from torch import nn
 
 from resexp.errors import ConfigError
-from resexp.model_config import DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, base_rule, mix_post_layers
+from resexp.model_config import (DEFAULT_DYT_ALPHA, DEFAULT_MIX_RATIO, DERF_ALPHA_INIT, DERF_SHIFT_INIT, base_rule,
+                                 mix_post_layers, norm_kind)
 from resexp.models.vit import SKIP, UPDATE, deepnorm_alpha, make_norm, residual_step
 
-BLOCK_PLACEMENTS = ("pre", "post", "sandwich", "deepnorm", "mix", "lns", "dyt", "peri")
+BLOCK_PLACEMENTS = ("pre", "post", "sandwich", "deepnorm", "mix", "lns", "dyt", "peri", "derf", "hybrid")
 RULES = {
     "pre": "x + G(LN(x))",
     "post": "LN(x + G(x))",
@@ -34,6 +36,8 @@ RULES = {
     "lns": "x + G(LN(x)/√l), l = 1",
     "dyt": f"x + G(DyT(x)), DyT(x) = γ·tanh(α·x) + β, α = {DEFAULT_DYT_ALPHA}",
     "peri": "x + LN_out(G(LN_in(x)))",
+    "derf": f"x + G(Derf(x)), Derf(x) = γ·erf(α·x + s) + β, α = {DERF_ALPHA_INIT}, s = {DERF_SHIFT_INIT}",
+    "hybrid": "LN(x) + G(LN(x)) (HybridNorm's MLP step; its attention: x + Attn(x), q, k, v normalised)",
 }
 MAX_DIM = 32  # beyond this the table and the bar chart stop being readable
 
@@ -86,7 +90,7 @@ def block_steps(
     x = torch.as_tensor(x, dtype=torch.float32)
     if x.shape != (dim,):
         raise ConfigError(f"x must have {dim} values (--dim); got shape {tuple(x.shape)}")
-    norm = "dyt" if placement == "dyt" else "layernorm"
+    norm = norm_kind(placement, "layernorm")
     record: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         residual_step(

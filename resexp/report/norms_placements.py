@@ -18,7 +18,7 @@ from resexp.report.runs import Run, group_by_setting
 
 PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
                    "rezero": "ReZero", "none": "no norm", "mix": "Mix-LN", "lns": "LayerNorm Scaling",
-                   "dyt": "DyT", "peri": "Peri-LN"}
+                   "dyt": "DyT", "peri": "Peri-LN", "derf": "Derf", "hybrid": "HybridNorm"}
 # What a norms sweep varies inside one placement's row; any other config difference makes its own row.
 VARIED_KEYS = ("model.depth", "optim.warmup_iters", "optim.lr")
 
