@@ -137,14 +137,17 @@ def test_lns_scales_the_normalised_input_of_block_l_by_one_over_sqrt_l() -> None
         assert not torch.allclose(pre.blocks[1](x), lns.blocks[1](x))
 
 
-def test_dyt_block_matches_the_formula() -> None:
+@pytest.mark.parametrize("placement", ["dyt", "derf"])
+def test_pointwise_norm_block_matches_the_formula(placement: str) -> None:
+    """DyT and Derf: the pre rule with each LayerNorm replaced by the pointwise function."""
+    formula = {"dyt": dyt, "derf": derf}[placement]
     torch.manual_seed(0)
-    model = small_vit("dyt")
+    model = small_vit(placement)
     randomise_norms(model)
     block, x = model.blocks[0], tokens()
     with torch.no_grad():
-        h = x + block.attn(dyt(x, block.norms_in["attn"]))
-        torch.testing.assert_close(block(x), h + block.mlp(dyt(h, block.norms_in["mlp"])))
+        h = x + block.attn(formula(x, block.norms_in["attn"]))
+        torch.testing.assert_close(block(x), h + block.mlp(formula(h, block.norms_in["mlp"])))
 
 
 def test_dyt_replaces_every_layernorm_and_learns_one_alpha_per_dyt() -> None:
@@ -167,19 +170,12 @@ def test_dyt_alpha_default() -> None:
     assert all(m.alpha.item() == 0.5 for m in small_vit("dyt").modules() if isinstance(m, DyT))
 
 
-def test_derf_block_matches_the_formula() -> None:
-    torch.manual_seed(0)
-    model = small_vit("derf")
-    randomise_norms(model)
-    block, x = model.blocks[0], tokens()
-    with torch.no_grad():
-        h = x + block.attn(derf(x, block.norms_in["attn"]))
-        torch.testing.assert_close(block(x), h + block.mlp(derf(h, block.norms_in["mlp"])))
-        # erf against its series at one point, so the formula is not torch.erf against itself
-        z = 0.37
-        series = 2 / math.sqrt(math.pi) * sum((-1) ** n * z ** (2 * n + 1) / (math.factorial(n) * (2 * n + 1))
-                                              for n in range(12))
-        assert torch.erf(torch.tensor(z, dtype=torch.float64)).item() == pytest.approx(series, rel=1e-12)
+def test_torch_erf_is_the_error_function() -> None:
+    """Derf's erf against its Maclaurin series at one point, so the formula is not torch.erf against itself."""
+    z = 0.37
+    series = 2 / math.sqrt(math.pi) * sum((-1) ** n * z ** (2 * n + 1) / (math.factorial(n) * (2 * n + 1))
+                                          for n in range(12))
+    assert torch.erf(torch.tensor(z, dtype=torch.float64)).item() == pytest.approx(series, rel=1e-12)
 
 
 def test_derf_replaces_every_layernorm_with_the_published_init_and_learns_alpha_and_shift() -> None:
