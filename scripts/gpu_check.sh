@@ -63,7 +63,9 @@ trap 'exit 143' TERM HUP
 step() {  # step NAME LIMIT MINIMUM COMMAND...: under `timeout`, output in NAME.log, within the budget
     local name=$1 limit=$2 minimum=$3 began=$SECONDS rc left
     shift 3
-    left=$((END - SECONDS - 15))  # 15 s kept for stopping what runs and packing the archive
+    # kept for the worst end of a step and of the check: timeout's 10 s --kill-after, then the
+    # cleanup's 10 s wait for the process group, 10 s for the MPS daemon to quit, and the archive
+    left=$((END - SECONDS - 40))
     if [ "$left" -lt "$limit" ]; then
         if [ "$left" -lt "$minimum" ]; then
             echo "$name: skipped, ${left} s of the ${BUDGET_S} s budget left (needs ${minimum})" | tee -a "$LOG/steps.txt"

@@ -31,3 +31,15 @@ def test_without_cuda_it_fails_at_once_and_leaves_one_archive_with_the_commit(tm
     assert steps.splitlines()[0] == "commit 0123abc" and steps.splitlines()[-1] == "failed: cuda"
     assert (out / "steps.txt").read_text() == steps
     assert not list(tmp_path.glob("resexp-gpu-check-*"))  # its work folder is gone
+
+
+def test_the_cuda_tests_fail_instead_of_skipping_where_the_check_requires_cuda():
+    env = {"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": "", "RESEXP_REQUIRE_CUDA": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "same_seed",
+                           str(REPO / "tests" / "test_cuda.py")], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 1 and "RESEXP_REQUIRE_CUDA=1 but torch sees no CUDA GPU" in done.stdout, done.stdout
+    plain = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "same_seed",
+                            str(REPO / "tests" / "test_cuda.py")], capture_output=True, text=True,
+                           env={**env, "RESEXP_REQUIRE_CUDA": ""}, cwd=REPO, timeout=300)
+    assert plain.returncode == 0 and "1 skipped" in plain.stdout, plain.stdout  # CI, which has no GPU
