@@ -135,24 +135,3 @@ def test_a_cancelled_packed_job_ends_the_sweep_and_names_both_its_runs(tmp_path,
         summary = json.loads((sweep_dir / name / "summary.json").read_text())
         assert summary["status"] == "stopped" and (sweep_dir / name / "checkpoints" / "last.pt").is_file()
 
-
-def test_a_lone_job_cancelled_before_it_starts_is_named(tmp_path, start_sweep):
-    """One job is submitted as a plain SLURM job (its folder JOBID, not JOB_TASK); held, it never
-    starts, and without job accounting only squeue says it is gone."""
-    sweep_dir = tmp_path / "sweeps" / "held"
-    sweep = start_sweep("model=plain20", "seed=0,1", *TINY, *SLURM, "+hydra.launcher.additional_parameters={hold:true}",
-                        f"run.root={tmp_path}", "run.sweep=held")
-    deadline = time.monotonic() + 60
-    while not (jobs := slurm_tasks(sweep_dir)):
-        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
-        time.sleep(0.2)
-    [job] = jobs
-    assert "_" not in job  # a plain job
-    subprocess.run(["scancel", job], check=True)
-    out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 2, err[-3000:]
-    lost = sorted(line for line in err.splitlines() if "left the queue without a result" in line)
-    assert lost == [f"resexp: error: {sweep_dir / name}: SLURM job {job} left the queue without a result "
-                    "(cancelled, pre-empted without requeue, or failed; a cluster without job accounting cannot "
-                    f"say which): see {sweep_dir / '.submitit' / job}" for name in ("seed=0", "seed=1")], err[-3000:]
-    assert "2 runs: 2 failed" in out, out

@@ -10,7 +10,6 @@ sweep exits with 128 + the signal's number. The same command resumes the unfinis
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -215,25 +214,20 @@ def watch_slurm_jobs(waiting: threading.Thread, folder_pattern: str, groups: lis
     for name, paths in sorted(slurm_tasks(folder_pattern, started).items()):
         if paths.result_pickle.exists():
             continue
-        for job in groups[task_index(name)]:
+        for job in groups[int(name.split("_")[1])]:
             print(f"resexp: error: {job.run_dir}: SLURM job {name} left the queue without a result (cancelled, "
                   "pre-empted without requeue, or failed; a cluster without job accounting cannot say which): "
                   f"see {paths.folder}", file=sys.stderr)
 
 
 def slurm_tasks(folder_pattern: str, started: float) -> dict[str, JobPaths]:
-    """This submission's SLURM jobs, each with submitit's paths of its files: array tasks
-    ("ARRAY_TASK"), or the one plain job ("JOB") submitit submits when there is a single one."""
+    """This submission's array tasks ("ARRAY_TASK"), each with submitit's paths of its files. A
+    lone job, which submitit submits as a plain job (folder "JOB"), is left to submitit's own
+    wait: watched too, a requeued one was once taken for gone (absent from squeue for three
+    polls under CI's load), so one cancelled before it starts is still waited for (issue 30)."""
     root = JobPaths.get_first_id_independent_folder(folder_pattern)
-    names = [p.name for p in (root.iterdir() if root.is_dir() else [])
-             if re.fullmatch(r"\d+(_\d+)?", p.name) and p.is_dir() and p.stat().st_mtime >= started - 1]
-    arrays = {name.split("_")[0] for name in names if "_" in name}  # an array's own folder holds its script
-    return {name: JobPaths(folder_pattern, job_id=name) for name in names if "_" in name or name not in arrays}
-
-
-def task_index(name: str) -> int:
-    """Which of the submission's jobs a SLURM job is: its array index, 0 for a plain job."""
-    return int(name.split("_")[1]) if "_" in name else 0
+    names = [p.name for p in root.glob("*_*") if p.is_dir() and p.stat().st_mtime >= started - 1]
+    return {name: JobPaths(folder_pattern, job_id=name) for name in names}
 
 
 def squeue(array_ids: set[str]) -> set[str] | None:
