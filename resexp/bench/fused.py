@@ -46,7 +46,7 @@ class FusedStep(Step):
         self.like = models[0]  # an ordinary model of the config: the shapes a member hands back
         self.model = fuse(models).to(memory_format=runtime.memory_format)
         self.forward = compile_forward(self.model, runtime)
-        self.params = [p for p in self.model.parameters()]
+        self.params = list(self.model.parameters())
         self.momentum = [torch.zeros_like(p) for p in self.params]  # SGD's buffers: 0 + d is torch's first d
         self.rows = [member_of_rows(p, members) for p in self.params]
         self.errors = torch.zeros(members, device=device)
@@ -93,10 +93,7 @@ class FusedStep(Step):
         for p, buffer, rows in zip(self.params, self.momentum, self.rows):
             step = p.grad.add(p, alpha=decay) if decay else p.grad
             buffer.mul_(momentum).add_(step)
-            if nesterov:
-                step = step.add(buffer, alpha=momentum)
-            else:
-                step = buffer
+            step = step.add(buffer, alpha=momentum) if nesterov else buffer
             p.sub_(self.lr[rows].view(-1, *([1] * (p.ndim - 1))) * step)
 
     def read_metrics(self) -> tuple[list[float], list[float]]:
@@ -113,9 +110,8 @@ class FusedStep(Step):
         model = self.like
         model.load_state_dict(member_state(self.model, member, self.members, model))
         optimizer = build_optimizer(self.optim, model.parameters(), torch.tensor(0.0))
-        for p, buffer in zip(model.parameters(), self.momentum):
-            rows = buffer.shape[0] // self.members
-            optimizer.state[p]["momentum_buffer"] = buffer[member * rows:(member + 1) * rows].reshape(p.shape).clone()
+        for p, buffer in zip(model.parameters(), self.momentum):  # laid out as the weights (member_state)
+            optimizer.state[p]["momentum_buffer"] = buffer.reshape(self.members, *p.shape)[member].clone()
         return {"model": {k: v.clone() for k, v in model.state_dict().items()}, "optimizer": optimizer.state_dict(),
                 "scaler": self.runtime.scaler().state_dict(), "batcher": self.batchers[member].state_dict(),
                 "window_errors": self.errors[member].clone(), "window_loss": self.loss_sum[member].clone(),

@@ -284,7 +284,8 @@ def sweep_report(target: Target, runs: list[RunSpeed], left_s: list[float], rest
     return {
         "sweep": str(first.run.sweep), "command": " ".join(["resexp sweep", *target.overrides]),
         "runs": len(runs), "launcher": target.plan.launcher, "runs_at_once": runs_at_once(target.plan),
-        "mps_runs_per_gpu": target.plan.per_gpu, "under_mps": under_mps, "device": device, "device_type": device_kind(first),
+        "mps_runs_per_gpu": target.plan.per_gpu, "under_mps": under_mps, "device": device,
+        "device_type": device_kind(first),
         "torch": torch.__version__, "resexp": __version__, "cpu_count": os.cpu_count(), "host": platform.node(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "window_s": round(window.seconds, 1), "ended": window.ending, "startup_s": round(startup, 1),
