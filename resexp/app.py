@@ -2,7 +2,7 @@
 
 Two views:
   * One block: `resexp block` interactively — one Transformer block on one small vector under a
-    norm placement, computed by resexp.report.block_view (the model's own residual_step), as a
+    norm placement, computed by resexp.views.block (the model's own residual_step), as a
     table of the steps and the same bar chart the CLI draws.
   * Run browser: a sweep directory's Figure 6 and Table 6 (He et al.), or, for a ViT
     norm-placement sweep, the norms figure and table — what `resexp figure` / `resexp table` write.
@@ -20,12 +20,10 @@ import streamlit as st
 
 from resexp.errors import ResexpError, explain
 from resexp.model_config import PLACEMENTS
-from resexp.report.block_view import MAX_DIM, block_steps, check_placement, draw_block, rule_text
+from resexp.views.block import MAX_DIM, block_steps, check_placement, draw_block, rule_text
 
 DIM_RANGE = (2, min(16, MAX_DIM))
 X_RANGE = (-5.0, 5.0)
-KINDS = {"auto": "auto (norms if every run is a ViT)", "fig6": "Figure 6 / Table 6 (He et al.)",
-         "norms": "norm placements (ViT)"}
 
 
 def _message(error: BaseException) -> str:
@@ -70,37 +68,22 @@ def block_view() -> None:
             st.image(png.read_bytes(), caption="each step's components (the figure `resexp block` writes)")
 
 
-def _kind(runs, choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "norms" if all(r.config.model.get("arch") == "vit" for r in runs) else "fig6"
-
-
 def run_browser() -> None:
-    from resexp.report.figures import draw_figure6, figure6_series
-    from resexp.report.norms_figure import draw_norms_figure
-    from resexp.report.norms_lr import draw_lr_figure, lr_rows, varies_lr
-    from resexp.report.norms_table import norms_runs, norms_table
-    from resexp.report.runs import scan_runs
-    from resexp.report.tables import table6
+    from resexp.kinds import REPORTS, kind_of, report_kind
+    from resexp.runs import scan_runs
 
     st.subheader("Run browser")
     sweep_dir = st.text_input("sweep directory", value="", key="sweep_dir",
                               placeholder="e.g. runs/sweeps/figure6").strip()
-    choice = st.selectbox("report", list(KINDS), format_func=KINDS.get, key="kind")
+    titles = {"auto": "auto (norms if every run is a ViT)"} | {name: kind.title for name, kind in REPORTS.items()}
+    choice = st.selectbox("report", list(titles), format_func=titles.get, key="kind")
     if not sweep_dir:
         st.info("Give a sweep directory (or any folder of run directories).")
         return
     try:
         runs, unreadable = scan_runs(sweep_dir)
-        kind = _kind(runs, choice)
-        lr_figure = lr_table = None
-        if kind == "norms":
-            figure, rows, extra = draw_norms_figure(runs), norms_table(runs), norms_runs(runs)
-            if varies_lr(runs):  # a learning-rate sweep: final loss against lr, as resexp figure/table write it
-                lr_figure, lr_table = draw_lr_figure(runs), lr_rows(runs)
-        else:
-            figure, rows, extra = draw_figure6(figure6_series(runs)), table6(runs), None
+        report = kind_of(runs) if choice == "auto" else report_kind(choice)
+        drawn, tables = report.draw(runs), report.tables(runs)  # as resexp figure/table write them
     except ResexpError as error:
         st.error(_message(error))
         return
@@ -108,16 +91,16 @@ def run_browser() -> None:
     if unreadable:
         st.warning("Runs left out (not in the report): "
                    + "; ".join(f"{u.path} ({u.what}: {u.reason})" for u in unreadable))
-    st.pyplot(figure)
-    st.markdown("**Norm placements**" if kind == "norms" else "**Table 6**")
-    st.dataframe(pd.DataFrame(rows))
-    if lr_figure is not None:
+    st.pyplot(drawn.figures[""])
+    st.markdown(f"**{report.table_title}**")
+    st.dataframe(pd.DataFrame(tables.main))
+    if tables.lr is not None:
         st.markdown("**Learning-rate sensitivity**: final training loss per placement, depth and lr")
-        st.pyplot(lr_figure)
-        st.dataframe(pd.DataFrame(lr_table))
-    if extra is not None:
+        st.pyplot(drawn.figures["_lr"])
+        st.dataframe(pd.DataFrame(tables.lr))
+    if tables.runs is not None:
         with st.expander("every run"):
-            st.dataframe(pd.DataFrame(extra))
+            st.dataframe(pd.DataFrame(tables.runs))
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def _sweep(overrides: list[str], dry_run: bool) -> None:
 # ---- reports of run and sweep directories (resexp/report/) ----
 
 SWEEP_DIR = typer.Argument(..., help="a sweep directory (or any folder of run directories)")
-KIND = "fig6 or norms: He et al. {}, or Transformer norm placements"  # REPORT_KINDS of resexp/report/kinds.py
+KIND = "fig6 or norms: He et al. {}, or Transformer norm placements"  # REPORTS of resexp/kinds.py
 
 
 @app.command(help="Draw Figure 6 (plain left, residual right; dashed = train, bold = test error) or, with "
@@ -135,7 +135,7 @@ def figure(
                                        "curves end inside it)", show_default=False),
     log_y: bool = typer.Option(False, "--log-y", help="Figure 6's error on a log scale"),
 ) -> None:
-    from resexp.report.kinds import report_figure
+    from resexp.kinds import report_figure
 
     wrote(report_figure(kind, sweep_dir, out, ylim, log_y))
 
@@ -153,7 +153,7 @@ def table(
                                           "norms_table.md/.csv and norms_runs.csv) go (default SWEEP_DIR)"),
     kind: str = typer.Option("fig6", "--kind", help=KIND.format("Table 6")),
 ) -> None:
-    from resexp.report.kinds import report_table
+    from resexp.kinds import report_table
 
     wrote(report_table(kind, sweep_dir, out_dir))
 
@@ -168,7 +168,7 @@ def status(
     watch: bool = typer.Option(False, "--watch", help="refresh until Ctrl-C"),
     interval: float = typer.Option(5.0, "--interval", min=0.5, help="seconds between refreshes with --watch"),
 ) -> None:
-    from resexp.report.status import show_status
+    from resexp.views.status import show_status
 
     show_status(directory, watch, interval)
 
@@ -212,7 +212,7 @@ def block(
                                "Post-LN share floor(0.25 N) (the block shown is block 1)"),
     out: Optional[str] = typer.Option(None, "-o", "--out", help="PNG path (default block_PLACEMENT.png)"),
 ) -> None:
-    from resexp.report.block_view import show_block
+    from resexp.views.block import show_block
 
     wrote([show_block(placement, dim, seed, x, blocks, out)])
 
@@ -232,7 +232,7 @@ def app_command(
 @app.command(help="List every named model with its parameters and forward MACs per image.")
 @error_boundary
 def models() -> None:
-    from resexp.report.model_table import model_table
+    from resexp.views.models import model_table
 
     Console().print(model_table())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 
-from resexp.report.runs import require_runs
+from resexp.runs import require_runs
 
 
 def main(sweep_dir: str) -> int:

@@ -263,7 +263,7 @@ def test_cnn_probes_leave_training_unchanged(tmp_path):
     a, b = (torch.load(tmp_path / x / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
             for x in ("a", "b"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    from resexp.report.runs import read_series
+    from resexp.runs import read_series
     tags = read_series(tmp_path / "a" / "resnet20_synthetic_seed0")
     assert tags["probe/grad_norm/block_008"][0] == [0, 1, 2] and "probe/rel_update/block_000" in tags
     for probe in ("angular_distance", "stream_norm"):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fake_runs import write_run
 from resexp.cli import app as cli_app
-from resexp.report.block_view import block_steps
+from resexp.views.block import block_steps
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -97,7 +97,7 @@ def test_block_view_x_by_hand():
 
 
 def test_every_placement_is_offered():
-    from resexp.report.block_view import BLOCK_PLACEMENTS
+    from resexp.views.block import BLOCK_PLACEMENTS
     from resexp.model_config import PLACEMENTS
 
     at = started()

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from resexp.cli import app
 from resexp.errors import ConfigError
-from resexp.report.block_view import block_steps, draw_block
+from resexp.views.block import block_steps, draw_block
 
 X = [1.0, 2.0, 3.0, 4.0]
 

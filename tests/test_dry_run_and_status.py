@@ -15,7 +15,7 @@ from resexp.cli import app
 from resexp.engine import train as train_module
 from resexp.files import write_json
 from resexp.engine.train import train
-from resexp.report.status import run_statuses, status_text
+from resexp.views.status import run_statuses, status_text
 from resexp.sweep.launch import prepare_sweep
 from resexp.sweep.plan import dry_run as plan_lines
 

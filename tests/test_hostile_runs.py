@@ -171,7 +171,7 @@ def test_a_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     status = invoke("status", root)
     assert status.exit_code == 0
-    assert f"model=plain56,seed=2: unreadable: cannot list it (Permission denied)" in status.stdout
+    assert "model=plain56,seed=2: unreadable: cannot list it (Permission denied)" in status.stdout
     assert "6 runs: 5 finished, 1 unreadable" in status.stdout
     table = invoke("table", root, "-o", tmp_path)
     assert f"resexp: warning: unreadable run {hidden}: cannot list it (Permission denied)" in table.stderr
@@ -185,7 +185,7 @@ def test_one_seed_without_an_error_series_leaves_only_itself_out_of_figure6(tmp_
     assert "Figure 6: 2 curves: plain-20, plain-56" in result.stdout
     assert "plain-20: seed 1 logged no train/error, so its curve leaves it out" in result.stderr
     from resexp.report.figures import figure6_series
-    from resexp.report.runs import find_runs
+    from resexp.runs import find_runs
 
     plain20 = next(c for c in figure6_series(find_runs(root)) if c.label == "plain-20")
     assert plain20.train.mean[-1] == pytest.approx((5.0 + 5.2) / 2, abs=1e-5)  # seeds 0 and 2

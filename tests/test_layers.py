@@ -14,13 +14,14 @@ PLUGINS = PACKAGE.parent / "hydra_plugins"  # resexp's Hydra sweeper
 
 # Lowest first. A module's layer is that of its top-level name under resexp/.
 LAYERS = [
-    {"resexp", "errors", "files", "sections", "summary", "model_config", "model_size"},
+    {"resexp", "errors", "files", "sections", "summary", "model_config", "model_size", "terminal"},
     {"schema"},
     {"config"},
-    {"data", "rundir"},
+    {"data", "rundir", "runs", "plotting"},
     {"models"},
     {"engine"},
-    {"sweep", "report"},
+    {"sweep", "report", "norms", "views"},
+    {"kinds"},
     {"bench"},
     {"analysis"},
     {"app", "app_launch"},

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import resexp.engine.train as train_module
 from resexp.cli import app
 from resexp.engine.stopping import StopSignal
-from test_failures import finished, snapshot  # noqa: F401 (finished: the fixture of a finished run)
+from test_failures import finished, snapshot  # noqa: F401,F811 (finished: the fixture of a finished run)
 
 TINY = ["data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25", "trainer.batch_size=32",
         "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=none"]

@@ -15,9 +15,11 @@ from typer.testing import CliRunner
 from fake_runs import MANY, STEPS, write_run
 from resexp.cli import app
 from resexp.errors import ResexpError
-from resexp.report.figures import Band, Curve, draw_figure6, figure6, figure6_series, make_figure, y_range
-from resexp.report.runs import UnreadableRun, find_runs, group_runs, read_series, scan_runs
-from resexp.report.tables import make_table, print_table, table6, write_table
+from resexp.kinds import report_figure, report_table
+from resexp.plotting import Band, save_figure
+from resexp.report.figures import Curve, draw_figure6, figure6_series, y_range
+from resexp.report.tables import print_table, table6, write_table
+from resexp.runs import UnreadableRun, find_runs, group_runs, read_series, scan_runs
 
 # (name, depth, residual, seed, status, sub-directory): a finished pair of seeds per model,
 # one diverged plain-56, one run nested a level deeper.
@@ -91,7 +93,7 @@ def test_figure6_series_is_the_logged_data(sweep):
 def test_figure6_writes_png_and_pdf_with_plain_left_and_residual_right(sweep, tmp_path):
     root, _ = sweep
     runs = find_runs(root)
-    paths = figure6(runs, tmp_path / "out" / "fig6.png")
+    paths = save_figure(draw_figure6(figure6_series(runs)), tmp_path / "out" / "fig6.png")
     assert paths == [tmp_path / "out" / "fig6.png", tmp_path / "out" / "fig6.pdf"]
     assert paths[0].read_bytes().startswith(b"\x89PNG") and paths[1].read_bytes().startswith(b"%PDF")
 
@@ -191,13 +193,13 @@ def test_markdown_and_csv_parse_back_to_the_row_values(sweep, tmp_path):
     assert all(r["model"] in out.getvalue() for r in rows)
 
 
-def test_make_figure_and_make_table_default_into_the_sweep_dir(sweep, tmp_path):
+def test_figure_and_table_default_into_the_sweep_dir(sweep, tmp_path):
     root, _ = sweep
-    assert make_figure(root) == [root / "figure6.png", root / "figure6.pdf"]
-    assert make_table(root) == [root / "table6.md", root / "table6.csv"]
-    assert all(p.stat().st_size > 0 for p in root.glob("*6.*"))
+    assert report_figure("fig6", str(root)) == [root / "figure6.png", root / "figure6.pdf"]
+    assert report_table("fig6", str(root)) == [root / "table6.md", root / "table6.csv"]
+    assert (root / "table6.md").read_text().count("| plain-56 |") == 1
     with pytest.raises(ResexpError, match="no run directories"):
-        make_table(tmp_path)
+        report_table("fig6", str(tmp_path))
 
 
 def event_file(run_dir):

@@ -14,12 +14,13 @@ from typer.testing import CliRunner
 
 from resexp.cli import app
 from resexp.errors import ResexpError
-from resexp.report.norms_figure import draw_norms_figure, loss_curves, norms_figure
-from resexp.report.norms_lr import at_best_lr, draw_lr_figure, lr_markdown, lr_rows, varies_lr
-from resexp.report.norms_placements import placement_groups
-from resexp.report.norms_probes import block_profile, probe_steps
-from resexp.report.norms_table import norms_runs, norms_table, print_norms_table, write_norms_table
-from resexp.report.runs import find_runs, scan_runs
+from resexp.kinds import report_figure
+from resexp.norms.figure import draw_norms_figure, loss_curves
+from resexp.norms.lr import at_best_lr, draw_lr_figure, lr_markdown, lr_rows, varies_lr
+from resexp.norms.placements import placement_groups
+from resexp.norms.probes import block_profile, probe_steps
+from resexp.norms.table import norms_runs, norms_table, print_norms_table, write_norms_table
+from resexp.runs import find_runs, scan_runs
 
 MAX_ITERS = 1000
 EVAL_STEPS = list(range(100, MAX_ITERS + 1, 100))
@@ -280,7 +281,7 @@ def test_markdown_and_csv_files_hold_the_rows(sweep, tmp_path):
 def test_norms_figure_draws_the_logged_data(sweep, tmp_path):
     root, logged = sweep
     runs = find_runs(root)
-    paths = norms_figure(runs, tmp_path / "out" / "norms.png")
+    paths = report_figure("norms", str(root), str(tmp_path / "out" / "norms.png"))
     assert paths == [tmp_path / "out" / "norms.png", tmp_path / "out" / "norms.pdf"]
     assert paths[0].read_bytes().startswith(b"\x89PNG") and paths[1].read_bytes().startswith(b"%PDF")
 

@@ -1,7 +1,6 @@
 """The reproduction report (resexp report): its statistics against hand computations, the
 paper's convention, the recipe's differences, and the report of fake sweeps."""
 
-import itertools
 import json
 import math
 
@@ -13,12 +12,12 @@ from typer.testing import CliRunner
 
 from fake_runs import write_final_run, write_run
 from resexp.cli import app
-from resexp.report.paper import comparison_gaps, recipe_differences, recipe_rows, warmup_ends
+from resexp.report.paper import PAPER_CIFAR10, PaperError, comparison_gaps, recipe_differences, recipe_rows, warmup_ends
 from resexp.report.reproduction import (
     CLAIMS, MIN_RUNS, RULE, depth_gap, difference, judge_claim, missing_seeds, off_paper_setting,
     ordered_groups, paper_convention, permutation_p, rank_correlation, reproduction_report,
 )
-from resexp.report.runs import scan_runs
+from resexp.runs import scan_runs
 
 DEGRADATION, NO_DEGRADATION = CLAIMS
 SEPARATED_RHO = math.sqrt(27 / 35)  # two depths of 3 runs each, every deeper run above every shallower one
@@ -180,15 +179,15 @@ def test_paper_convention():
 
 def test_difference_in_standard_errors():
     # mean 7.2, std 0.2 over 3; the paper's one run, spread taken as ours: SE = 0.2 * sqrt(1/3 + 1) = 0.2309
-    assert difference([7.0, 7.2, 7.4], 6.97) == "+0.23 pts = +1.0 SE"
+    assert difference([7.0, 7.2, 7.4], PaperError(6.97, "6.97")) == "+0.23 pts = +1.0 SE"
     # one seed, or seeds that agree: no spread of ours, so no SE (the paper's 0.16 is not borrowed)
-    assert difference([7.29], 6.97) == "+0.32 pts, one seed (no SE)"
-    assert difference([6.5, 6.5], 6.97) == "-0.47 pts, 2 seeds agree exactly (no SE)"
-    assert difference([7.29], 6.43, (6.61, 0.16, 5)) == "+0.68 pts, one seed (no SE)"
+    assert difference([7.29], PaperError(6.97, "6.97")) == "+0.32 pts, one seed (no SE)"
+    assert difference([6.5, 6.5], PaperError(6.97, "6.97")) == "-0.47 pts, 2 seeds agree exactly (no SE)"
+    assert difference([7.29], PAPER_CIFAR10[True, 110]) == "+0.68 pts, one seed (no SE)"
     # ResNet-110 against the paper's mean of 5 runs, not its best: a match is 0 SE
-    assert difference([6.45, 6.61, 6.77], 6.43, (6.61, 0.16, 5)) == "+0.00 pts = +0.0 SE"
+    assert difference([6.45, 6.61, 6.77], PAPER_CIFAR10[True, 110]) == "+0.00 pts = +0.0 SE"
     # 0.16 over 3 and over 5: SE = sqrt(0.16^2/3 + 0.16^2/5) = 0.1168; (6.81 - 6.61) / 0.1168 = 1.71
-    assert difference([6.65, 6.81, 6.97], 6.43, (6.61, 0.16, 5)) == "+0.20 pts = +1.7 SE"
+    assert difference([6.65, 6.81, 6.97], PAPER_CIFAR10[True, 110]) == "+0.20 pts = +1.7 SE"
 
 
 def test_the_paper_recipe_differs_only_in_the_classifier_init(tmp_path):

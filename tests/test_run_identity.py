@@ -13,7 +13,7 @@ from resexp.config import compose, identity_changes, run_identity
 from resexp.engine.checkpoint import save_checkpoint
 from resexp.engine.train import train
 from resexp.errors import ResexpError
-from resexp.report.runs import Run, group_runs
+from resexp.runs import Run, group_runs
 from resexp.rundir import CHECKPOINT, RunDir, load_checkpoint
 
 TINY = ["model=resnet20", "data=synthetic", "data.train_size=256", "data.test_size=64", "model.width=0.25",

@@ -17,7 +17,7 @@ from resexp.engine.train import train
 from resexp.errors import ConfigError
 from resexp.models import build_model
 from resexp.models.vit import Derf, DyT, ViT
-from resexp.report.block_view import block_steps
+from resexp.views.block import block_steps
 
 DIM = 16
 NEW_KEYS = ("mix_ratio", "dyt_alpha", "qk_norm")

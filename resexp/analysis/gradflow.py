@@ -33,7 +33,7 @@ from resexp.engine.runtime import resolve_device
 from resexp.errors import ResexpError
 from resexp.files import write_json
 from resexp.models import build_model
-from resexp.report.figures import save_figure
+from resexp.plotting import save_figure
 from resexp.rundir import model_label
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # normalised images, labels

@@ -27,7 +27,7 @@ from resexp.data import Data
 from resexp.engine.evaluate import evaluate
 from resexp.errors import ResexpError
 from resexp.files import atomic_path, write_json
-from resexp.report.figures import save_figure
+from resexp.plotting import save_figure
 
 Direction = list[torch.Tensor]  # one tensor per model.parameters() entry, same shapes
 CONTOUR_LEVELS = 30

@@ -28,7 +28,7 @@ from resexp.analysis.trained import EVAL_BATCH, TrainedRun, expand_runs, load_ru
 from resexp.engine.evaluate import evaluate
 from resexp.errors import ResexpError
 from resexp.models.surgery import blocks_of, lesioned
-from resexp.report.figures import save_figure
+from resexp.plotting import save_figure
 
 
 def swappable(model: nn.Module) -> list[tuple[int, int]]:

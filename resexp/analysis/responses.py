@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from resexp.analysis.trained import EVAL_BATCH, TrainedRun, expand_runs, load_run, require_arch
-from resexp.report.figures import save_figure
+from resexp.plotting import save_figure
 from resexp.rundir import RESPONSES_STEM
 
 

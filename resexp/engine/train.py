@@ -14,7 +14,6 @@ import sys
 import time
 from contextlib import closing
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -6,35 +6,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from resexp.errors import ResexpError
-from resexp.files import output_path
 from resexp.report.paper import PAPER_DATA
-from resexp.report.runs import Run, group_runs, require_runs
+from resexp.plotting import UNFINISHED_MARKERS, Band, seed_band
+from resexp.runs import Run, group_runs
 
 # The paper's y range for CIFAR-10, per panel where its finished curves end inside it; whatever
 # a range cuts off (the first iterations, diverged runs) is said on the panel, never hidden.
 PAPER_YMAX = 20.0
 DEEPEST = (110, 1202)  # the paper's third panel: ResNet-110 vs ResNet-1202
-UNFINISHED_MARKERS = {"diverged": "X", "failed": "s", "running": "o"}
 # Iterations from 10^4 on as "x 1e4", as the paper's axis; a short run keeps plain numbers (no "1e2").
 SCI_LIMITS = (0, 3)
-
-
-@dataclass
-class Band:
-    """One error curve over seeds, on the steps every seed logged."""
-
-    steps: np.ndarray
-    mean: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
 
 
 @dataclass
@@ -152,30 +139,6 @@ def y_range(curves: list[Curve]) -> float:
     return float(min(100, 10 * math.ceil(1.2 * highest_final / 10)))
 
 
-def figure6(runs: list[Run], out_path: str | Path, ylim: tuple[float, float] | None = None,
-            log_y: bool = False) -> list[Path]:
-    """Draw Figure 6 and write it as PNG and PDF (out_path with each suffix); returns both paths."""
-    return save_figure(draw_figure6(figure6_series(runs), ylim, log_y), out_path)
-
-
-def save_figure(fig: Figure, out_path: str | Path) -> list[Path]:
-    """Write fig as PNG and PDF (out_path with each suffix); returns both paths."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in paths:
-        with output_path(path) as tmp:  # written whole: a full disk keeps the previous figure
-            # No creation date in the PDF: the same runs redraw the same bytes.
-            fig.savefig(tmp, dpi=150, format=path.suffix[1:],
-                        metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    return paths
-
-
-def make_figure(sweep_dir: str | Path, out: str | Path | None = None) -> list[Path]:
-    """Figure 6 of every run under sweep_dir; by default sweep_dir/figure6.png and .pdf."""
-    return figure6(require_runs(sweep_dir), out if out is not None else Path(sweep_dir) / "figure6.png")
-
-
 def _curve(label: str, runs: list[Run], status: str) -> Curve:
     first = runs[0]
     tags = ("train/error", f"{first.eval_split}/error")
@@ -187,18 +150,6 @@ def _curve(label: str, runs: list[Run], status: str) -> Curve:
         train=seed_band(runs, tags[0]), test=seed_band(runs, tags[1]),
         data=str(first.config.data.name), unlogged=unlogged if len(runs) > 1 else [],
     )
-
-
-def seed_band(runs: list[Run], tag: str) -> Band | None:
-    """The band of the runs that logged `tag` (None if none did), on the steps all of them logged."""
-    by_step = [dict(zip(*r.series[tag])) for r in runs if tag in r.series]
-    if not by_step:
-        return None
-    common = sorted(set.intersection(*(set(d) for d in by_step)))
-    if not common:
-        return None
-    values = np.array([[d[s] for s in common] for d in by_step])
-    return Band(np.array(common), values.mean(0), values.min(0), values.max(0))
 
 
 def _draw_curve(ax: Axes, curve: Curve, colour) -> None:

@@ -17,7 +17,7 @@ from resexp.model_config import (
     STAGE_CHANNELS,
     scaled_channels,
 )
-from resexp.report.runs import Run
+from resexp.runs import Run
 
 PAPER_DATA = "cifar10"
 PAPER_ITERS = 64_000
@@ -30,11 +30,35 @@ PAPER_WEIGHT_DECAY = 1e-4
 PAPER_WARMUP = {"lr": 0.01, "until_error": 80.0}  # ResNet-110 and -1202 only, about 400 iterations
 PAPER_WARMUP_DEPTH = 110
 PAPER_WARMUP_ITERS = 400  # "(about 400 iterations)": where the paper's warm-up ended
-# The only spread the paper reports: ResNet-110's std over 5 runs (Table 6, "6.43 (6.61±0.16)").
-PAPER_STD = 0.16
-# (mean, std, runs) of a Table 6 entry, keyed as resexp.report.tables.PAPER_CIFAR10, where the paper
-# gives them; every other entry is one number, one run.
-PAPER_RUNS = {(True, 110): (6.61, PAPER_STD, 5)}
+
+
+@dataclass(frozen=True)
+class PaperError:
+    """One CIFAR-10 test error (%) of the paper: the number Table 6 gives (or Figure 6 shows), how
+    to print it, and the runs behind it (mean, std, count) where the paper reports them; else one run."""
+
+    value: float
+    shown: str
+    mean: float | None = None
+    std: float | None = None
+    runs: int = 1
+
+
+# Keyed by (residual, depth).
+PAPER_CIFAR10 = {
+    (True, 20): PaperError(8.75, "8.75"),
+    (True, 32): PaperError(7.51, "7.51"),
+    (True, 44): PaperError(7.17, "7.17"),
+    (True, 56): PaperError(6.97, "6.97"),
+    # best of 5 runs (mean ± std): the only spread the paper reports (Table 6, "6.43 (6.61±0.16)")
+    (True, 110): PaperError(6.43, "6.43 (6.61 ± 0.16)", mean=6.61, std=0.16, runs=5),
+    (True, 1202): PaperError(7.93, "7.93"),
+    # Plain nets are not in Table 6: final test error read off Figure 6 (left), approximate.
+    (False, 20): PaperError(9.7, "≈9.7 (Fig. 6)"),
+    (False, 32): PaperError(10.1, "≈10.1 (Fig. 6)"),
+    (False, 44): PaperError(11.4, "≈11.4 (Fig. 6)"),
+    (False, 56): PaperError(13.25, "≈13.25 (Fig. 6)"),
+}
 NOT_RECORDED = "not recorded"
 
 

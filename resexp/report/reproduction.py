@@ -56,21 +56,22 @@ from scipy import stats
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
 from resexp.files import copy_file, write_text
-from resexp.report.figures import draw_figure6, figure6_series, save_figure
+from resexp.plotting import save_figure
+from resexp.report.figures import draw_figure6, figure6_series
 from resexp.report.paper import (
     PAPER_BATCH,
+    PAPER_CIFAR10,
     PAPER_DATA,
     PAPER_ITERS,
-    PAPER_RUNS,
+    PaperError,
     comparison_gaps,
     recipe_differences,
     recipe_rows,
     warmup_ends,
 )
-from resexp.report.runs import LeftOut, Run, group_runs, say_left_out, scan_runs, status_counts
-from resexp.report.tables import PAPER_CIFAR10
-from resexp.report.terminal import duration
 from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM
+from resexp.runs import LeftOut, Run, group_runs, say_left_out, scan_runs, status_counts
+from resexp.terminal import duration
 
 MIN_RUNS = 3  # finished runs per depth for a verdict
 ALPHA = 0.05  # one-sided: the claims have a direction
@@ -250,12 +251,13 @@ def paper_convention(values: Sequence[float]) -> str:
     return f"{min(values):.2f} ({statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}, {len(values)} seeds)"
 
 
-def difference(values: Sequence[float], paper: float, paper_runs: tuple[float, float, int] | None = None) -> str:
+def difference(values: Sequence[float], paper: PaperError) -> str:
     """Our mean minus the paper's, in points and in standard errors of the difference (see the
-    module's docstring). paper_runs: the paper's (mean, std, runs) where it reports them; else
-    `paper` is one run. With one seed, or seeds that agree exactly, the points alone: no SE."""
+    module's docstring); the paper's mean and std where it reports them, else its one run. With
+    one seed, or seeds that agree exactly, the points alone: no SE."""
     mean = statistics.fmean(values)
-    paper_mean, paper_std, paper_n = paper_runs if paper_runs else (paper, None, 1)
+    paper_mean = paper.value if paper.mean is None else paper.mean
+    paper_std, paper_n = paper.std, paper.runs
     gap = f"{round(mean - paper_mean, 2) + 0.0:+.2f} pts"  # + 0.0: a rounded -0.0 is shown as +0.00
     if len(values) < 2:
         return f"{gap}, one seed (no SE)"
@@ -303,11 +305,11 @@ def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> 
         elif gaps:
             diff = "n/a, not the paper's setting: " + "; ".join(gaps)
         else:
-            diff = difference(values, paper[0], PAPER_RUNS.get(key))
+            diff = difference(values, paper)
         status = status_counts(runs)
         if label in missing:
             status += f", {len(missing[label])} missing"
-        lines.append(f"| {label} | {paper[1] if paper else '—'} | {paper_convention(values)} | {diff} | "
+        lines.append(f"| {label} | {paper.shown if paper else '—'} | {paper_convention(values)} | {diff} | "
                      f"{evaluation(first)} | {status} |")
     return lines
 

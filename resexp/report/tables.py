@@ -22,32 +22,16 @@ from typing import Any
 from rich.console import Console
 
 from resexp.files import write_csv, write_text
-from resexp.report.paper import comparison_gaps
-from resexp.report.runs import (
+from resexp.report.paper import PAPER_CIFAR10, PaperError, comparison_gaps
+from resexp.runs import (
     LeftOut,
     Run,
     group_runs,
     print_unreadable,
-    scan_runs,
     status_counts,
     unreadable_lines,
 )
-from resexp.report.terminal import fitted_table
-
-# CIFAR-10 test error (%) from the paper, keyed by (residual, depth): value, how to show it.
-PAPER_CIFAR10: dict[tuple[bool, int], tuple[float, str]] = {
-    (True, 20): (8.75, "8.75"),
-    (True, 32): (7.51, "7.51"),
-    (True, 44): (7.17, "7.17"),
-    (True, 56): (6.97, "6.97"),
-    (True, 110): (6.43, "6.43 (6.61 ± 0.16)"),  # best of 5 runs (mean ± std)
-    (True, 1202): (7.93, "7.93"),
-    # Plain nets are not in Table 6: final test error read off Figure 6 (left), approximate.
-    (False, 20): (9.7, "≈9.7 (Fig. 6)"),
-    (False, 32): (10.1, "≈10.1 (Fig. 6)"),
-    (False, 44): (11.4, "≈11.4 (Fig. 6)"),
-    (False, 56): (13.25, "≈13.25 (Fig. 6)"),
-}
+from resexp.terminal import fitted_table
 
 # Row keys, in order: the CSV header.
 COLUMNS = ("model", "data", "eval_split", "depth", "residual", "params", "params_m", "seeds", "status",
@@ -93,12 +77,6 @@ def print_table(rows: list[dict[str, Any]], console: Console | None = None,
     print_unreadable(unreadable, console)
 
 
-def make_table(sweep_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Table 6 of every run under sweep_dir; by default sweep_dir/table6.md and .csv."""
-    runs, unreadable = scan_runs(sweep_dir)
-    return write_table(table6(runs), out_dir if out_dir is not None else sweep_dir, unreadable=unreadable)
-
-
 def _row(label: str, runs: list[Run]) -> dict[str, Any]:
     first = runs[0]
     split = first.eval_split
@@ -122,12 +100,12 @@ def _row(label: str, runs: list[Run]) -> dict[str, Any]:
         "test_error_std": statistics.stdev(final) if len(final) > 1 else None,
         "train_error_final": statistics.fmean(float(r.summary["train_error"]) for r in finished) if finished else None,
         "test_error_lowest_eval": min(lowest) if lowest else None,
-        "paper_test_error": paper[0] if paper else None,
-        "paper": paper[1] if paper else None,
+        "paper_test_error": paper.value if paper else None,
+        "paper": paper.shown if paper else None,
     }
 
 
-def _paper(run: Run) -> tuple[float, str] | None:
+def _paper(run: Run) -> PaperError | None:
     """The paper's number, only for the paper's setting (resexp.report.paper.comparison_gaps: CIFAR-10
     test error of its CIFAR nets, option A, width 1)."""
     return None if comparison_gaps(run) else PAPER_CIFAR10.get((run.residual, run.depth))

@@ -2,8 +2,8 @@
 
 A norms sweep trains ViTs (model.arch: vit), one model.name per placement (vit_post, vit_pre,
 ...), at several depths, with and without learning-rate warmup (optim.warmup_iters > 0), at one
-or several learning rates (resexp.report.norms_lr).
-norms_table and norms_figure report on it one row (column) per placement group.
+or several learning rates (resexp.norms.lr).
+the norms table and figure report on it one row (column) per placement group.
 
 Notebook use:
     runs = find_runs("runs/norms")
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from resexp.config import flatten_keys
 from resexp.errors import ResexpError
-from resexp.report.runs import Run, group_by_setting
+from resexp.runs import Run, group_by_setting
 
 PLACEMENT_NAMES = {"post": "Post-LN", "pre": "Pre-LN", "sandwich": "Sandwich-LN", "deepnorm": "DeepNorm",
                    "rezero": "ReZero", "none": "no norm", "mix": "Mix-LN", "lns": "LayerNorm Scaling",

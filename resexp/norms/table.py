@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.table import Table
 
 from resexp.files import write_csv, write_text
-from resexp.report.norms_lr import at_best_lr, lr_columns, lr_markdown, run_lr
-from resexp.report.norms_placements import placement_groups, run_placement, run_warmup
-from resexp.report.norms_probes import block_profile, probe_steps
-from resexp.report.runs import LeftOut, Run, print_unreadable, unreadable_lines
+from resexp.norms.lr import at_best_lr, lr_columns, lr_markdown, run_lr
+from resexp.norms.placements import placement_groups, run_placement, run_warmup
+from resexp.norms.probes import block_profile, probe_steps
+from resexp.runs import LeftOut, Run, print_unreadable, unreadable_lines
 
 # Keys of a norms_runs row, in order: the header of norms_runs.csv.
 RUN_COLUMNS = ("model", "placement", "residual", "depth", "warmup_iters", "lr", "seed", "status", "diverged_at",
@@ -77,7 +77,7 @@ def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows:
                       lr_rows: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write out_dir/norms_table.md (for reading; the unreadable runs listed at its end) and
     norms_table.csv (full precision), with run_rows (norms_runs) the long form out_dir/norms_runs.csv,
-    and with lr_rows (resexp.report.norms_lr.lr_rows) the lr-sensitivity table norms_lr.md/.csv."""
+    and with lr_rows (resexp.norms.lr.lr_rows) the lr-sensitivity table norms_lr.md/.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / "norms_table.md", out / "norms_table.csv"

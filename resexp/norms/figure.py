@@ -3,14 +3,13 @@ init and residual-stream norm per block.
 
 Notebook use:
     runs = find_runs("runs/norms")
-    norms_figure(runs, "runs/norms/norms.png")
+    save_figure(draw_norms_figure(runs), "runs/norms/norms.png")  # resexp.plotting
 """
 
 from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
@@ -18,17 +17,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from resexp.report.figures import UNFINISHED_MARKERS, Band, save_figure, seed_band
-from resexp.report.norms_lr import at_best_lr, varies_lr
-from resexp.report.norms_placements import (
+from resexp.plotting import UNFINISHED_MARKERS, Band, seed_band
+from resexp.norms.lr import at_best_lr, varies_lr
+from resexp.norms.placements import (
     PLACEMENT_NAMES,
     placement_groups,
     placement_order,
     run_placement,
     run_warmup,
 )
-from resexp.report.norms_probes import block_profile, resolve_step
-from resexp.report.runs import Run
+from resexp.norms.probes import block_profile, resolve_step
+from resexp.runs import Run
 
 # The figure always has these columns, with a note where the sweep lacks them: the comparison it is for.
 REQUIRED_PLACEMENTS = ("post", "pre")
@@ -112,11 +111,6 @@ def draw_norms_figure(runs: list[Run]) -> Figure:
     lrs = "; at each depth the placement's best learning rate" if several_lrs else ""
     fig.suptitle(f"Transformer norm placement: one column per placement, colour = depth{bands}{lrs}", fontsize=10)
     return fig
-
-
-def norms_figure(runs: list[Run], out_path: str | Path) -> list[Path]:
-    """Draw the norm-placement figure and write it as PNG and PDF (out_path with each suffix)."""
-    return save_figure(draw_norms_figure(runs), out_path)
 
 
 def _figure_columns(groups: dict[str, list[Run]]) -> list[tuple[str, list[Run]]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from resexp.errors import ResexpError
-from resexp.report.runs import Run
+from resexp.runs import Run
 
 
 def probe_steps(run: Run, probe: str) -> list[int]:

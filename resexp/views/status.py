@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from resexp.errors import ResexpError, one_line
-from resexp.report.terminal import duration, fitted_table
+from resexp.terminal import duration, fitted_table
 from resexp.rundir import SUMMARY, RunDir, count_runs, find_run_dirs, has_summary
 
 

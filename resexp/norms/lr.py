@@ -9,7 +9,7 @@ read the runs at the placement's best lr at each depth (at_best_lr).
 Notebook use:
     runs = find_runs("runs/sweeps/norms_lr_demo")
     lr_rows(runs)                     # one row per placement and depth, a cell per lr
-    lr_figure(runs, "norms_lr.png")
+    save_figure(draw_lr_figure(runs), "norms_lr.png")  # resexp.plotting
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +24,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from resexp.report.figures import save_figure
-from resexp.report.norms_placements import placement_groups, vit_runs
-from resexp.report.runs import Run
+from resexp.norms.placements import placement_groups, vit_runs
+from resexp.runs import Run
 
 MARKERS, DASHES = ("o", "s", "^", "D", "v", "P", "X", "*"), ("-", "--", ":")
 # Within this factor of the best final loss, a learning rate counts as "works" (the lr range column).
@@ -196,8 +194,3 @@ def draw_lr_figure(runs: list[Run]) -> Figure:
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle("Learning-rate sensitivity: final training loss against lr, per depth", fontsize=10)
     return fig
-
-
-def lr_figure(runs: list[Run], out_path: str | Path) -> list[Path]:
-    """Draw the lr-sensitivity figure and write it as PNG and PDF."""
-    return save_figure(draw_lr_figure(runs), out_path)
