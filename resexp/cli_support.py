@@ -11,12 +11,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn
 
 import typer
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from resexp.config import complete_override, group_choices
-from resexp.errors import EXIT_INPUT, explain
+from resexp.config import GROUPS, compose, group_choices
+from resexp.errors import EXIT_INPUT, ResexpError, explain
+from resexp.rundir import flatten_keys
+from resexp.schema import key_choices
 
 try:  # recent typer carries its own copy of click, whose errors are not click's
     from typer._click.exceptions import UsageError
@@ -147,3 +150,32 @@ def complete_overrides(ctx: typer.Context, incomplete: str) -> list[str]:
 def complete_preset(ctx: typer.Context, incomplete: str) -> list[str]:
     presets = [name for name in group_choices("sweep") if name.startswith(incomplete)]
     return presets + complete_overrides(ctx, incomplete)
+
+
+# hydra/launcher= choices: Hydra's own and its plugins', then resexp's configs/hydra/launcher.
+LAUNCHER_PLUGINS = ("basic", "joblib", "submitit_local", "submitit_slurm")
+
+
+def launcher_choices() -> list[str]:
+    return [*LAUNCHER_PLUGINS, *group_choices("hydra/launcher")]
+
+
+def complete_override(typed: list[str], incomplete: str) -> list[str]:
+    """Shell completion of one override: group=option (the last item of a sweep a,b,c too),
+    key=value where the schema has a fixed set of values, and the keys of the config that the
+    group choices typed so far compose."""
+    key, equals, value = incomplete.partition("=")
+    if equals:
+        choices = (launcher_choices() if key == "hydra/launcher" else
+                   group_choices(key) if key in (*GROUPS, "sweep") else list(key_choices(key)))
+        head, _, last = value.rpartition(",")
+        prefix = f"{key}={head}," if head else f"{key}="
+        return [prefix + choice for choice in choices if choice.startswith(last)]
+    selections = [o for o in typed if o.partition("=")[0] in GROUPS and "," not in o]
+    try:
+        cfg = compose(selections)
+    except ResexpError:
+        cfg = compose()
+    keys = [f"{group}=" for group in (*GROUPS, "sweep")] + ["hydra/launcher="]
+    keys += [f"{k}=" for k in flatten_keys(OmegaConf.to_container(cfg))]
+    return [k for k in keys if k.startswith(incomplete)]

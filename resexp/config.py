@@ -1,28 +1,27 @@
 """Run configs, composed from the Hydra tree in configs/ and validated (resexp.schema) here and
 nowhere else, right after composition: `compose` for one run (train, --cfg, notebooks) and
 `run_config` for one job of a sweep (resexp's Hydra sweeper); `compose_with_hydra` gives Hydra's whole
-node, unvalidated, for its sweep and launcher settings. Hydra's errors become one line;
-`run_identity` says when two configs are the same run.
+node, unvalidated, for its sweep and launcher settings. Hydra's errors become one line, from its
+exception types and their fields where it has them. What makes two configs the same run is the
+run directory's (resexp.rundir.run_identity); shell completion is the CLI's (resexp.cli_support).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from resexp.errors import ConfigError, ResexpError
+from resexp.errors import ConfigError
 from resexp.schema import key_choices, section_defaults, validate
 
 GROUPS = ("model", "data", "optim", "trainer")
@@ -78,35 +77,6 @@ def at_home(cfg: DictConfig) -> DictConfig:
         if not OmegaConf.is_interpolation(cfg.run, "dir"):
             cfg.run.dir = str(Path(cfg.run.dir).expanduser())
     return cfg
-
-
-# hydra/launcher= choices: Hydra's own and its plugins', then resexp's configs/hydra/launcher.
-LAUNCHER_PLUGINS = ("basic", "joblib", "submitit_local", "submitit_slurm")
-
-
-def launcher_choices() -> list[str]:
-    return [*LAUNCHER_PLUGINS, *group_choices("hydra/launcher")]
-
-
-def complete_override(typed: list[str], incomplete: str) -> list[str]:
-    """Shell completion of one override: group=option (the last item of a sweep a,b,c too),
-    key=value where the schema has a fixed set of values, and the keys of the config that the
-    group choices typed so far compose."""
-    key, equals, value = incomplete.partition("=")
-    if equals:
-        choices = (launcher_choices() if key == "hydra/launcher" else
-                   group_choices(key) if key in (*GROUPS, "sweep") else list(key_choices(key)))
-        head, _, last = value.rpartition(",")
-        prefix = f"{key}={head}," if head else f"{key}="
-        return [prefix + choice for choice in choices if choice.startswith(last)]
-    selections = [o for o in typed if o.partition("=")[0] in GROUPS and "," not in o]
-    try:
-        cfg = compose(selections)
-    except ResexpError:
-        cfg = compose()
-    keys = [f"{group}=" for group in (*GROUPS, "sweep")] + ["hydra/launcher="]
-    keys += [f"{k}=" for k in flatten_keys(OmegaConf.to_container(cfg))]
-    return [k for k in keys if k.startswith(incomplete)]
 
 
 CFG_PARTS = ("job", "all")  # `resexp train --cfg`, as Hydra's own --cfg names them
@@ -175,47 +145,52 @@ def hydra_error(error: Exception, overrides: list[str], compose_selections, swee
     """A Hydra composition error as one line: an unknown group option names the choices, an
     unknown key the valid ones (from the config that `compose_selections` composes with only the
     group choices of `overrides`), an override outside Hydra's grammar how to write it (each value
-of a sweep quoted where `sweep`)."""
-    if isinstance(error, MissingConfigException):
-        return ConfigError(explain_missing(str(error)))
-    message = str(error)
-    swept = re.search(r"(?:Ambiguous value for argument|Sweep parameters) '([^']+)'", message)
-    if swept:
+    of a sweep quoted where `sweep`). Read from the error's type and fields; its text only for the
+    first line where Hydra says no more."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        return ConfigError(f"unknown {group} '{option}'; choose from: {', '.join(group_choices(group))}")
+    swept = first_sweep(overrides)
+    if swept is not None and not sweep and not isinstance(error, OverrideParseException):
         words = " ".join(shlex.quote(o) for o in overrides)
-        return ConfigError(f"{swept.group(1)} is a sweep: run it with resexp sweep {words} (or resexp train -m "
+        return ConfigError(f"{swept} is a sweep: run it with resexp sweep {words} (or resexp train -m "
                            f"{words}); a list is written key=[a,b]")
     unreadable = unreadable_override(overrides, sweep)
     if unreadable:
         return ConfigError(unreadable)
+    first = str(error).strip().splitlines()[0]
+    cause = error.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:  # Could not override
+        return ConfigError(unknown_key(cause.full_key, overrides, compose_selections))
+    if isinstance(error, OverrideParseException) or "override" in str(error).lower():
+        return ConfigError(f"{first} (overrides look like key=value, e.g. model=plain56 trainer.max_iters=2000)")
+    return ConfigError(first)
+
+
+def first_sweep(overrides: list[str]) -> str | None:
+    """The first override that is a sweep (a,b or range(...)): Hydra refuses it in one run."""
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            if parser.parse_override(override).is_sweep_override():
+                return override
+        except HydraException:
+            continue
+    return None
+
+
+def unknown_key(key: str, overrides: list[str], compose_selections) -> str:
+    """'unknown key' with the keys valid beside it, in the config of the overrides' group choices."""
     selections = [o for o in overrides if "." not in o.split("=", 1)[0]]
     try:
         reference = compose_selections(selections)
     except (HydraException, OmegaConfBaseException):
         reference = None
-    return ConfigError(_explain(message, reference))
-
-
-def explain_missing(message: str) -> str:
-    found = re.search(r"Could not find '([\w/]+)/([^']+)'", message)
-    if not found:
-        return message.splitlines()[0]
-    group, option = found.groups()
-    return f"unknown {group} '{option}'; choose from: {', '.join(group_choices(group))}"
-
-
-def _explain(message: str, reference: DictConfig | None) -> str:
-    unknown = re.search(r"Could not override '([\w.]+)'", message)
-    if unknown:
-        key = unknown.group(1)
-        parent = key.rpartition(".")[0]
-        node = OmegaConf.select(reference, parent) if reference is not None and parent else reference
-        valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
-        hint = f"; valid keys{' in ' + parent if parent else ''}: {', '.join(valid)}" if valid else ""
-        return f"unknown key '{key}'{hint}"
-    first = message.strip().splitlines()[0]
-    if "override" in message.lower() or "parsing" in first.lower():
-        return f"{first} (overrides look like key=value, e.g. model=plain56 trainer.max_iters=2000)"
-    return first
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(reference, parent) if reference is not None and parent else reference
+    valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    hint = f"; valid keys{' in ' + parent if parent else ''}: {', '.join(valid)}" if valid else ""
+    return f"unknown key '{key}'{hint}"
 
 
 def unreadable_override(overrides: list[str], sweep: bool = False) -> str | None:
@@ -272,67 +247,3 @@ def hydra_quote(value: str) -> str:
     if '"' not in value:
         return f'"{value}"'
     return "'" + value.replace("'", "\\'") + "'"
-
-
-# Keys of a data section that say where the files are, not what they hold.
-DATA_LOCATION_KEYS = ("root", "download")
-
-
-def run_identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    """What makes two configs the same run, so that one may resume the other's checkpoint:
-    model, data (not where it lives), optimizer and schedule, seed and batch size.
-
-    How a run executes (device, precision, graph capture, logging) and how long it trains
-    (max_iters: a run may be extended) are not part of it; train records them per segment in
-    summary.json. Reports group runs by this identity less the seed, plus max_iters."""
-    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    return with_schema_defaults({
-        "model": plain["model"],
-        "data": {k: v for k, v in plain["data"].items() if k not in DATA_LOCATION_KEYS},
-        "optim": plain["optim"],
-        "seed": plain["seed"],
-        "batch_size": plain["trainer"]["batch_size"],
-    })
-
-
-# The identity's sections whose schema may gain a key with a default.
-DEFAULTED_SECTIONS = ("model", "data", "optim")
-
-
-def with_schema_defaults(identity: dict[str, Any]) -> dict[str, Any]:
-    """The identity with the schema's default (resexp.schema) filled in for every key its model,
-    data and optim sections lack. A key added to the schema later with a default (model.zero_pad)
-    is absent from the config.yaml and checkpoints of the runs written before it; filled in, it
-    equals the default, so those runs still resume and group with new runs that keep the default.
-    run_identity and identity_changes apply it, so identities read back from a checkpoint get it too."""
-    filled = dict(identity)
-    for group in DEFAULTED_SECTIONS:
-        section = identity.get(group)
-        if isinstance(section, dict):
-            filled[group] = {**section_defaults(group, section), **section}
-    return filled
-
-
-def identity_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ between two identities, as 'key (a here, b there)'."""
-    flat_before, flat_after = (flatten_keys(with_schema_defaults(identity)) for identity in (before, after))
-    return [f"{key} ({_show(flat_before.get(key, _ABSENT))} there, {_show(flat_after.get(key, _ABSENT))} here)"
-            for key in sorted(flat_before.keys() | flat_after.keys()) if flat_before.get(key) != flat_after.get(key)]
-
-
-def flatten_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten_keys(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-_ABSENT = object()
-
-
-def _show(value: Any) -> str:
-    return "absent" if value is _ABSENT else json.dumps(value)

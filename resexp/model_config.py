@@ -115,7 +115,7 @@ class CifarResNetModel(Section):
     residual: bool
     shortcut: Shortcut
     width: Positive
-    # Runs written before this key existed lack it and count as the default (resexp.config.run_identity).
+    # Runs written before this key existed lack it and count as the default (resexp.rundir.run_identity).
     zero_pad: ZeroPad = DEFAULT_ZERO_PAD
     # Images per BatchNorm batch in training (null: the whole mini-batch; the paper's presets: 64, its two
     # GPUs' halves of 128). trainer.batch_size must be a multiple of it (resexp.schema).
@@ -147,7 +147,7 @@ class ViTModel(Section):
     residual: bool
     norm: Norm
     name: Label = None
-    # Runs written before these keys existed lack them and count as the defaults (resexp.config.run_identity).
+    # Runs written before these keys existed lack them and count as the defaults (resexp.rundir.run_identity).
     mix_ratio: Annotated[float, rule("a number in [0, 1]", lambda v: 0 <= v <= 1)] = DEFAULT_MIX_RATIO
     dyt_alpha: Positive = DEFAULT_DYT_ALPHA
     qk_norm: bool = DEFAULT_QK_NORM

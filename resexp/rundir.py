@@ -3,12 +3,13 @@ lock), what the run is called, and how runs are found under a folder. Training, 
 reports, status and the analyses all reach a run's files through RunDir.
 
 Its guard lives here too: one process at a time (an OS lock), only the same run continues it
-(resexp.config.run_identity), and a finished run is never degraded.
+(run_identity, below), and a finished run is never degraded.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,9 +20,9 @@ from typing import IO, Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import identity_changes, run_identity
 from resexp.errors import ResexpError, one_line
 from resexp.files import atomic_path, load_data_only, read_json, read_limited, write_json
+from resexp.schema import section_defaults
 from resexp.summary import check_summary
 
 CONFIG = "config.yaml"  # the run's resolved config, written when it starts
@@ -355,3 +356,67 @@ class RunDirLock:
             self.path.unlink(missing_ok=True)
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
+
+
+# Keys of a data section that say where the files are, not what they hold.
+DATA_LOCATION_KEYS = ("root", "download")
+
+
+def run_identity(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """What makes two configs the same run, so that one may resume the other's checkpoint:
+    model, data (not where it lives), optimizer and schedule, seed and batch size.
+
+    How a run executes (device, precision, graph capture, logging) and how long it trains
+    (max_iters: a run may be extended) are not part of it; train records them per segment in
+    summary.json. Reports group runs by this identity less the seed, plus max_iters."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return with_schema_defaults({
+        "model": plain["model"],
+        "data": {k: v for k, v in plain["data"].items() if k not in DATA_LOCATION_KEYS},
+        "optim": plain["optim"],
+        "seed": plain["seed"],
+        "batch_size": plain["trainer"]["batch_size"],
+    })
+
+
+# The identity's sections whose schema may gain a key with a default.
+DEFAULTED_SECTIONS = ("model", "data", "optim")
+
+
+def with_schema_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity with the schema's default (resexp.schema) filled in for every key its model,
+    data and optim sections lack. A key added to the schema later with a default (model.zero_pad)
+    is absent from the config.yaml and checkpoints of the runs written before it; filled in, it
+    equals the default, so those runs still resume and group with new runs that keep the default.
+    run_identity and identity_changes apply it, so identities read back from a checkpoint get it too."""
+    filled = dict(identity)
+    for group in DEFAULTED_SECTIONS:
+        section = identity.get(group)
+        if isinstance(section, dict):
+            filled[group] = {**section_defaults(group, section), **section}
+    return filled
+
+
+def identity_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The dotted keys whose values differ between two identities, as 'key (a here, b there)'."""
+    flat_before, flat_after = (flatten_keys(with_schema_defaults(identity)) for identity in (before, after))
+    return [f"{key} ({_show(flat_before.get(key, _ABSENT))} there, {_show(flat_after.get(key, _ABSENT))} here)"
+            for key in sorted(flat_before.keys() | flat_after.keys()) if flat_before.get(key) != flat_after.get(key)]
+
+
+def flatten_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value)

@@ -28,9 +28,8 @@ from rich.console import Console
 from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from resexp.config import flatten_keys, run_identity
 from resexp.errors import ResexpError, one_line
-from resexp.rundir import CONFIG, SUMMARY, RunDir, config_value, find_run_dirs, is_reported
+from resexp.rundir import CONFIG, SUMMARY, RunDir, config_value, find_run_dirs, flatten_keys, is_reported, run_identity
 
 Series = dict[str, tuple[list[int], list[float]]]
 
@@ -70,7 +69,7 @@ class UnreadableRun(LeftOut):
 
 
 class DuplicateRun(LeftOut):
-    """A second run directory of a run already read (the same resexp.config.run_identity and
+    """A second run directory of a run already read (the same resexp.rundir.run_identity and
     max_iters): a copy or a backup, which must not count as another seed."""
 
     what = "duplicate"
@@ -117,7 +116,7 @@ class Run(RunDir):
 
     @cached_property
     def identity(self) -> dict[str, Any]:
-        """The experiment: the run's identity (resexp.config.run_identity) less the seed, plus
+        """The experiment: the run's identity (resexp.rundir.run_identity) less the seed, plus
         how long it trained. Runs equal here are seeds of one experiment."""
         same_run = {k: v for k, v in run_identity(self.config_values).items() if k != "seed"}
         return {**same_run, "max_iters": int(self.config_values["trainer"]["max_iters"])}

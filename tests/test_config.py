@@ -10,7 +10,9 @@ from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from resexp.cli import app
-from resexp.config import GROUPS, complete_override, compose, flatten_keys, group_choices, load_model_config
+from resexp.cli_support import complete_override
+from resexp.config import GROUPS, compose, group_choices, load_model_config
+from resexp.rundir import flatten_keys
 from resexp.errors import ConfigError
 
 

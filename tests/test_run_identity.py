@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from resexp.config import compose, identity_changes, run_identity
+from resexp.config import compose
+from resexp.rundir import identity_changes, run_identity
 from resexp.engine.checkpoint import save_checkpoint
 from resexp.engine.train import train
 from resexp.errors import ResexpError

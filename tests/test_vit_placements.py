@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from resexp.config import compose, run_identity
+from resexp.config import compose
+from resexp.rundir import run_identity
 from resexp.engine.train import train
 from resexp.errors import ConfigError
 from resexp.models import build_model

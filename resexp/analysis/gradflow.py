@@ -33,6 +33,7 @@ from resexp.engine.runtime import resolve_device
 from resexp.errors import ResexpError
 from resexp.files import write_json
 from resexp.models import build_model
+from resexp.models.modes import in_mode
 from resexp.plotting import save_figure
 from resexp.rundir import model_label
 
@@ -53,19 +54,15 @@ def layer_grad_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     batch, with BN in train mode (batch statistics) as in training. The model comes back as it
     was: modes restored, BN running statistics restored bit for bit, no .grad written."""
     layers = weight_layers(model)
-    modes = {module: module.training for module in model.modules()}
     buffers = [buffer.clone() for buffer in model.buffers()]  # a train-mode forward moves BN's running stats
     try:
-        model.train()
-        with torch.enable_grad():
+        with in_mode(model, training=True), torch.enable_grad():
             loss = F.cross_entropy(model(images), labels)
             grads = torch.autograd.grad(loss, [module.weight for _, module in layers])
     finally:
         with torch.no_grad():
             for buffer, saved in zip(model.buffers(), buffers):
                 buffer.copy_(saved)
-        for module, training in modes.items():
-            module.training = training
     norms = torch.stack([torch.linalg.vector_norm(grad) for grad in grads]).tolist()  # one host read
     return [(name, norm) for (name, _), norm in zip(layers, norms)]
 

@@ -16,12 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from resexp.config import identity_changes
 from resexp.engine.schedules import ErrorWarmup
 from resexp.engine.step import TrainStep
 from resexp.errors import ResexpError, one_line
 from resexp.files import atomic_path
-from resexp.rundir import MOVE_IT_AWAY
+from resexp.rundir import MOVE_IT_AWAY, identity_changes
 
 
 @dataclass
@@ -29,7 +28,7 @@ class TrainState:
     """The step (model, optimizer, scaler, batcher, metric sums) and the loop's own counters."""
 
     step: TrainStep
-    identity: dict[str, Any] = field(default_factory=dict)  # resexp.config.run_identity of the run
+    identity: dict[str, Any] = field(default_factory=dict)  # resexp.rundir.run_identity of the run
     iteration: int = 0
     wall_time: float = 0.0  # seconds trained before this process, summed over resumptions
     best_eval_error: float = math.inf

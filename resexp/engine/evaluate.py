@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resexp.data import Data
+from resexp.models.modes import in_mode
 
 
 @torch.no_grad()
@@ -21,12 +22,10 @@ def evaluate(model: nn.Module, data: Data, batch_size: int,
     """Error (%) and mean cross-entropy on the first `limit` images of the evaluation split (all
     by default), the plain un-augmented view, in eval mode; the model's mode is put back after.
     Sums stay on the device (one host read at the end) in float64, exact for any split size."""
-    was_training = model.training
-    model.eval()
     errors = torch.zeros((), dtype=torch.float64, device=data.eval_images.device)
     loss = torch.zeros((), dtype=torch.float64, device=data.eval_images.device)
     seen = 0
-    try:
+    with in_mode(model):
         for images, labels in data.eval_batches(batch_size, memory_format):
             if limit is not None:
                 if seen >= limit:
@@ -37,6 +36,4 @@ def evaluate(model: nn.Module, data: Data, batch_size: int,
             errors += (logits.argmax(1) != labels).sum()
             loss += F.cross_entropy(logits.float(), labels, reduction="sum")
             seen += len(labels)
-    finally:
-        model.train(was_training)
     return 100.0 * errors.item() / seen, loss.item() / seen

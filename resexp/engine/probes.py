@@ -19,6 +19,7 @@ from resexp.engine.step import TrainStep
 from resexp.errors import ResexpError
 from resexp.model_config import SUBLAYERS
 from resexp.models.cifar_resnet import BasicBlock, ZeroPadShortcut
+from resexp.models.modes import in_mode
 from resexp.models.surgery import blocks_of, lesioned
 from resexp.models.vit import Block
 
@@ -81,14 +82,11 @@ def stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
             angles[index] = angular_distance(inputs[0], output)
         return hook
 
-    # Per-module modes, so a model with some submodules in another mode comes back unchanged.
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     handles = [block.register_forward_hook(record_angle(i)) for i, block in enumerate(blocks)]
     for block in blocks:
         block.recording = True
     try:
-        with torch.no_grad():
+        with in_mode(model), torch.no_grad():
             model(images)
         records = [block.records for block in blocks]
     finally:
@@ -97,8 +95,6 @@ def stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
         for block in blocks:
             block.recording = False
             block.records = {}
-        for module, training in modes.items():
-            module.training = training
     rel_updates = [
         torch.stack([r[f"{name}.update"] / r[f"{name}.skip"] for name in SUBLAYERS]).mean()
         for r in records
@@ -143,16 +139,12 @@ def cnn_stream_probes(model: nn.Module, images: torch.Tensor) -> dict[str, torch
         if residual:
             handles += [block.bn2.register_forward_hook(record(i, "update")),
                         block.shortcut.register_forward_hook(record(i, "skip"))]
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with in_mode(model), torch.no_grad():
             model(images)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes.items():
-            module.training = training
     probes = {"stream_norm": torch.stack([norms[i, "output"] for i in range(len(blocks))]),
               "angular_distance": torch.stack([norms[i, "angle"] for i in range(len(blocks))])}
     if residual:
@@ -173,27 +165,21 @@ def skip_loss_delta(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     def loss() -> torch.Tensor:
         return F.cross_entropy(model(images).float(), labels)
 
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            base = loss()
-            skipped = []
-            if cnn_blocks(model):
-                for block in blocks_of(model):
-                    with lesioned(model, deleted=[block]):
-                        skipped.append(loss())
-            else:
-                blocks = model.blocks
-                for i, block in enumerate(_blocks(model)):
-                    blocks[i] = nn.Identity()
-                    try:
-                        skipped.append(loss())
-                    finally:
-                        blocks[i] = block
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with in_mode(model), torch.no_grad():
+        base = loss()
+        skipped = []
+        if cnn_blocks(model):
+            for block in blocks_of(model):
+                with lesioned(model, deleted=[block]):
+                    skipped.append(loss())
+        else:
+            blocks = model.blocks
+            for i, block in enumerate(_blocks(model)):
+                blocks[i] = nn.Identity()
+                try:
+                    skipped.append(loss())
+                finally:
+                    blocks[i] = block
     return torch.stack(skipped) - base
 
 

@@ -21,7 +21,6 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from resexp.config import run_identity
 from resexp.data import Data, build_data
 from resexp.engine.checkpoint import TrainState, save_checkpoint
 from resexp.engine.evaluate import evaluate
@@ -34,7 +33,7 @@ from resexp.engine.stopping import StopSignal, StopSource
 from resexp.engine.tracking import ProgressReport, announce, tensorboard_writer
 from resexp.errors import ResexpError
 from resexp.model_size import model_size
-from resexp.rundir import RunDir, load_checkpoint
+from resexp.rundir import RunDir, load_checkpoint, run_identity
 
 
 def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, Any]:

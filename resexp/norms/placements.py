@@ -12,7 +12,7 @@ Notebook use:
 
 from __future__ import annotations
 
-from resexp.config import flatten_keys
+from resexp.rundir import flatten_keys
 from resexp.errors import ResexpError
 from resexp.runs import Run, group_by_setting
 

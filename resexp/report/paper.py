@@ -213,7 +213,7 @@ def _shortcut(run: Run) -> str:
 def _zero_pad(run: Run) -> str:
     if not run.residual or _key(run, "model.shortcut") != "A":
         return "n/a: no option-A shortcut"
-    # Runs written before model.zero_pad existed have the default (resexp.config.run_identity).
+    # Runs written before model.zero_pad existed have the default (resexp.rundir.run_identity).
     placement = run.value("model.zero_pad") or DEFAULT_ZERO_PAD
     return {"end": "end: zero channels after the old ones",
             "split": "split: half before, half after the old ones"}.get(placement, NOT_RECORDED)

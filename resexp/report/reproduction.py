@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from resexp.config import flatten_keys
 from resexp.errors import ResexpError
 from resexp.files import copy_file, write_text
 from resexp.plotting import save_figure
@@ -69,7 +68,7 @@ from resexp.report.paper import (
     recipe_rows,
     warmup_ends,
 )
-from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM
+from resexp.rundir import ANALYSIS_FOLDER, RESPONSES_STEM, flatten_keys
 from resexp.runs import LeftOut, Run, group_runs, say_left_out, scan_runs, status_counts
 from resexp.terminal import duration
 
