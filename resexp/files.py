@@ -31,6 +31,13 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[int] = ()) -> list[str]:
+    """A Markdown table's lines: the header, the rule (columns at the indices `right` aligned right)
+    and one line per row, each cell as given (str() of it). write_csv writes the same rows as CSV."""
+    rule = "|" + "".join("---:|" if i in right else "---|" for i in range(len(headers)))
+    return ["| " + " | ".join(headers) + " |", rule, *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     """Rows as CSV with these columns (None as an empty cell), written whole (output_path); returns path."""
     with output_path(path) as tmp, tmp.open("w", newline="") as f:

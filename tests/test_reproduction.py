@@ -3,6 +3,7 @@ paper's convention, the recipe's differences, and the report of fake sweeps."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,3 +372,11 @@ def test_a_claim_without_its_nets_says_the_sweeps_setting(tmp_path):
     test = judge_claim(DEGRADATION, groups)
     assert test.verdict_cell() == ("undecided at this budget: synthetic, 300 it., width 0.5, batch 64 "
                                    "(0 plain depth(s), 2 needed)")
+
+
+def test_the_readme_quotes_the_verdict_rule_the_report_prints():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("  > ", readme.index("resexp.report.reproduction.RULE"))
+    lines = readme[start:].split("\n\n")[0].splitlines()[:-1]  # the last: where RULE is
+    quote = " ".join(line[4:] for line in lines)
+    assert quote == RULE

@@ -36,6 +36,7 @@ from resexp.bench.timing import (
 from resexp.data import RawData, local_source
 from resexp.engine.runtime import Runtime, explain_compile_errors
 from resexp.errors import ConfigError, ResexpError
+from resexp.files import markdown_table
 from resexp.sweep.mps import cuda_mps, mps_running
 
 WORKER_TIMEOUT_S = 1800  # a process that neither reports nor fails within this is reported stuck
@@ -204,16 +205,15 @@ def markdown(report: dict[str, Any]) -> str:
         "timed steps; ms/step is the median round's time for one step of every run at once",
         f"- fastest: **{report['fastest']}**",
         "",
-        "| way | runs at once | execution | ms/step (rounds) | images/s, all runs | vs one after another | "
-        f"peak GPU memory, runs at once | {report['runs']} runs × 64k iters |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for row in report["rows"]:
         memory = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f} GiB"
         rounds = ", ".join(f"{m:.0f}" for m in row["ms_per_step_rounds"])
-        lines.append(
-            f"| {row['way']} | {row['runs_at_once']} | {row['execution']} | {row['ms_per_step']:.1f} "
-            f"({rounds}) | {row['images_per_s']:,.0f} | {row['speedup_vs_one_after_another']:.2f}× | {memory} | "
-            f"{row['projected_64k_all_runs_min']:.1f} min |"
-        )
+        rows.append([row["way"], row["runs_at_once"], row["execution"], f"{row['ms_per_step']:.1f} ({rounds})",
+                     f"{row['images_per_s']:,.0f}", f"{row['speedup_vs_one_after_another']:.2f}×", memory,
+                     f"{row['projected_64k_all_runs_min']:.1f} min"])
+    lines += markdown_table(["way", "runs at once", "execution", "ms/step (rounds)", "images/s, all runs",
+                             "vs one after another", "peak GPU memory, runs at once",
+                             f"{report['runs']} runs × 64k iters"], rows, right=(1, 3, 4, 5, 6, 7))
     return "\n".join([*lines, ""])

@@ -28,6 +28,7 @@ from resexp.bench.timing import PAPER_ITERS, Pipeline, images_per_s, resexp_pipe
 from resexp.data import local_source
 from resexp.engine.runtime import Runtime
 from resexp.engine.step import Step
+from resexp.files import markdown_table
 
 
 def bench_single(cfg: DictConfig, iters: int, warmup: int, repeats: int, reference: bool,
@@ -115,11 +116,8 @@ def markdown(report: dict[str, Any]) -> str:
         "[+ with trainer.recompute_blocks, what the largest segment keeps while recomputed]; "
         "a lower bound on an uncompiled step's GPU peak",
         "",
-        "| pipeline | precision | layout | execution | ms/step (rounds) | images/s | vs reference | "
-        "peak GPU memory | reserved by the process | step memory (estimate) | "
-        f"projected {PAPER_ITERS // 1000}k iters |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for row in report["rows"]:
         ratio = f"{row['speedup_vs_reference']:.2f}×" if "speedup_vs_reference" in row else "-"
         memory = "-" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f} GiB"
@@ -128,10 +126,11 @@ def markdown(report: dict[str, Any]) -> str:
         estimate = "-" if estimate is None else (
             f"{estimate['total']:.2f} GiB ({' + '.join(f'{v:.2f}' for k, v in estimate.items() if k != 'total')})")
         rounds = ", ".join(f"{m:.0f}" for m in row["ms_per_step_rounds"])
-        lines.append(
-            f"| {row['pipeline']}{' (training default)' if row.get('training_default') else ''} | "
-            f"{row['precision']} | {row['layout']} | {row['execution']} | {row['ms_per_step']:.1f} "
-            f"({rounds}) | {row['images_per_s']:,.0f} | {ratio} | {memory} | {reserved} | {estimate} | "
-            f"{row['projected_64k_min']:.1f} min |"
-        )
+        rows.append([f"{row['pipeline']}{' (training default)' if row.get('training_default') else ''}",
+                     row["precision"], row["layout"], row["execution"], f"{row['ms_per_step']:.1f} ({rounds})",
+                     f"{row['images_per_s']:,.0f}", ratio, memory, reserved, estimate,
+                     f"{row['projected_64k_min']:.1f} min"])
+    lines += markdown_table(["pipeline", "precision", "layout", "execution", "ms/step (rounds)", "images/s",
+                             "vs reference", "peak GPU memory", "reserved by the process", "step memory (estimate)",
+                             f"projected {PAPER_ITERS // 1000}k iters"], rows, right=range(4, 11))
     return "\n".join([*lines, ""])

@@ -36,6 +36,7 @@ from omegaconf import DictConfig
 
 from resexp import __version__
 from resexp.errors import ConfigError, ResexpError
+from resexp.files import markdown_table
 from resexp.rundir import DONE
 from resexp.sweep.control import GRACE_S
 from resexp.sweep.launch import LOCAL_LAUNCHERS, prepare_sweep
@@ -336,17 +337,13 @@ def markdown(report: dict[str, Any]) -> str:
         "the speed it had while sharing the device, so where runs share a GPU the end, with fewer of them left, "
         "is projected slower than it will be",
         "",
-        "| run | model | depth | status | iterations | it/s | layer-it/s | started after | peak GPU memory | "
-        "time left (projected) |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in report["per_run"]:
-        lines.append(
-            f"| {run['run']} | {run['model']} | {run['depth']} | {run['status']} | "
-            f"{run['iterations']:,} / {run['max_iters']:,} | {_shown(run['iters_per_s'], '{:.1f}')} | "
-            f"{_shown(run['layer_iters_per_s'], '{:,}')} | {_shown(run['started_s'], '{:.0f} s')} | "
-            f"{_shown(run['peak_gpu_memory_gib'], '{:.2f} GiB')} | {run['left_s'] / 60:.1f} min |"
-        )
+    rows = [[run["run"], run["model"], run["depth"], run["status"], f"{run['iterations']:,} / {run['max_iters']:,}",
+             _shown(run["iters_per_s"], "{:.1f}"), _shown(run["layer_iters_per_s"], "{:,}"),
+             _shown(run["started_s"], "{:.0f} s"), _shown(run["peak_gpu_memory_gib"], "{:.2f} GiB"),
+             f"{run['left_s'] / 60:.1f} min"] for run in report["per_run"]]
+    lines += markdown_table(["run", "model", "depth", "status", "iterations", "it/s", "layer-it/s", "started after",
+                             "peak GPU memory", "time left (projected)"], rows, right=(2, *range(4, 10)))
     return "\n".join([*lines, ""])
 
 

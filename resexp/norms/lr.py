@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from resexp.files import markdown_table
 from resexp.norms.placements import placement_groups, vit_runs
 from resexp.runs import Run
 
@@ -124,7 +125,7 @@ def lr_columns(rows: list[dict[str, Any]]) -> list[str]:
 def lr_markdown(rows: list[dict[str, Any]]) -> str:
     columns = lr_columns(rows)
     head = ["model", "depth", *(f"lr {c[3:]}" for c in columns), "best lr", f"lrs within {NEAR_BEST:g}× of best"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for row in rows:
         cells = [row["model"], str(row["depth"])]
         for c in columns:
@@ -133,7 +134,8 @@ def lr_markdown(rows: list[dict[str, Any]]) -> str:
                          if c in row else "not run")
         cells.append("–" if row["best_lr"] is None else f"{row['best_lr']:g}")
         cells.append("none" if not row["lrs_near_best"] else f"{row['lrs_near_best']} ({row['lr_range']})")
-        lines.append("| " + " | ".join(cells) + " |")
+        table.append(cells)
+    lines = markdown_table(head, table)
     note = ["- lr X: final training loss (the running mean of the last log_every steps, summary.json's train_loss) at "
             "optim.lr = X, mean over finished seeds; (k div): k seeds diverged; (k unfinished): still running, "
             "stopped or failed; –: no finished seed.",

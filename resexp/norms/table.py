@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from resexp.files import write_csv, write_text
+from resexp.files import markdown_table, write_csv, write_text
 from resexp.norms.lr import at_best_lr, lr_columns, lr_markdown, run_lr
 from resexp.norms.placements import placement_groups, run_placement, run_warmup
 from resexp.norms.probes import block_profile, probe_steps
@@ -82,8 +82,7 @@ def write_norms_table(rows: list[dict[str, Any]], out_dir: str | Path, run_rows:
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / "norms_table.md", out / "norms_table.csv"
     headers = _headers(rows)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
+    lines = markdown_table(headers, map(_display, rows))
     write_text(md_path, "\n".join([*lines, "", *(f"- {line}" for line in _note(rows)),
                                     *unreadable_lines(unreadable)]) + "\n")
     write_csv(csv_path, rows, list(rows[0]) if rows else [])

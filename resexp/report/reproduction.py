@@ -3,33 +3,12 @@ directory, one Markdown file with its figures: Table 6 beside the paper's number
 claims of Figure 6 as tests with a verdict each, the recipe as run with every difference from
 the paper's named, Figure 6 with seed bands, and the runs that were not counted.
 
-The claims, each tested on the finished runs of the paper's CIFAR nets of one kind, one point per
-run (its depth, its final training error: summary.json's train_error):
-  (a) degradation: plain nets' final training error rises with depth (expects rho > 0);
-  (b) no degradation: residual nets' final training error does not rise with depth; tested as
-      "falls with depth" (expects rho < 0), as the paper's deeper ResNets end lower.
-rho: Spearman's rank correlation of depth and final training error over all those runs
-(scipy.stats.spearmanr's definition: average ranks for ties; 0 here where all errors are equal).
-p: a one-sided permutation test of rho in the claim's direction (scipy.stats.permutation_test,
-pairings): the share of the orderings of the observed errors over the runs' depths whose rho is at
-least as far on the claim's side; exact (every ordering) up to RESAMPLES orderings, else RESAMPLES
-random ones (seed SEED, p = (1 + as far) / (1 + RESAMPLES)). Its error rate is what it says: with
-no depth effect, p <= 0.05 in at most 5% of sweeps. Beside it, for description: the deepest net's
-mean final training error minus the shallowest's, with a LEVEL Welch t interval over seeds
-(scipy.stats.ttest_ind, unequal variances; none with fewer than 2 seeds at either depth).
-A verdict is said in its setting: where the runs' data, iterations, width or batch are not the
-paper's, the cell says "reproduced at this budget: synthetic, 500 it., width 0.5, batch 64", never
-the bare word, which is kept for the paper's setting.
-Verdict, the first rule that applies:
-  1. undecided if the nets differ in more than depth (the paper's ResNet-110 warm-up aside), two
-     nets have one depth, there are fewer than 2 depths, or a depth has fewer than MIN_RUNS
-     finished runs (running, stopped, failed and diverged runs do not count);
-  2. reproduced if p <= ALPHA in the claim's direction;
-  3. not reproduced if p <= ALPHA in the other direction;
-  4. undecided otherwise: no trend either way that the runs can tell from chance (a flat error,
-     too much spread between seeds).
-With 3 runs at each of 2 depths the smallest p there is, every deeper run on the claim's side of
-every shallower one, is 1/20 = ALPHA.
+The claims (CLAIMS), each tested on the finished runs of the paper's CIFAR nets of one kind, one
+point per run (its depth, its final training error: summary.json's train_error), and the rule of
+their verdicts: RULE below, the rule's one statement, which the report prints and the README
+quotes. rho is rank_correlation (spearmanr's definition, vectorised over the permutation test's
+orderings), p is permutation_p (scipy.stats.permutation_test; drawn orderings give
+p = (1 + as far) / (1 + RESAMPLES)), the interval depth_gap (scipy.stats.ttest_ind, Welch).
 
 Table 6, ours: the final model's error on the evaluation split (no best-epoch pick), written as
 the paper writes ResNet-110, "best (mean ± std, n seeds)" over the finished seeds (sample std,
@@ -54,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 from resexp.errors import ResexpError
-from resexp.files import copy_file, write_text
+from resexp.files import copy_file, markdown_table, write_text
 from resexp.plotting import save_figure
 from resexp.report.figures import draw_figure6, figure6_series
 from resexp.report.paper import (
@@ -291,8 +270,7 @@ def missing_seeds(groups: dict[str, list[Run]]) -> dict[str, list[int]]:
 
 def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> list[str]:
     """Table 6 side by side, in Markdown, a row per net in the order of groups."""
-    lines = ["| net | paper, CIFAR-10 test error (%) | ours (%): best (mean ± std, n seeds) | ours − paper "
-             "(means, in SE) | model selection | runs |", "|---|---|---|---|---|---|"]
+    rows = []
     for label, runs in groups.items():
         first = runs[0]
         values = [float(r.summary[f"{r.eval_split}_error"]) for r in runs if r.status == "finished"]
@@ -308,20 +286,21 @@ def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> 
         status = status_counts(runs)
         if label in missing:
             status += f", {len(missing[label])} missing"
-        lines.append(f"| {label} | {paper.shown if paper else '—'} | {paper_convention(values)} | {diff} | "
-                     f"{evaluation(first)} | {status} |")
-    return lines
+        rows.append([label, paper.shown if paper else "—", paper_convention(values), diff, evaluation(first), status])
+    return markdown_table(["net", "paper, CIFAR-10 test error (%)", "ours (%): best (mean ± std, n seeds)",
+                           "ours − paper (means, in SE)", "model selection", "runs"], rows)
 
 
 def claim_lines(tests: list[ClaimTest]) -> list[str]:
     """The claims' verdicts, a table of their numbers, and the final training errors they rest on."""
-    lines = [f"| claim | ρ (depth, final train error) | p (one-sided) | deepest − shallowest, mean final train "
-             f"error (pts, {LEVEL:.0%} interval over seeds) | verdict |", "|---|---|---|---|---|"]
+    rows = []
     for t in tests:
         rho = "—" if t.rho is None else f"{t.rho:+.3f}"
         p = "—" if t.p is None else f"{t.p:.3g}"
         gap = "—" if t.gap is None else f"{t.gap[0]:+.2f} [{t.gap[1]:+.2f}, {t.gap[2]:+.2f}]"
-        lines.append(f"| {t.claim.name}: {t.claim.statement} | {rho} | {p} | {gap} | {t.verdict_cell()} |")
+        rows.append([f"{t.claim.name}: {t.claim.statement}", rho, p, gap, t.verdict_cell()])
+    lines = markdown_table(["claim", "ρ (depth, final train error)", "p (one-sided)", "deepest − shallowest, mean "
+                            f"final train error (pts, {LEVEL:.0%} interval over seeds)", "verdict"], rows)
     lines += ["", "Final training error (%) of each finished run, the points the tests use:", ""]
     for t in tests:
         for label, (_, values) in t.errors.items():
@@ -416,9 +395,7 @@ def render(runs: list[Run], unreadable: Sequence[LeftOut], sweep_dir: Path, figu
         "",
         "## The recipe as run",
         "",
-        "| setting | paper | as run |",
-        "|---|---|---|",
-        *(f"| {name} | {paper} | {as_run} |" for name, paper, as_run in recipe_rows(labelled)),
+        *markdown_table(["setting", "paper", "as run"], recipe_rows(labelled)),
         "",
         "Differences from the paper's recipe:",
         "",

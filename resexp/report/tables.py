@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from resexp.files import write_csv, write_text
+from resexp.files import markdown_table, write_csv, write_text
 from resexp.report.paper import PAPER_CIFAR10, PaperError, comparison_gaps
 from resexp.runs import (
     LeftOut,
@@ -59,8 +59,7 @@ def write_table(rows: list[dict[str, Any]], out_dir: str | Path, stem: str = "ta
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / f"{stem}.md", out / f"{stem}.csv"
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_display(row)) + " |" for row in rows]
+    lines = markdown_table(HEADERS, map(_display, rows))
     write_text(md_path, "\n".join([*lines, "", _NOTE, *unreadable_lines(unreadable)]) + "\n")
     write_csv(csv_path, rows, COLUMNS)
     return [md_path, csv_path]
