@@ -78,10 +78,11 @@ def train(
     from resexp.engine.train import train as run_training
 
     summary = run_training(cfg)
-    split = summary["eval_split"]
-    print(f"{summary['model']} on {summary['data']}: {summary['status']} at iteration {summary['iterations']}, "
-          f"train error {summary.get('train_error', float('nan')):.2f}%, {split} error "
-          f"{summary.get(split + '_error', float('nan')):.2f}% -> {cfg.run.dir}")  # one line, also in a pipe
+    split, nan = summary.eval_split, float("nan")
+    train_error, eval_error = summary.train_error, summary.error_on(split)
+    print(f"{summary.model} on {summary.data}: {summary.status} at iteration {summary.iterations}, "
+          f"train error {nan if train_error is None else train_error:.2f}%, {split} error "
+          f"{nan if eval_error is None else eval_error:.2f}% -> {cfg.run.dir}")  # one line, also in a pipe
 
 
 @app.command(

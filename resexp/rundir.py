@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from resexp.errors import ResexpError, one_line
 from resexp.files import atomic_path, load_data_only, read_json, read_limited, write_json
 from resexp.schema import section_defaults
-from resexp.summary import check_summary
+from resexp.summary import Summary, parse_summary
 
 CONFIG = "config.yaml"  # the run's resolved config, written when it starts
 SUMMARY = "summary.json"  # status, metrics and segments, rewritten at every log point
@@ -109,17 +109,16 @@ class RunDir:
     def label(self) -> str:
         return model_label(self.config.model)
 
-    def read_summary(self) -> dict[str, Any] | None:
+    def read_summary(self) -> Summary | None:
         """summary.json as it is now (None if absent), checked against resexp.summary's schema;
         corrupt or off the schema: a one-line ResexpError."""
-        summary = read_json(self.summary_path)
-        if summary is not None:
-            check_summary(summary, str(self.summary_path))
-        return summary
+        data = read_json(self.summary_path)
+        return None if data is None else parse_summary(data, str(self.summary_path))
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        check_summary(summary, str(self.summary_path))  # the engine writes through the readers' schema
-        write_json(self.summary_path, summary)
+    def write_summary(self, summary: Summary) -> None:
+        data = summary.to_json()
+        parse_summary(data, str(self.summary_path))  # the engine writes through the readers' schema
+        write_json(self.summary_path, data)
 
     def write_config(self, cfg: DictConfig) -> None:
         with atomic_path(self.config_path) as tmp:
@@ -158,7 +157,7 @@ class RunDir:
     def lock(self) -> RunDirLock:
         return RunDirLock(self.path)
 
-    def check(self, cfg: DictConfig) -> dict[str, Any] | None:
+    def check(self, cfg: DictConfig) -> Summary | None:
         """Whether cfg may train here. Returns the run's summary when it is done and there is
         nothing to train; raises (one line, nothing written) for another run's directory, or for
         fewer iterations than a finished run already has."""
@@ -174,14 +173,14 @@ class RunDir:
             raise ResexpError(f"{self.path} holds another run: {'; '.join(changes[:3])}; choose another run.name or "
                               "run.dir")
         summary = self.read_summary()
-        if summary is None or summary.get("status") not in DONE:
+        if summary is None or summary.status not in DONE:
             return None
-        done, wanted = int(summary.get("iterations", 0)), int(cfg.trainer.max_iters)
+        done, wanted = summary.iterations or 0, int(cfg.trainer.max_iters)
         if wanted < done:
-            raise ResexpError(f"{self.path} has already trained {done} iterations ({summary['status']}); "
+            raise ResexpError(f"{self.path} has already trained {done} iterations ({summary.status}); "
                               f"trainer.max_iters={wanted} asks for fewer, so nothing was changed "
                               "(a shorter run needs its own run.name)")
-        if summary["status"] == "diverged" or wanted == done:
+        if summary.status == "diverged" or wanted == done:
             return summary
         return None  # a finished run asked for more iterations: it continues from its checkpoint
 

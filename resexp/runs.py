@@ -29,7 +29,9 @@ from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.errors import ResexpError, one_line
-from resexp.rundir import CONFIG, SUMMARY, RunDir, config_value, find_run_dirs, flatten_keys, is_reported, run_identity
+from resexp.rundir import (CONFIG, SUMMARY, RunDir, config_value, find_run_dirs, flatten_keys, is_reported,
+                           run_identity)
+from resexp.summary import Summary
 
 Series = dict[str, tuple[list[int], list[float]]]
 
@@ -80,7 +82,7 @@ class Run(RunDir):
     only where `config` is asked for) and summary, loaded; `series` reads the TensorBoard events
     on first use (find_runs has), then caches them; UnreadableRun if they cannot be read."""
 
-    def __init__(self, path: str | Path, config: DictConfig | dict[str, Any], summary: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, config: DictConfig | dict[str, Any], summary: Summary) -> None:
         super().__init__(path)
         self.config_values = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
         self.summary = summary
@@ -95,7 +97,7 @@ class Run(RunDir):
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "unknown")
+        return self.summary.status
 
     @property
     def seed(self) -> int:
@@ -112,7 +114,7 @@ class Run(RunDir):
 
     @property
     def eval_split(self) -> str:
-        return self.summary.get("eval_split", "test")
+        return self.summary.eval_split
 
     @cached_property
     def identity(self) -> dict[str, Any]:

@@ -64,10 +64,14 @@ class Section(BaseModel):
 def check(cfg: DictConfig | Mapping[str, Any], section: Any, key: str = "") -> dict[str, Any]:
     """Check a config against a Section (or a tagged group of them), its keys named under `key`;
     raise one ConfigError listing every violation. Returns it as plain values, defaults filled in."""
+    return _adapter(section).dump_python(parse(cfg, section, key))
+
+
+def parse(cfg: DictConfig | Mapping[str, Any], section: Any, key: str = "") -> Any:
+    """check's validation, returning the Section object itself (attributes, not string keys)."""
     plain = _plain(cfg)
-    adapter = _adapter(section)
     try:
-        return adapter.dump_python(adapter.validate_python(plain))
+        return _adapter(section).validate_python(plain)
     except ValidationError as error:
         bare = typing.get_args(section)[0] if typing.get_origin(section) is Annotated else section
         raise ConfigError("; ".join(_explain(e, bare, plain, key) for e in error.errors())) from None

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import ConfigDict
 
 from resexp.errors import ResexpError
-from resexp.sections import NonNegativeInt, PositiveInt, Section, check, rule
+from resexp.sections import NonNegativeInt, PositiveInt, Section, parse, rule
 
 def _aware_time(text: str) -> bool:
     try:
@@ -113,11 +113,34 @@ class Summary(Section):
         missing = [key for key in needed if getattr(self, key) is None]
         return [f"a finished run's summary needs {', '.join(missing)}"] if missing else []
 
+    def error_on(self, split: str) -> float | None:
+        """The latest error (%) on an evaluation split, "test" or "val"."""
+        return getattr(self, f"{split}_error")
 
-def check_summary(summary: Mapping[str, Any], where: str) -> None:
-    """Raise one ResexpError line, "WHERE: KEY must be ...", if summary breaks the schema."""
+    def best_error_on(self, split: str) -> float | None:
+        return getattr(self, f"best_{split}_error")
+
+    def evaluated(self, split: str, error: float, loss: float, best_error: float) -> None:
+        setattr(self, f"{split}_error", error)
+        setattr(self, f"{split}_loss", loss)
+        setattr(self, f"best_{split}_error", best_error)
+
+    def update(self, **fields: Any) -> None:
+        """Set fields by name (the schema's, or another version's kept as extra keys)."""
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's content: the keys set (by the writer, or present in the file read), in the
+        schema's order, then any other version's keys; NaN stays NaN (a diverged run's loss)."""
+        return self.model_dump(exclude_unset=True)
+
+
+def parse_summary(summary: Mapping[str, Any], where: str) -> Summary:
+    """The Summary of summary.json's content; one ResexpError line, "WHERE: KEY must be ...", if it
+    breaks the schema."""
     try:
-        check(summary, Summary)
+        return parse(summary, Summary)
     except ResexpError as e:
         reason = str(e) if len(str(e)) <= MAX_REASON else str(e)[:MAX_REASON] + "..."  # a huge value, cut
         raise ResexpError(f"{where}: {reason}") from None

@@ -17,7 +17,6 @@ resident memory (os.wait4).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from resexp.rundir import RunDir
 
 NETS = ((False, 20), (False, 32), (True, 20), (True, 32))
 
@@ -46,9 +47,10 @@ def build(sweep: Path, scratch: Path, runs: int) -> None:
             cfg = OmegaConf.load(target / "config.yaml")
             cfg.model.depth, cfg.model.name, cfg.seed = depth, f"{'resnet' if residual else 'plain'}{depth}", seed
             OmegaConf.save(cfg, target / "config.yaml")
-            summary = json.loads((target / "summary.json").read_text())
-            summary["seed"] = seed
-            (target / "summary.json").write_text(json.dumps(summary))
+            copy = RunDir(target)
+            summary = copy.read_summary()
+            summary.seed = seed
+            copy.write_summary(summary)
 
 
 def timed(args: list[str]) -> tuple[float, int, float]:

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from resexp.rundir import RunDir
+
 OUT = Path(__file__).resolve().parents[1] / "results" / "demo" / "search"
 # What each candidate changes of configs/sweep/demo.yaml (width 0.5, batch 64, 10,000 augmented
 # synthetic images, warm-up over 100 iterations, seeds 0-2), and which nets and seeds it runs: a
@@ -57,7 +59,7 @@ def run(name: str, root: Path) -> dict:
     overrides = [*CANDIDATES[name], "trainer.progress=none", f"run.root={root / name}"]
     subprocess.run([sys.executable, "-m", "resexp.cli", "sweep", "demo", *overrides], check=True)
     sweep = root / name / "sweeps" / "demo"
-    training_s = sum(json.loads(p.read_text())["wall_time_s"] for p in sweep.glob("*/summary.json"))
+    training_s = sum(RunDir(p.parent).read_summary().wall_time_s for p in sweep.glob("*/summary.json"))
     out = OUT / name
     subprocess.run([sys.executable, "-m", "resexp.cli", "report", str(sweep),
                     "-o", str(out)], check=True)

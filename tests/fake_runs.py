@@ -1,11 +1,13 @@
 """Run directories as train.py writes them (config.yaml, summary.json, TensorBoard events),
 written with the real TensorBoard writer, for the report and app tests."""
 
-import json
 
 import numpy as np
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
+
+from resexp.rundir import RunDir
+from resexp.summary import Summary
 
 MAX_ITERS = 2000
 STEPS = list(range(100, MAX_ITERS + 1, 100))
@@ -47,10 +49,9 @@ def write_run(root, name, depth, residual, seed, status, data="cifar10", many=Fa
         for tag, (tag_steps, values) in written.items():
             for step, value in zip(tag_steps, values):
                 writer.add_scalar(tag, value, step)
-    summary = {"status": status, "model": name, "data": data, "seed": seed, "params": PARAMS[depth],
-               "eval_split": "test", "max_iters": MAX_ITERS, "iterations": steps[-1],
-               "train_error": train[-1], "test_error": test[-1], "best_test_error": min(test)}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    RunDir(run_dir).write_summary(Summary(
+        status=status, model=name, data=data, seed=seed, params=PARAMS[depth], eval_split="test", max_iters=MAX_ITERS,
+        iterations=steps[-1], train_error=train[-1], test_error=test[-1], best_test_error=min(test)))
     return {tag: tuple(map(list, zip(*sorted(zip(*pairs))))) for tag, pairs in written.items()}
 
 
@@ -95,11 +96,9 @@ def write_final_run(root, name, depth, residual, seed, train_error, eval_error, 
         for step, tr, ev in zip(steps, train, evaluated):
             writer.add_scalar("train/error", tr, step)
             writer.add_scalar(f"{split}/error", ev, step)
-    summary = {"status": status, "model": name, "data": cfg.data.name, "seed": seed, "params": PARAMS.get(depth),
-               "eval_split": split, "max_iters": max_iters, "iterations": steps[-1], "device": "cpu (fake)",
-               "precision": "fp32", "train_error": train[-1], f"{split}_error": evaluated[-1],
-               f"best_{split}_error": min(evaluated), "wall_time_s": 60.0}
-    if status == "diverged":
-        summary["diverged_reason"] = "non-finite loss"
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    errors = {f"{split}_error": evaluated[-1], f"best_{split}_error": min(evaluated)}
+    RunDir(run_dir).write_summary(Summary(
+        status=status, model=name, data=cfg.data.name, seed=seed, params=PARAMS.get(depth), eval_split=split,
+        max_iters=max_iters, iterations=steps[-1], device="cpu (fake)", precision="fp32", train_error=train[-1],
+        **errors, wall_time_s=60.0, **({"diverged_reason": "non-finite loss"} if status == "diverged" else {})))
     return run_dir

@@ -152,11 +152,11 @@ def test_a_run_resumed_through_train_on_the_gpu_ends_as_an_uninterrupted_one(tmp
     straight = train(straight_cfg)
     cfg = compose([*common, f"run.root={tmp_path}/resumed"])
     first = train(cfg, stop_source=StopAt(Path(cfg.run.dir) / "summary.json", 10))
-    assert first["status"] == "stopped" and 10 <= first["iterations"] < STEPS
+    assert first.status == "stopped" and 10 <= first.iterations < STEPS
     resumed = train(cfg)
-    assert resumed["status"] == "finished" and len(resumed["segments"]) == 2
+    assert resumed.status == "finished" and len(resumed.segments) == 2
     for key in ("train_error", "train_loss", "test_error", "test_loss"):
-        assert resumed[key] == straight[key], key
+        assert getattr(resumed, key) == getattr(straight, key), key
     a, b = (torch.load(Path(c.run.dir) / "checkpoints" / "last.pt", weights_only=True)["model"]
             for c in (straight_cfg, cfg))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -167,4 +167,4 @@ def test_each_run_of_a_process_reports_its_own_peak_gpu_memory(tmp_path):
     common = [*CFG, "trainer.eval_every=20", "trainer.log_every=5", "trainer.progress=none"]
     big = train(compose([*common, "model.width=2", "model.depth=20", f"run.root={tmp_path}/big"]))
     small = train(compose([*common, f"run.root={tmp_path}/small"]))
-    assert small["peak_gpu_memory_gib"] < big["peak_gpu_memory_gib"]
+    assert small.peak_gpu_memory_gib < big.peak_gpu_memory_gib

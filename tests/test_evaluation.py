@@ -242,8 +242,8 @@ def test_eval_run_matches_the_runs_own_test_error(tmp_path):
                              f"run.root={tmp_path}"]))
     run_dir = tmp_path / "resnet20_synthetic_seed0"
     result = eval_run(run_dir, device="cpu")
-    assert result["error"] == summary["test_error"]
-    assert result["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    assert result["error"] == summary.test_error
+    assert result["loss"] == pytest.approx(summary.test_loss, rel=1e-5)
     assert {k: result[k] for k in ("model", "data", "split", "iteration", "images")} == {
         "model": "resnet20", "data": "synthetic", "split": "test", "iteration": 4, "images": 64}
     json.dumps(result)  # plain values only

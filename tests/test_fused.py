@@ -63,7 +63,11 @@ def test_each_member_trains_on_its_own_runs_batches_bit_for_bit() -> None:
     assert not torch.equal(seen[0][1][:, 0], seen[0][1][:, 1])  # members do not share a data order
 
 
-@pytest.mark.parametrize("words", [["model=resnet20"], ["model=resnet20", "model.shortcut=B", "model.bn_batch=16"],
+# Option B's twin in NCHW: torch 2.14.1's CPU channels_last kernel of a 1x1 stride-2 conv with 4 input
+# channels (option B's projection at width 0.25) gives weight and input gradients off by 20-70% on this
+# AMD EPYC (exact in NCHW, and at 8 or more channels), which the twin, not the fused step, got wrong.
+@pytest.mark.parametrize("words", [["model=resnet20"], ["model=resnet20", "model.shortcut=B", "model.bn_batch=16",
+                                                        "trainer.channels_last=false"],
                                    ["model=plain20"]])
 def test_one_fused_step_is_each_members_own_step_to_round_off(words: list[str]) -> None:
     fused, alone = setup(words)
@@ -71,7 +75,9 @@ def test_one_fused_step_is_each_members_own_step_to_round_off(words: list[str]) 
     fused()
     for k, step in enumerate(alone):
         step()
-        assert distance(fused, k, step.model) < 2e-6, k  # weights, BN running statistics
+        # weights, BN running statistics; in NCHW the grouped stem conv sums its 32k-term gradient in
+        # another order than the member's own conv: about 1e-4 of its lr-0.2 step, seen as 9.4e-5
+        assert distance(fused, k, step.model) < (2e-6 if "trainer.channels_last=false" not in words else 2e-4), k
     assert fused.last_errors.tolist() == [step.last_errors.item() for step in alone]
     losses = fused.loss_sum / fused.batch
     assert losses.tolist() == pytest.approx([step.loss_sum.item() / step.batcher.batch_size for step in alone],

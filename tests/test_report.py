@@ -229,7 +229,7 @@ def damaged(tmp_path_factory):
         write_run(root, name, depth, residual, seed, "finished")
     run = root / "plain56_cifar10_seed0"
     (run / "summary.json").write_text((run / "summary.json").read_text()[:40])  # cut short while written
-    broken[run] = "summary.json is corrupt (not valid JSON: Unterminated string starting at: line 1 column 33 (char 32))"
+    broken[run] = "summary.json is corrupt (not valid JSON: Unterminated string starting at: line 3 column 12 (char 37))"
     run = root / "plain56_cifar10_seed1"
     (run / "config.yaml").write_text("seed: 1\nmodel: {name: plain56, depth: [56\n")
     broken[run] = "config.yaml is corrupt (ParserError)"

@@ -58,8 +58,8 @@ def test_a_run_written_without_zero_pad_resumes(tmp_path):
     longer = compose([*TINY, "trainer.max_iters=4", f"run.root={tmp_path}"])
     assert RunDir(run_dir).check(longer) is None  # no refusal: it continues from the checkpoint
     summary = train(longer)
-    assert (summary["status"], summary["iterations"]) == ("finished", 4)
-    assert [segment["start"] for segment in summary["segments"]] == [0, 2]
+    assert (summary.status, summary.iterations) == ("finished", 4)
+    assert [segment.start for segment in summary.segments] == [0, 2]
 
     with pytest.raises(ResexpError, match="model.zero_pad"):
         RunDir(run_dir).check(compose([*TINY, "model.zero_pad=split", "trainer.max_iters=6",

@@ -41,14 +41,14 @@ def test_plain56_run_writes_the_five_tags_and_a_summary(tmp_path):
     # the lr of each log point's last step; milestones at 0.5 and 0.75 of 50 iterations
     assert [value for _, value in series["lr"]] == pytest.approx([0.1] * 5 + [0.01] * 2 + [0.001] * 3)
     on_disk = json.loads((run_dir / "summary.json").read_text())
-    assert on_disk == summary
-    assert summary["status"] == "finished" and summary["iterations"] == 50
-    assert summary["test_error"] == pytest.approx(series["test/error"][-1][1])
-    assert summary["train_error"] == pytest.approx(series["train/error"][-1][1])
-    assert 0 <= summary["test_error"] <= 100
-    assert (summary["precision"], summary["precision_reason"]) == resolve_precision("auto", torch.device("cpu"))
-    assert summary["execution"] == "eager" and summary["diverged_at"] is None
-    assert summary["params"] == count_params(build_model(cfg.model)) == summary["params"] > 0
+    assert on_disk == summary.to_json()
+    assert summary.status == "finished" and summary.iterations == 50
+    assert summary.test_error == pytest.approx(series["test/error"][-1][1])
+    assert summary.train_error == pytest.approx(series["train/error"][-1][1])
+    assert 0 <= summary.test_error <= 100
+    assert (summary.precision, summary.precision_reason) == resolve_precision("auto", torch.device("cpu"))
+    assert summary.execution == "eager" and summary.diverged_at is None
+    assert summary.params == count_params(build_model(cfg.model)) == summary.params > 0
     assert (run_dir / "config.yaml").read_text().count("plain56") >= 1
     # A finished run is not trained again: the same call returns its summary untouched.
     assert train(cfg) == summary
@@ -60,7 +60,7 @@ def test_same_seed_reproduces_bit_for_bit_and_resume_matches_a_straight_run(tmp_
               "trainer.log_every=10", "trainer.checkpoint_every=10"]
     straight = train(compose([*common, f"run.root={tmp_path}/a"]))
     again = train(compose([*common, f"run.root={tmp_path}/b"]))
-    assert straight["train_error"] == again["train_error"] and straight["test_loss"] == again["test_loss"]
+    assert straight.train_error == again.train_error and straight.test_loss == again.test_loss
 
     # Kill a real process after its checkpoint at iteration >= 20, then resume it.
     root = tmp_path / "killed"
@@ -81,7 +81,7 @@ def test_same_seed_reproduces_bit_for_bit_and_resume_matches_a_straight_run(tmp_
 
     resumed = train(compose([*common, f"run.root={root}"]))
     for key in ("train_error", "train_loss", "test_error", "test_loss", "best_test_error", "iterations"):
-        assert resumed[key] == straight[key], key
+        assert getattr(resumed, key) == getattr(straight, key), key
     a = torch.load(tmp_path / "a" / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(checkpoint, weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -232,7 +232,7 @@ def test_without_cuda_the_step_runs_eagerly_and_says_so_once(tmp_path, capsys):
     common = ["model=resnet20", *SMALL, "model.depth=8", "trainer.max_iters=2", "trainer.eval_every=2"]
     summary = train(compose([*common, "trainer.progress=lines", f"run.root={tmp_path}"]))
     out = capsys.readouterr().out
-    assert out.count("eager step: CUDA graphs need a CUDA device") == 1 and summary["execution"] == "eager"
+    assert out.count("eager step: CUDA graphs need a CUDA device") == 1 and summary.execution == "eager"
     with pytest.raises(ConfigError, match="trainer.graph=always: CUDA graphs need a CUDA device"):
         train(compose([*common, "trainer.graph=always", f"run.root={tmp_path}/strict"]))
     assert not (tmp_path / "strict").exists()  # refused before anything was written
@@ -242,11 +242,11 @@ def test_compiled_training_saves_the_eager_module_and_resumes_eagerly(tmp_path):
     common = ["model=resnet20", *SMALL, "trainer.precision=fp32", "model.depth=8", "trainer.eval_every=2",
               "trainer.checkpoint_every=2", f"run.root={tmp_path}"]
     summary = train(compose([*common, "trainer.max_iters=2", "trainer.compile=true"]))
-    assert summary["execution"] == "torch.compile" and summary["status"] == "finished"
+    assert summary.execution == "torch.compile" and summary.status == "finished"
     state = torch.load(tmp_path / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt", weights_only=True)
     assert not any(key.startswith("_orig_mod") for key in state["model"])  # loadable without compile
     resumed = train(compose([*common, "trainer.max_iters=4"]))
-    assert resumed["iterations"] == 4 and resumed["execution"] == "eager"
+    assert resumed.iterations == 4 and resumed.execution == "eager"
 
 
 def test_a_failing_torch_compile_is_one_line_and_marks_the_run_failed(tmp_path):
@@ -282,7 +282,7 @@ def test_sigterm_checkpoints_the_step_stops_and_the_same_command_resumes(tmp_pat
     assert summary["status"] == "stopped" and summary["stopped_by"] == "SIGTERM"
     assert 0 < stopped_at == summary["iterations"] < 100000  # saved at the signal, not at a periodic checkpoint
     resumed = train(compose([*common, f"trainer.max_iters={stopped_at + 2}"]))
-    assert resumed["status"] == "finished" and resumed["iterations"] == stopped_at + 2
+    assert resumed.status == "finished" and resumed.iterations == stopped_at + 2
 
 
 class StoppedAlready:
@@ -298,9 +298,9 @@ class StoppedAlready:
 def test_a_run_stopped_while_it_builds_takes_no_step_and_the_same_command_trains_it(tmp_path, capfd):
     cfg = compose(["model=resnet20", *SMALL, "trainer.max_iters=4", "trainer.eval_every=4", f"run.root={tmp_path}"])
     stopped = train(cfg, stop_source=StoppedAlready())
-    assert stopped["status"] == "stopped" and stopped["iterations"] == 0
+    assert stopped.status == "stopped" and stopped.iterations == 0
     assert not (tmp_path / "resnet20_synthetic_seed0" / "checkpoints" / "last.pt").exists()  # no step, no save
     assert ("SIGTERM (sweep stopped) at iteration 0; before its first step, nothing to save, the same command "
             "resumes it") in capfd.readouterr().err
     finished = train(cfg)
-    assert finished["status"] == "finished" and finished["iterations"] == 4
+    assert finished.status == "finished" and finished.iterations == 4

@@ -357,8 +357,8 @@ def test_named_config_builds_and_trains(placement: str, tmp_path: Path) -> None:
                    f"run.root={tmp_path}"])  # fmt: skip
     assert (cfg.model.name, cfg.model.norm_placement, cfg.optim.name) == (f"vit_{placement}", placement, "adamw")
     summary = train(cfg)
-    assert summary["status"] == "finished" and summary["iterations"] == 2 and summary["diverged_at"] is None
-    assert 0 <= summary["test_error"] <= 100
+    assert summary.status == "finished" and summary.iterations == 2 and summary.diverged_at is None
+    assert 0 <= summary.test_error <= 100
 
 
 # The single-block view shares the rule function.

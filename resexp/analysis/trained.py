@@ -40,11 +40,11 @@ def load_run(run_dir: str | Path, device: str = "auto", unfinished: bool = False
         raise ResexpError(f"{path} is not a run directory (no config.yaml); give the directory `resexp train` "
                           "wrote, e.g. runs/resnet20_synthetic_seed0")
     cfg = run.config
-    summary = run.read_summary() or {}
-    status = summary.get("status", "unknown")
+    summary = run.read_summary()
+    status = summary.status if summary else "unknown"
     if status != "finished" and not unfinished:
         raise ResexpError(f"{path} has not finished training (status {status}, iteration "
-                          f"{summary.get('iterations', 0)} of {cfg.trainer.max_iters}); finish it with the same "
+                          f"{summary.iterations if summary and summary.iterations is not None else 0} of {cfg.trainer.max_iters}); finish it with the same "
                           "resexp train command, or pass --unfinished to analyse its last checkpoint")
     checkpoint = run.checkpoint_path
     if not checkpoint.is_file():

@@ -216,19 +216,19 @@ def read_runs(plan: Sweep, window: Window) -> tuple[list[RunSpeed], str | None]:
         run = RunSpeed(job.run_dir.name, str(model.name), int(model.depth), int(job.cfg.trainer.max_iters))
         summary = job.run.read_summary()
         if summary is not None:
-            if summary["status"] == "failed":
-                raise ResexpError(f"run {run.run} of the benched sweep failed: {summary.get('error')}")
-            segment = summary["segments"][0]
-            started = max(0.0, datetime.fromisoformat(segment["started"]).timestamp() - window.launched)
+            if summary.status == "failed":
+                raise ResexpError(f"run {run.run} of the benched sweep failed: {summary.error}")
+            segment = summary.segments[0]
+            started = max(0.0, datetime.fromisoformat(segment.started).timestamp() - window.launched)
             if started > window.seconds:
                 run.status = "started after the window"
             else:
-                run.status, run.iterations, run.started_s = summary["status"], int(summary["iterations"]), started
+                run.status, run.iterations, run.started_s = summary.status, int(summary.iterations), started
                 # a run stopped before its first log point: its whole loop's mean speed
-                loop_speed = run.iterations / summary["wall_time_s"] if summary.get("wall_time_s") else None
-                run.iters_per_s = summary.get("iters_per_s") or loop_speed or None
-                run.peak_gpu_memory_gib = summary.get("peak_gpu_memory_gib")
-                device = device or segment["device"]
+                loop_speed = run.iterations / summary.wall_time_s if summary.wall_time_s else None
+                run.iters_per_s = summary.iters_per_s or loop_speed or None
+                run.peak_gpu_memory_gib = summary.peak_gpu_memory_gib
+                device = device or segment.device
         runs.append(run)
     return runs, device
 

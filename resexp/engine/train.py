@@ -14,7 +14,6 @@ import sys
 import time
 from contextlib import closing
 from functools import partial
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -34,9 +33,10 @@ from resexp.engine.tracking import ProgressReport, announce, tensorboard_writer
 from resexp.errors import ResexpError
 from resexp.model_size import model_size
 from resexp.rundir import RunDir, load_checkpoint, run_identity
+from resexp.summary import Summary
 
 
-def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, stop_source: StopSource | None = None) -> Summary:
     """Train one run in cfg.run.dir (resuming it if it has a checkpoint); returns its summary.
     cfg is a composed, validated config (resexp.config.compose).
 
@@ -61,7 +61,7 @@ def train(cfg: DictConfig, stop_source: StopSource | None = None) -> dict[str, A
 
 
 def _train_locked(cfg: DictConfig, run: RunDir, runtime: Runtime, data: Data, step: TrainStep,
-                  stop_source: StopSource | None) -> dict[str, Any]:
+                  stop_source: StopSource | None) -> Summary:
     state, record, writer, progress = _start(cfg, run, runtime, data, step)
     t, model, max_iters = cfg.trainer, step.model, int(cfg.trainer.max_iters)
     probe_every = int(t.probe_every) if supports_probes(model) else 0

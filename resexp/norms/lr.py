@@ -63,8 +63,8 @@ def lr_points(runs: list[Run]) -> dict[int, list[LrPoint]]:
         at_depth = [r for r in runs if r.depth == depth]
         for lr in sorted({run_lr(r) for r in at_depth}):
             members = [r for r in at_depth if run_lr(r) == lr]
-            finished = [r.summary["train_loss"] for r in members
-                        if r.status == "finished" and r.summary.get("train_loss") is not None]
+            finished = [r.summary.train_loss for r in members
+                        if r.status == "finished" and r.summary.train_loss is not None]
             usable = [x for x in finished if math.isfinite(x)]
             points.setdefault(depth, []).append(LrPoint(
                 lr, statistics.fmean(usable) if usable else None, len(members),

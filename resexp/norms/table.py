@@ -128,10 +128,10 @@ def _run_row(label: str, run: Run) -> dict[str, Any]:
     return {
         "model": label, "placement": run_placement(run), "residual": run.residual, "depth": run.depth,
         "warmup_iters": run_warmup(run), "lr": run_lr(run), "seed": run.seed, "status": run.status,
-        "diverged_at": summary.get("iterations") if run.status == "diverged" else None,
-        "iterations": summary.get("iterations"), "eval_split": split,
-        "train_error": summary.get("train_error"), "test_error": summary.get(f"{split}_error"),
-        "train_loss": summary.get("train_loss"), "probe_step": probe_step,
+        "diverged_at": summary.iterations if run.status == "diverged" else None,
+        "iterations": summary.iterations, "eval_split": split,
+        "train_error": summary.train_error, "test_error": summary.error_on(split),
+        "train_loss": summary.train_loss, "probe_step": probe_step,
         "stream_growth": growth, "min_rel_update": min_rel, "angular_distance": angle,
         "skip_step": skip_steps[-1] if skip_steps else None, "skip_loss_delta_max": skip, "path": str(run.path),
     }

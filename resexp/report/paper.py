@@ -147,12 +147,12 @@ def warmup_ends(labelled: Iterable[tuple[str, Run]]) -> list[str]:
     for label, run in labelled:
         if not run.value("optim.error_warmup"):
             continue
-        end = run.summary.get("error_warmup")
+        end = run.summary.error_warmup
         if end is None:
             where = "not recorded" if run.status == "finished" else f"not ended ({run.status})"
         else:
-            limit = ", at its limit max_iters" if end["ended_by"] == "max_iters" else ""
-            where = f"{end['ended_at']:,} ({end['train_error']:.1f}% over {end['over_images']:,} images{limit})"
+            limit = ", at its limit max_iters" if end.ended_by == "max_iters" else ""
+            where = f"{end.ended_at:,} ({end.train_error:.1f}% over {end.over_images:,} images{limit})"
         nets.setdefault(label, []).append(f"seed {run.seed}: {where}")
     return [f"- {label}: {'; '.join(seeds)}; paper: about {PAPER_WARMUP_ITERS}" for label, seeds in nets.items()]
 
@@ -224,8 +224,8 @@ def _width(run: Run) -> str:
     return f"{width:g} ({', '.join(str(scaled_channels(c, width)) for c in STAGE_CHANNELS)} filters)"
 
 
-def _summary(key: str) -> Callable[[Run], str]:
-    return lambda run: str(run.summary.get(key, NOT_RECORDED))
+def _recorded(value: Any) -> str:
+    return NOT_RECORDED if value is None else str(value)
 
 
 RECIPE = (
@@ -261,9 +261,9 @@ RECIPE = (
             _shortcut, lambda run: not run.residual or run.value("model.shortcut") == "A"),
     Setting("zero-pad", "not stated (fb.resnet.torch puts the zero channels after the old ones)", _zero_pad, None),
     Setting("width", "1 (16, 32, 64 filters)", _width, lambda run: run.value("model.width") == 1),
-    Setting("precision", "not stated: fp32 (2015's Caffe and Torch trained in fp32 only)", _summary("precision"),
-            lambda run: run.summary.get("precision") == "fp32"),
-    Setting("device", "not stated", _summary("device"), None),
+    Setting("precision", "not stated: fp32 (2015's Caffe and Torch trained in fp32 only)", lambda run: _recorded(run.summary.precision),
+            lambda run: run.summary.precision == "fp32"),
+    Setting("device", "not stated", lambda run: _recorded(run.summary.device), None),
 )
 
 

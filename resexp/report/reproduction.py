@@ -174,7 +174,7 @@ def judge_claim(claim: Claim, groups: dict[str, list[Run]]) -> ClaimTest:
     """The claim tested on the sweep's nets of its kind (see the module's docstring)."""
     nets = {label: runs for label, runs in groups.items()
             if runs[0].value("model.arch") == "cifar_resnet" and runs[0].residual == claim.residual}
-    errors = {label: (runs[0].depth, [float(r.summary["train_error"]) for r in runs if r.status == "finished"])
+    errors = {label: (runs[0].depth, [float(r.summary.train_error) for r in runs if r.status == "finished"])
               for label, runs in sorted(nets.items(), key=lambda item: item[1][0].depth)}
     kind = "residual" if claim.residual else "plain"
 
@@ -273,7 +273,7 @@ def table_lines(groups: dict[str, list[Run]], missing: dict[str, list[int]]) -> 
     rows = []
     for label, runs in groups.items():
         first = runs[0]
-        values = [float(r.summary[f"{r.eval_split}_error"]) for r in runs if r.status == "finished"]
+        values = [float(r.summary.error_on(r.eval_split)) for r in runs if r.status == "finished"]
         key = (first.residual, first.depth)
         paper = PAPER_CIFAR10.get(key) if first.value("model.arch") == "cifar_resnet" else None
         gaps = comparison_gaps(first) if paper is not None else []
@@ -318,10 +318,10 @@ def not_counted_lines(runs: list[Run], groups: dict[str, list[Run]], missing: di
         if run.status == "finished":
             continue
         summary = run.summary
-        note = summary.get("diverged_reason") or summary.get("error") or (
-            f"by {summary['stopped_by']}" if summary.get("stopped_by") else "")
+        note = summary.diverged_reason or summary.error or (f"by {summary.stopped_by}" if summary.stopped_by else "")
+        at = "/".join("?" if n is None else str(n) for n in (summary.iterations, summary.max_iters))
         lines.append(f"- {label_of[id(run)]} seed {run.seed} (`{_relative(run.path, sweep_dir)}`): {run.status} at "
-                     f"iteration {summary.get('iterations', '?')}/{summary.get('max_iters', '?')}"
+                     f"iteration {at}"
                      + (f": {note}" if note else ""))
     lines += [f"- {label} seed {seed}: missing (no run with a summary.json; the sweep's other nets have this seed)"
               for label, seeds in missing.items() for seed in seeds]
@@ -338,7 +338,7 @@ def render(runs: list[Run], unreadable: Sequence[LeftOut], sweep_dir: Path, figu
     tests = [judge_claim(claim, groups) for claim in CLAIMS]
     labelled = [(label, run) for label, members in groups.items() for run in members]
     finished = [r for r in runs if r.status == "finished"]
-    wall = [float(r.summary["wall_time_s"]) for r in finished if "wall_time_s" in r.summary]
+    wall = [float(r.summary.wall_time_s) for r in finished if r.summary.wall_time_s is not None]
     differences = recipe_differences(labelled)
     counts = status_counts(runs)
     parts = [

@@ -80,9 +80,9 @@ def _row(label: str, runs: list[Run]) -> dict[str, Any]:
     first = runs[0]
     split = first.eval_split
     finished = [r for r in runs if r.status == "finished"]
-    final = [float(r.summary[f"{split}_error"]) for r in finished]
-    lowest = [float(r.summary[f"best_{split}_error"]) for r in finished]
-    params = first.summary.get("params")
+    final = [float(r.summary.error_on(split)) for r in finished]
+    lowest = [float(r.summary.best_error_on(split)) for r in finished]
+    params = first.summary.params
     paper = _paper(first)
     return {
         "model": label,
@@ -97,7 +97,7 @@ def _row(label: str, runs: list[Run]) -> dict[str, Any]:
         "test_error_best": min(final) if final else None,
         "test_error_mean": statistics.fmean(final) if final else None,
         "test_error_std": statistics.stdev(final) if len(final) > 1 else None,
-        "train_error_final": statistics.fmean(float(r.summary["train_error"]) for r in finished) if finished else None,
+        "train_error_final": statistics.fmean(float(r.summary.train_error) for r in finished) if finished else None,
         "test_error_lowest_eval": min(lowest) if lowest else None,
         "paper_test_error": paper.value if paper else None,
         "paper": paper.shown if paper else None,

@@ -34,6 +34,7 @@ from submitit.core.utils import JobPaths
 from resexp.config import at_home, config_dir, hydra_error
 from resexp.errors import ResexpError, explain, one_line
 from resexp.rundir import DONE, RunDir, count_runs
+from resexp.summary import Summary
 from resexp.sweep.control import ENV, SweepControl, SweepStopHandler
 from resexp.sweep.mps import cuda_mps
 from resexp.sweep.pack import ENV as PACK_ENV
@@ -291,12 +292,12 @@ def _train_job(cfg: DictConfig, control: SweepControl | None) -> str:
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // parallel))  # the cores this job may use
     summary = train(cfg, stop_source=control)
-    if summary["status"] in DONE:
+    if summary.status in DONE:
         write_hparams(cfg, hydra_cfg, summary)
-    return summary["status"]
+    return summary.status
 
 
-def write_hparams(cfg: DictConfig, hydra_cfg: DictConfig, summary: dict[str, Any]) -> None:
+def write_hparams(cfg: DictConfig, hydra_cfg: DictConfig, summary: Summary) -> None:
     """The run's swept keys and final errors as TensorBoard's HParams summary, in tb/hparams/
     (beside the run's own events, which the reports read), so that `tensorboard --logdir
     runs/sweeps/NAME` shows the sweep as one table. The swept keys are the job's overrides that
@@ -312,8 +313,8 @@ def write_hparams(cfg: DictConfig, hydra_cfg: DictConfig, summary: dict[str, Any
             continue
         value = hydra_cfg.runtime.choices.get(key, OmegaConf.select(cfg, key, default=text))
         hparams[key] = value if isinstance(value, (bool, int, float, str)) else text
-    metrics = {f"hparam/{name}": float(summary[name]) for name in ("train_error", f"{summary['eval_split']}_error")
-               if summary.get(name) is not None}
+    errors = {"train_error": summary.train_error, f"{summary.eval_split}_error": summary.error_on(summary.eval_split)}
+    metrics = {f"hparam/{name}": float(value) for name, value in errors.items() if value is not None}
     with SummaryWriter(str(RunDir(Path(cfg.run.dir)).events_path)) as writer:
         writer.add_hparams(hparams, metrics, run_name="hparams")
 
@@ -329,7 +330,7 @@ def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
     for job in jobs:
         written = job.run.summary_stamp() != job.before
         summary = summary_or_none(job.run) if written else None
-        status = "skipped" if job.done else (summary or {}).get("status", "not started" if stopped else "failed")
+        status = "skipped" if job.done else summary.status if summary else "not started" if stopped else "failed"
         if status == "running":
             status = "stopped" if stopped else "failed"
         outcomes.setdefault(status, []).append(job.run)
@@ -345,7 +346,7 @@ def count_outcomes(jobs: list[Job], stopped: bool = False) -> dict[str, int]:
                              "each one's error is above") + "); the same command resumes the sweep")
     halted = outcomes.get("stopped", [])
     if halted and not stopped:  # stopped by a signal of their own: a SLURM job cancelled or pre-empted
-        why = sorted({(summary_or_none(run) or {}).get("stopped_by", "?") for run in halted})
+        why = sorted({getattr(summary_or_none(run), "stopped_by", None) or "?" for run in halted})
         raise ResexpError(f"{len(halted)} of {len(jobs)} runs were stopped ({', '.join(why)}: a SLURM job gets "
                           f"SIGTERM when cancelled or pre-empted): {_names(halted)}; the same command resumes them")
     return counts

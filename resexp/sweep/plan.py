@@ -26,6 +26,7 @@ from resexp.config import GROUPS, group_choices, hydra_error, refuse_repeated_ke
 from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.model_size import model_size
 from resexp.rundir import RunDir, count_runs
+from resexp.summary import Summary
 
 
 def visible_gpus() -> int:
@@ -285,8 +286,8 @@ def dry_run(plan: Sweep) -> list[str]:
 def job_action(job: Job) -> str:
     """What launching the job would do: start, resume at N, skip (done), or fail (why)."""
     if job.done:
-        summary = job.run.read_summary() or {}
-        return f"skip ({summary.get('status')} at {summary.get('iterations')})"
+        summary = job.run.read_summary()
+        return f"skip ({summary.status} at {summary.iterations})" if summary else "skip (None at None)"
     try:
         resume_at = job.run.checkpoint_iteration()
     except ResexpError as error:
@@ -329,7 +330,7 @@ def describe_launcher(plan: Sweep) -> str:
     return text
 
 
-def summary_or_none(run: RunDir) -> dict | None:
+def summary_or_none(run: RunDir) -> Summary | None:
     try:
         return run.read_summary()
     except ResexpError:

@@ -18,8 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from resexp.errors import ResexpError, one_line
-from resexp.terminal import duration, fitted_table
 from resexp.rundir import SUMMARY, RunDir, count_runs, find_run_dirs, has_summary
+from resexp.summary import Summary
+from resexp.terminal import duration, fitted_table
 
 
 @dataclass
@@ -58,13 +59,14 @@ def _unreadable(path: Path, why: str) -> RunStatus:
 def _status(run: RunDir, now: datetime) -> RunStatus:
     run_dir = run.path
     try:
-        summary = run.read_summary() or {}
+        summary = run.read_summary()
     except ResexpError as e:  # corrupt, or off resexp.summary's schema: said, and the other runs shown
         return _unreadable(run_dir, one_line(e).replace(f"{run.summary_path}", SUMMARY))
-    split = summary.get("eval_split", "test")
-    status, note = summary.get("status", "unknown"), ""
-    updated = _parse_time(summary.get("updated"))
-    iteration, max_iters, speed = summary.get("iterations"), summary.get("max_iters"), summary.get("iters_per_s")
+    if summary is None:  # removed since it was found
+        return RunStatus(run_dir, "unknown", None, None, None, None, None, None, "test", "", None, "")
+    split, status, note = summary.eval_split, summary.status, ""
+    updated = _parse_time(summary.updated)
+    iteration, max_iters, speed = summary.iterations, summary.max_iters, summary.iters_per_s
     eta = None
     if status == "running":
         gone = _dead_process(run, summary)
@@ -73,20 +75,19 @@ def _status(run: RunDir, now: datetime) -> RunStatus:
         elif speed and iteration is not None and max_iters is not None and updated is not None:
             eta = max(0.0, (max_iters - iteration) / speed - (now - updated).total_seconds())
     elif status == "stopped":
-        note = f"by {summary.get('stopped_by')}; the same command resumes it"
+        note = f"by {summary.stopped_by}; the same command resumes it"
     elif status == "failed":
-        note = summary.get("error", "")
+        note = summary.error or ""
     elif status == "diverged":
-        note = summary.get("diverged_reason") or ""
-    return RunStatus(run_dir, status, iteration, max_iters, speed, eta, summary.get("train_error"),
-                     summary.get(f"{split}_error"), split, summary.get("device", ""), updated, note)
+        note = summary.diverged_reason or ""
+    return RunStatus(run_dir, status, iteration, max_iters, speed, eta, summary.train_error,
+                     summary.error_on(split), split, summary.device or "", updated, note)
 
 
-def _dead_process(run: RunDir, summary: dict[str, Any]) -> str:
+def _dead_process(run: RunDir, summary: Summary) -> str:
     """Why a run that says "running" is not, when that can be told from here: it ran on this
     host and the process in its lock file is gone (killed, out of memory). "" otherwise."""
-    segments = summary.get("segments") or [{}]
-    if segments[-1].get("host") != platform.node():
+    if not summary.segments or summary.segments[-1].host != platform.node():
         return ""  # another machine's process: only its last update time tells
     try:
         pid = int(run.lock_path.read_text().split()[0])
