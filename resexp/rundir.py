@@ -51,7 +51,12 @@ ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
 
 def count_runs(total: int, counts: Mapping[str, int]) -> str:
     """The one line that sums up runs: "3 runs: 2 finished, 1 stopped" ("1 run: ..."), counts in their order."""
-    return f"{total} run{'' if total == 1 else 's'}: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+    return f"{total} run{'' if total == 1 else 's'}: " + counted(counts)
+
+
+def counted(counts: Mapping[str, int]) -> str:
+    """Counts as words, in their order: "2 finished, 1 stopped" (count_runs' line, a table's status cell)."""
+    return ", ".join(f"{n} {what}" for what, n in counts.items())
 
 
 def model_label(model: Any) -> str:

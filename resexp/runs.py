@@ -29,8 +29,8 @@ from tensorboard.backend.event_processing import io_wrapper
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.errors import ResexpError, one_line
-from resexp.rundir import (CONFIG, SUMMARY, RunDir, config_value, find_run_dirs, flatten_keys, is_reported,
-                           run_identity)
+from resexp.rundir import (CONFIG, SUMMARY, RunDir, config_value, counted, find_run_dirs, flatten_keys,
+                           is_reported, run_identity)
 from resexp.summary import Summary
 
 Series = dict[str, tuple[list[int], list[float]]]
@@ -318,7 +318,7 @@ def check_records(run_dir: Path, path: Path) -> None:
 
 def status_counts(runs: Iterable[Run]) -> str:
     """How many runs have each status, by status: "1 diverged, 2 finished"."""
-    return ", ".join(f"{n} {status}" for status, n in sorted(Counter(r.status for r in runs).items()))
+    return counted(dict(sorted(Counter(r.status for r in runs).items())))
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Run]]:

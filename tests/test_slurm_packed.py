@@ -92,6 +92,9 @@ def test_a_preempted_packed_job_requeues_and_its_runs_end_as_if_never_stopped(tm
         # cluster's scheduler would start it whenever a node frees.
         state = subprocess.run(["squeue", "-h", "-j", task, "-o", "%T %r"], capture_output=True, text=True).stdout
         if state.split() == ["PENDING", "BeginTime"]:
+            # Not within the second of the requeue: slurmd refuses a credential made in the second
+            # the old one was revoked ("Job credential revoked"; seen in CI at 0.4 s), and the job ends.
+            time.sleep(1.5)
             subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=True)
             break
         time.sleep(0.5)
